@@ -1,0 +1,226 @@
+"""``pamm-bench``: the verbs the Snakemake rules call, each runnable by hand.
+
+Every verb takes explicit input and output paths. Heavy imports happen inside the verbs so that
+``pamm-bench --help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+EPILOG = """\
+typical flow (what `snakemake --cores 8 all` runs for every run of the matrix):
+  pamm-bench make-synthetic --dataset nyud --out data/synthetic/NYUDv2
+  pamm-bench check-dataset data/synthetic/NYUDv2 --dataset nyud
+  pamm-bench train --dataset nyud --model pamm --variant scan_raster --seed 0 \\
+      --data-root data/synthetic/NYUDv2 --out results/runs/nyud/pamm/scan_raster/seed0
+  pamm-bench evaluate --run results/runs/nyud/pamm/scan_raster/seed0
+  pamm-bench aggregate --runs results/runs --out results/summary.csv
+"""
+
+
+def _set_threads(threads: int | None) -> None:
+    """Follow the Snakemake rule's ``threads`` so parallel jobs do not oversubscribe the cores."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _overrides(items: Sequence[str]) -> dict[str, Any]:
+    from pamm.config import deep_merge, parse_override
+
+    merged: dict[str, Any] = {}
+    for item in items:
+        merged = deep_merge(merged, parse_override(item))
+    return merged
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from pamm.data import make_synthetic
+
+    make_synthetic(args.out, args.dataset, n_train=args.n_train, n_val=args.n_val, height=args.height,
+                   width=args.width, seed=args.seed, progress=not args.no_progress)
+    print(f"wrote synthetic {args.dataset} data to {args.out}")
+    return 0
+
+
+def cmd_check_dataset(args: argparse.Namespace) -> int:
+    from pamm.data import check_dataset, check_dataset_cli_summary
+
+    expected = tuple(args.expected_size) if args.expected_size else None
+    report = check_dataset(args.dataset, args.root, expected_size=expected)
+    text = check_dataset_cli_summary(report)
+    print(text)
+    if args.report:
+        from pamm import io as pio
+
+        pio.write_json(args.report, report)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from pamm.config import resolve_config
+    from pamm.engine.train import train_run
+
+    overrides = _overrides(args.set)
+    if args.data_root:
+        overrides.setdefault("data", {})["root"] = str(args.data_root)
+    if args.scan_backend:
+        overrides.setdefault("train", {})["scan_backend"] = args.scan_backend
+    cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
+    result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress)
+    print(f"{args.out}: {result['status']} ({result['iteration']} iterations)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from pamm.engine.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, device=args.device, progress=not args.no_progress)
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
+    print(f"{args.run}: {metrics}")
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from pamm.results.aggregate import aggregate
+
+    aggregate(args.runs, args.out, by_config_out=args.by_config, quiet=args.quiet)
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from pamm.results.figures import make_figures
+
+    for path in make_figures(args.summary, args.runs, args.out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pamm.ops import backend_report, format_backend_report
+
+    print(format_backend_report(backend_report()))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from pamm.config import list_variants
+    from pamm.models import list_models
+
+    for name in list_models():
+        print(f"{name}: variants {', '.join(list_variants(name))}")
+    return 0
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (Snakemake passes the rule's threads)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pamm-bench",
+        description="Train, evaluate, profile and tabulate multi-task dense-prediction models "
+        "(PAMM, MTMamba, MTMamba++, InvPT, TaskPrompter, baselines) on NYUD-v2 and PASCAL-Context.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+
+    p = sub.add_parser("make-synthetic", help="write procedural 3-D scenes in the real NYUD-v2 / PASCAL-Context layout",
+                       description="Render deterministic synthetic scenes (exact depth, normals, classes, edges) and "
+                       "write them in the ATRC on-disk format that the real-data loaders read.")
+    p.add_argument("--dataset", choices=["nyud", "pascal"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to create (e.g. data/synthetic/NYUDv2)")
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-val", type=int, default=16)
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("check-dataset", help="validate a dataset folder; fails with one message naming the file and the fix",
+                       description="Check that ROOT holds a NYUD-v2 or PASCAL-Context dataset in the ATRC layout: split "
+                       "files, modality folders, id counts, readable files of the right size.")
+    p.add_argument("root", type=Path)
+    p.add_argument("--dataset", choices=["nyud", "pascal"], required=True)
+    p.add_argument("--expected-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="required image size (default: 448 576 for real NYUD; synthetic data carries its own)")
+    p.add_argument("--report", type=Path, default=None, help="also write the summary as JSON here")
+    p.set_defaults(func=cmd_check_dataset)
+
+    p = sub.add_parser("train", help="train one run (resumes from last.pt; skips a finished run)",
+                       description="Resolve the run's config (base < model < variant overlay < --set) and train it. "
+                       "Writes config.yaml, last.pt (resume state), checkpoint.pt (final), train_log.csv, provenance.json.")
+    p.add_argument("--profile", default="tiny", choices=["tiny", "paper"])
+    p.add_argument("--dataset", required=True, choices=["nyud", "pascal"])
+    p.add_argument("--model", required=True, help="registered model name (pamm-bench list)")
+    p.add_argument("--variant", default="default", help="ablation overlay in ablations/<variant>.yaml, or 'default'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", type=Path, default=None, help="the dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--scan-backend", default=None, choices=["auto", "torch", "cuda", "ref", "triton"],
+                   help="force the selective-scan backend")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.iterations=50 (repeatable)")
+    _common_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's final checkpoint on the val split -> metrics.json")
+    p.add_argument("--run", type=Path, required=True, help="run directory holding config.yaml and checkpoint.pt")
+    _common_run_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("aggregate", help="collect every run's files into results/summary.csv",
+                       description="Read metrics.json / profile.json / provenance.json of every run under --runs and "
+                       "write one row per run (atomically), plus mean/std over seeds.")
+    p.add_argument("--runs", type=Path, default=Path("results/runs"))
+    p.add_argument("--out", type=Path, default=Path("results/summary.csv"))
+    p.add_argument("--by-config", type=Path, default=None, help="also write mean ± std over seeds here")
+    p.add_argument("--quiet", action="store_true", help="do not print the trivial-predictor comparison")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("figures", help="draw the figures from results/summary.csv and the runs' train logs")
+    p.add_argument("--summary", type=Path, default=Path("results/summary.csv"))
+    p.add_argument("--runs", type=Path, default=Path("results/runs"))
+    p.add_argument("--out-dir", type=Path, default=Path("results/figures"))
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("doctor", help="which selective-scan backend will run, and why")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("list", help="registered models and their variants")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pamm.config import ConfigError
+
+    known: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+    try:
+        from pamm.data import DatasetError
+        from pamm.engine.train import TrainingError
+
+        known = known + (DatasetError, TrainingError)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except known as err:
+        print(f"pamm-bench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

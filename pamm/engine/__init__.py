@@ -1,0 +1,1 @@
+"""Training, evaluation and profiling of one run directory."""

@@ -1,0 +1,115 @@
+"""Evaluate the final checkpoint of a run on the val split (never used for selection).
+
+Writes ``metrics.json``: the model's metrics, and the same metrics of trivial predictors (majority
+class, train-mean depth, train-mean normal) so a reader can see the model learned something.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from pamm import io as pio
+from pamm.config import config_hash, load_run_config
+from pamm.engine.train import TrainingError, build_model_for, configure_scan_backend, move_batch, pick_device
+from pamm.tasks import IGNORE_INDEX, TASK_INFO, dataset_tasks
+
+
+def _loader(cfg: dict[str, Any], split: str, tasks: list[str], threads: int) -> DataLoader:
+    from pamm.data import build_dataset
+
+    dataset = build_dataset(
+        cfg["run"]["dataset"], cfg["data"]["root"], split, tasks=tasks, train=False, size=tuple(cfg["data"]["size"])
+    )
+    return DataLoader(dataset, batch_size=int(cfg["eval"]["batch_size"]), shuffle=False, num_workers=0)
+
+
+def train_statistics(loader: DataLoader, tasks: dict[str, int]) -> dict[str, torch.Tensor]:
+    """What a trivial predictor knows: class frequencies, mean depth, mean normal over the train split."""
+    stats: dict[str, torch.Tensor] = {}
+    for batch in loader:
+        for task, channels in tasks.items():
+            target = batch[task]
+            if TASK_INFO[task].kind == "classification":
+                valid = target[target != IGNORE_INDEX]
+                counts = torch.bincount(valid.flatten(), minlength=channels).double()
+                stats[task] = stats.get(task, torch.zeros(channels, dtype=torch.float64)) + counts
+            elif task == "depth":
+                valid = target[target > 0].double()
+                prev = stats.get(task, torch.zeros(2, dtype=torch.float64))
+                stats[task] = prev + torch.stack([valid.sum(), torch.tensor(float(valid.numel()), dtype=torch.float64)])
+            elif task == "normals":
+                valid = (target != IGNORE_INDEX).all(dim=1, keepdim=True).expand_as(target)
+                summed = (target * valid).double().sum(dim=(0, 2, 3))
+                stats[task] = stats.get(task, torch.zeros(3, dtype=torch.float64)) + summed
+    return stats
+
+
+def trivial_prediction(task: str, channels: int, stats: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """A constant prediction of the train statistics, shaped like a model output for ``like``'s batch."""
+    b, _, h, w = like.shape
+    if TASK_INFO[task].kind == "classification":
+        logits = torch.full((b, channels, h, w), -10.0)
+        logits[:, int(stats.argmax())] = 10.0
+        return logits
+    if task == "depth":
+        return torch.full((b, 1, h, w), float(stats[0] / stats[1].clamp_min(1)))
+    if task == "normals":
+        mean = torch.nn.functional.normalize(stats.float(), dim=0)
+        return mean.view(1, 3, 1, 1).expand(b, 3, h, w).clone()
+    return None  # no meaningful constant for edges
+
+
+def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``run_dir/checkpoint.pt`` and write ``run_dir/metrics.json``."""
+    from tqdm import tqdm
+
+    from pamm.metrics import build_meters, summarise
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir / "config.yaml")
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise TrainingError(f"{ckpt_path} does not exist: train the run first (pamm-bench train --out {run_dir})")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if state.get("config_hash") != config_hash(cfg):
+        raise TrainingError(f"{ckpt_path} does not match {run_dir / 'config.yaml'} (config hash differs): retrain the run")
+    dev = pick_device(device)
+    configure_scan_backend(cfg["train"].get("scan_backend", "auto"))
+    run = cfg["run"]
+    tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
+    model = build_model_for(cfg)
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+
+    val = _loader(cfg, "val", list(tasks), 1)
+    meters = build_meters(run["dataset"], list(tasks), edge_save_dir=run_dir / "edge_pred")
+    baseline_meters = build_meters(run["dataset"], list(tasks))
+    stats = train_statistics(_loader(cfg, "train", list(tasks), 1), tasks)
+    tic = time.perf_counter()
+    n_images = 0
+    with torch.no_grad():
+        for batch in tqdm(val, desc=f"eval {run['model']}/{run['variant']}", disable=not progress, mininterval=2.0):
+            n_images += batch["image"].shape[0]
+            outputs = model(move_batch(batch, dev)["image"])
+            for task in tasks:
+                pred = outputs[task].float().cpu()
+                meters[task].update(pred, batch[task], meta=batch["meta"])
+                constant = trivial_prediction(task, tasks[task], stats[task], pred) if task in stats else None
+                if constant is not None:
+                    baseline_meters[task].update(constant, batch[task], meta=batch["meta"])
+    seconds = time.perf_counter() - tic
+    result = {
+        "run": run,
+        "config_hash": config_hash(cfg),
+        "metrics": summarise(meters),
+        "trivial": summarise({t: m for t, m in baseline_meters.items() if t in stats and t != "edge"}),
+        "n_images": n_images,
+        "eval_seconds": seconds,
+        "iteration": int(state["iteration"]),
+    }
+    pio.write_json(run_dir / "metrics.json", result)
+    return result

@@ -1,0 +1,305 @@
+"""Train one run: config in, ``checkpoint.pt`` + ``train_log.csv`` + ``provenance.json`` out.
+
+Resumable: ``last.pt`` holds model, optimizer, scheduler, iteration and every RNG state, and the
+data order and augmentations are functions of (seed, epoch, index) alone, so a run killed at any
+point and started again ends with exactly the weights of an uninterrupted run (on CPU).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pamm import io as pio
+from pamm.config import config_hash
+from pamm.engine.provenance import dataset_fingerprint, environment, git_state
+from pamm.losses import MultiTaskLoss
+from pamm.models import create_model
+from pamm.tasks import dataset_tasks
+
+# Test-only fault injection: SIGKILL this process right after saving the checkpoint of this iteration.
+FAULT_KILL_ENV = "PAMM_FAULT_KILL_AFTER_ITER"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+class TrainingDiverged(TrainingError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA for ``auto``; fp32 (no autocast) on CPU unless ``bf16`` is forced."""
+    if amp == "fp32":
+        return None
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    if amp == "auto":
+        return None
+    raise TrainingError(f"train.amp must be auto, bf16 or fp32, got {amp!r}")
+
+
+def configure_scan_backend(name: str) -> None:
+    """Force the selective-scan backend for this process (``auto`` leaves the choice to pamm.ops)."""
+    from pamm import ops
+
+    ops.set_default_backend(name)
+
+
+def build_model_for(cfg: dict[str, Any]) -> torch.nn.Module:
+    run = cfg["run"]
+    tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
+    return create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
+
+
+def build_optimizer(params, opt_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    name = opt_cfg.get("name", "adam").lower()
+    kwargs = {"lr": float(opt_cfg["lr"]), "weight_decay": float(opt_cfg.get("weight_decay", 0.0))}
+    if name == "adam":
+        return torch.optim.Adam(params, **kwargs)
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if name == "sgd":
+        return torch.optim.SGD(params, momentum=float(opt_cfg.get("momentum", 0.9)), **kwargs)
+    raise TrainingError(f"train.optimizer.name {name!r} is not one of adam, adamw, sgd")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: dict[str, Any], iterations: int):
+    """Poly decay stepped per iteration (the shared recipe), or constant."""
+    name = sched_cfg.get("name", "poly")
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    if name != "poly":
+        raise TrainingError(f"train.scheduler.name {name!r} is not one of poly, constant")
+    power = float(sched_cfg.get("power", 0.9))
+    base = float(optimizer.param_groups[0]["lr"])
+    floor = float(sched_cfg.get("min_lr", 0.0)) / base if base > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: max(floor, (1.0 - min(it, iterations) / iterations) ** power)
+    )
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation that depends on (seed, epoch) only; last partial batch dropped."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_items, generator=generator).tolist()
+    usable = max(batch_size, (n_items // batch_size) * batch_size) if n_items >= batch_size else n_items
+    order = order[:usable]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def iterate_batches(dataset, batch_size: int, seed: int, start_iteration: int, num_workers: int) -> Iterator[dict]:
+    """Endless stream of batches starting at ``start_iteration``, identical whether resumed or not."""
+    n_items = len(dataset)
+    if n_items == 0:
+        raise TrainingError("the training split is empty: check the dataset's split file")
+    per_epoch = len(epoch_batches(n_items, batch_size, seed, 0))
+    epoch, skip = divmod(start_iteration, per_epoch)
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        batches = epoch_batches(n_items, batch_size, seed, epoch)[skip:]
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(seed + epoch),  # keeps the global RNG untouched
+            persistent_workers=False,
+        )
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_LOG_FIELDS = ["iteration", "loss", "lr", "seconds"]
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]], tasks: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_LOG_FIELDS + [f"loss_{t}" for t in tasks])
+    writer.writeheader()
+    writer.writerows(rows)
+    pio.write_text(path, buffer.getvalue())
+
+
+def train_run(
+    cfg: dict[str, Any],
+    run_dir: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) the run described by ``cfg`` in ``run_dir``."""
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    chash = config_hash(cfg)
+    final_path, last_path = run_dir / "checkpoint.pt", run_dir / "last.pt"
+    run = cfg["run"]
+    train_cfg = cfg["train"]
+    tasks = list(dataset_tasks(run["dataset"], cfg["data"].get("tasks")))
+    iterations = int(train_cfg["iterations"])
+
+    if final_path.is_file():
+        saved = torch.load(final_path, map_location="cpu", weights_only=False)
+        if saved.get("config_hash") == chash:
+            return {"status": "already trained", "iteration": saved["iteration"]}
+        raise TrainingError(
+            f"{final_path} was trained with another config (hash {saved.get('config_hash')} != {chash}): "
+            f"delete {run_dir} or write this run elsewhere"
+        )
+    if cfg["data"].get("root") is None:
+        raise TrainingError("data.root is not set: pass --data-root DIR (a NYUDv2 or PASCALContext folder)")
+
+    dev = pick_device(device)
+    configure_scan_backend(train_cfg.get("scan_backend", "auto"))
+    seed_everything(int(run["seed"]))
+    from pamm.data import build_dataset
+
+    dataset = build_dataset(
+        run["dataset"], cfg["data"]["root"], "train", tasks=tasks, train=True,
+        size=tuple(cfg["data"]["size"]), seed=int(run["seed"]),
+    )
+    model = build_model_for(cfg).to(dev)
+    criterion = MultiTaskLoss(
+        tasks, run["dataset"], scheme=train_cfg["loss"]["scheme"], weights=train_cfg["loss"].get("weights"),
+        edge_pos_weight=float(train_cfg["loss"]["edge_pos_weight"]),
+    )
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg["optimizer"])
+    scheduler = build_scheduler(optimizer, train_cfg.get("scheduler", {}), iterations)
+    amp_dtype = autocast_dtype(str(train_cfg.get("amp", "auto")), dev)
+
+    start, log_rows, elapsed = 0, [], 0.0
+    if last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        if state.get("config_hash") != chash:
+            raise TrainingError(
+                f"{last_path} belongs to another config (hash {state.get('config_hash')} != {chash}, model "
+                f"{state.get('model')!r}): delete it to start over, or restore the config it was trained with"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"])
+        start, log_rows, elapsed = int(state["iteration"]), list(state["log_rows"]), float(state["train_seconds"])
+    pio.write_yaml(run_dir / "config.yaml", cfg)
+
+    last_saved = start
+
+    def save_last(iteration: int) -> None:
+        nonlocal last_saved
+        last_saved = iteration
+        pio.torch_save(
+            {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "iteration": iteration, "rng": _rng_state(), "config_hash": chash, "model_name": run["model"],
+                "log_rows": log_rows, "train_seconds": elapsed,
+            },
+            last_path,
+        )
+        _write_log(run_dir / "train_log.csv", log_rows, tasks)
+
+    kill_after = int(os.environ.get(FAULT_KILL_ENV, "-1"))
+    model.train()
+    batches = iterate_batches(dataset, int(train_cfg["batch_size"]), int(run["seed"]), start, int(cfg["data"].get("num_workers", 0)))
+    clip = train_cfg.get("grad_clip")
+    log_every, ckpt_every = int(train_cfg.get("log_every", 10)), int(train_cfg.get("ckpt_every", 500))
+    bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"train {run['model']}/{run['variant']}",
+               dynamic_ncols=True, mininterval=2.0)
+    tic = time.perf_counter()
+    for iteration in range(start, iterations):
+        batch = move_batch(next(batches), dev)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = model(batch["image"])
+        loss, task_losses = criterion(outputs, {t: batch[t] for t in tasks})
+        if not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"loss became {float(loss)} at iteration {iteration} (task losses {task_losses}); stopped. "
+                f"{last_path.name} keeps the last good state (iteration {last_saved}); "
+                f"lower train.optimizer.lr or enable train.grad_clip"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+        optimizer.step()
+        scheduler.step()
+        done = iteration + 1
+        if done % log_every == 0 or done == iterations:
+            now = time.perf_counter()
+            elapsed += now - tic
+            tic = now
+            log_rows.append({"iteration": done, "loss": float(loss), "lr": optimizer.param_groups[0]["lr"],
+                             "seconds": round(elapsed, 3), **{f"loss_{t}": v for t, v in task_losses.items()}})
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.update(1)
+        if done % ckpt_every == 0 or done == iterations:
+            elapsed += time.perf_counter() - tic
+            tic = time.perf_counter()
+            save_last(done)
+            if done == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+
+    pio.torch_save(
+        {"model": model.state_dict(), "iteration": iterations, "config_hash": chash, "model_name": run["model"],
+         "train_seconds": elapsed},
+        final_path,
+    )
+    pio.write_json(
+        run_dir / "provenance.json",
+        {
+            "run": run, "config_hash": chash, **git_state(), "environment": environment(),
+            "dataset": dataset_fingerprint(cfg["data"]["root"]), "device": str(dev),
+            "scan_backend": _scan_backend_name(dev), "train_seconds": elapsed, "iterations": iterations,
+        },
+    )
+    return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
+
+
+def _scan_backend_name(device: torch.device) -> str:
+    """The scan backend that ``auto`` resolves to on ``device`` (what actually ran)."""
+    from pamm import ops
+
+    return ops.resolve_backend("auto", device)

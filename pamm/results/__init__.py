@@ -1,0 +1,1 @@
+"""Turn run directories into tables and figures (reads files only; never runs a model)."""

@@ -1,0 +1,62 @@
+"""Config layering, overrides and clear errors."""
+import pytest
+
+from pamm.config import ConfigError, config_hash, deep_merge, list_variants, parse_override, resolve_config
+
+
+def test_deep_merge_merges_dicts_and_replaces_leaves():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    merged = deep_merge(base, {"a": {"c": [3]}, "e": 2})
+    assert merged == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
+    assert base["a"]["c"] == [1, 2]  # input untouched
+
+
+def test_layers_profile_and_dataset_sections():
+    tiny_nyud = resolve_config("tiny", "nyud", "mtl")
+    tiny_pascal = resolve_config("tiny", "pascal", "mtl")
+    paper_nyud = resolve_config("paper", "nyud", "mtl")
+    assert tiny_nyud["data"]["size"] == [64, 80]
+    assert tiny_pascal["data"]["size"] == [64, 64]
+    assert paper_nyud["data"]["size"] == [448, 576]
+    assert paper_nyud["model"]["backbone"]["name"] == "vit_large_patch16_384"
+    assert tiny_nyud["run"] == {"profile": "tiny", "dataset": "nyud", "model": "mtl", "variant": "default", "seed": 0}
+
+
+def test_variant_overlay_and_overrides():
+    cfg = resolve_config("tiny", "nyud", "stl", "stl_depth", overrides=parse_override("train.iterations=7"))
+    assert cfg["data"]["tasks"] == ["depth"]
+    assert cfg["train"]["iterations"] == 7
+    assert "stl_depth" in list_variants("stl")
+
+
+def test_hash_ignores_paths_but_not_content():
+    a = resolve_config("tiny", "nyud", "mtl", overrides={"data": {"root": "/x"}})
+    b = resolve_config("tiny", "nyud", "mtl", overrides={"data": {"root": "/y"}})
+    c = resolve_config("tiny", "nyud", "mtl", seed=1)
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(profile="huge", dataset="nyud", model="mtl"), "unknown profile 'huge'"),
+        (dict(profile="tiny", dataset="cityscapes", model="mtl"), "unknown dataset 'cityscapes'"),
+        (dict(profile="tiny", dataset="nyud", model="nope"), "unknown model 'nope'"),
+        (dict(profile="tiny", dataset="nyud", model="mtl", variant="nope"), "unknown variant 'nope'"),
+        (dict(profile="tiny", dataset="nyud", model="mtl", variant="stl_depth"), "applies to ['stl'], not to model 'mtl'"),
+    ],
+)
+def test_bad_names_give_clear_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve_config(**kwargs)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.iterations")
+
+
+def test_unknown_top_level_key_in_overlay(tmp_path):
+    (tmp_path / "bad.yaml").write_text("applies_to: [mtl]\ntrian: {iterations: 3}\n")
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['trian'\]"):
+        resolve_config("tiny", "nyud", "mtl", "bad", ablations_dir=tmp_path)

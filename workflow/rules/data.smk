@@ -1,0 +1,33 @@
+# Synthetic data (when the dataset's `synthetic` is set) and the dataset check.
+
+
+def synthetic_inputs(wildcards):
+    if config["datasets"][wildcards.dataset]["synthetic"] is None:
+        return []
+    return f"{dataset_root(wildcards.dataset)}/pamm_synthetic.json"
+
+
+rule make_synthetic:
+    output:
+        "data/synthetic/{dataset}/pamm_synthetic.json",
+    params:
+        opts=lambda wc: config["datasets"][wc.dataset]["synthetic"],
+    log:
+        "logs/make_synthetic/{dataset}.log",
+    shell:
+        "pamm-bench make-synthetic --dataset {wildcards.dataset} --out data/synthetic/{wildcards.dataset}"
+        " --n-train {params.opts[n_train]} --n-val {params.opts[n_val]} --height {params.opts[height]}"
+        " --width {params.opts[width]} --seed {params.opts[seed]} --no-progress > {log} 2>&1"
+
+
+rule check_dataset:
+    input:
+        synthetic_inputs,
+    output:
+        f"{RESULTS}/checks/{{dataset}}.json",
+    params:
+        root=lambda wc: dataset_root(wc.dataset),
+    log:
+        "logs/check_dataset/{dataset}.log",
+    shell:
+        "pamm-bench check-dataset {params.root} --dataset {wildcards.dataset} --report {output} > {log} 2>&1"
