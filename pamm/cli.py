@@ -87,6 +87,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"batch_sizes": tuple(args.batch_sizes), "dtypes": tuple(args.dtypes), "counters": tuple(args.counters),
+            "latency_repeats": args.repeats, "train_batch": args.train_batch}
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from pamm import io as pio
+    from pamm.engine.profile import profile_config, profile_run
+
+    options = _profile_options(args)
+    if args.run:
+        result = profile_run(args.run, device=args.device, **options)
+    else:
+        if not (args.model and args.dataset and args.out):
+            raise SystemExit("pamm-bench profile: give --run RUN_DIR, or --model, --dataset and --out")
+        from pamm.config import resolve_config
+
+        cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, 0, _overrides(args.set))
+        result = profile_config(cfg, device=args.device, **options)
+        pio.write_json(args.out, result)
+    keys = ("params_m", "gflops", "gflops_scan", "flops_counter_rel_diff", "latency_ms", "peak_mem_mib")
+    print(", ".join(f"{k}={result[k]:.4g}" for k in keys if isinstance(result.get(k), (int, float))))
+    return 0
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from pamm.results.aggregate import aggregate
 
@@ -151,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check that ROOT holds a NYUD-v2 or PASCAL-Context dataset in the ATRC layout: split "
                        "files, modality folders, id counts, readable files of the right size.")
     p.add_argument("root", type=Path)
-    p.add_argument("--dataset", choices=["nyud", "pascal"], required=True)
+    p.add_argument("--dataset", choices=["nyud", "pascal"], default=None, help="default: detected from the layout")
     p.add_argument("--expected-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="required image size (default: 448 576 for real NYUD; synthetic data carries its own)")
     p.add_argument("--report", type=Path, default=None, help="also write the summary as JSON here")
@@ -178,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run directory holding config.yaml and checkpoint.pt")
     _common_run_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("profile", help="parameters, FLOPs (fvcore + ptflops, scan counted), latency, peak memory",
+                       description="Profile a run's model (--run RUN_DIR -> RUN_DIR/profile.json) or any model at a "
+                       "profile's config with random weights (--model/--dataset/--variant/--profile -> --out JSON). "
+                       "No dataset or trained weights are needed.")
+    p.add_argument("--run", type=Path, default=None, help="run directory (writes profile.json there)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dataset", default=None, choices=["nyud", "pascal"])
+    p.add_argument("--variant", default="default")
+    p.add_argument("--profile", default="paper", choices=["tiny", "paper"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write (with --model)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="latency batch sizes")
+    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="latency precisions")
+    p.add_argument("--counters", nargs="+", default=["fvcore", "ptflops"], choices=["fvcore", "ptflops"])
+    p.add_argument("--repeats", type=int, default=20, help="timed latency runs (after warm-up)")
+    p.add_argument("--train-batch", type=int, default=1, help="batch of the training step whose peak memory is measured")
+    _common_run_args(p)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("aggregate", help="collect every run's files into results/summary.csv",
                        description="Read metrics.json / profile.json / provenance.json of every run under --runs and "

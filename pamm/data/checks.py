@@ -1,0 +1,328 @@
+"""Fail-fast dataset checks: every problem is one ``DatasetError`` naming the file or folder and the fix.
+
+Why: a wrong or incomplete dataset otherwise fails hours into training (the 480x640 NYUD copy breaks
+padding; a missing file crashes a DataLoader worker at some random step). The checks read file
+headers only (PIL without decoding, ``np.load(mmap_mode='r')``, ``scipy.io.whosmat``), so even
+PASCAL-Context's 10k images take seconds.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pamm.data import layout
+from pamm.data.layout import DatasetError
+
+
+
+def _fix_data(dataset: str, root: Path) -> str:
+    name = dataset if dataset in layout.DEFAULT_FOLDERS else "nyud|pascal"
+    return ("download the ATRC archive (the HKUST OneDrive mirrors in the InvPT/MTMamba READMEs), or generate "
+            f"synthetic data with `pamm-bench make-synthetic --dataset {name} --out {root}`")
+
+
+def _dataset_title(dataset: str) -> str:
+    return {"nyud": "NYUD-v2", "pascal": "PASCAL-Context"}.get(dataset, dataset)
+
+
+def _expected_layout(dataset: str) -> str:
+    if dataset == "nyud":
+        return "gt_sets/, images/, segmentation/, depth/, normals/, edge/"
+    return ("ImageSets/Context/, JPEGImages/, semseg/, human_parts/, sal_distill/, normals_distill/, "
+            "pascal-context/trainval/")
+
+
+def detect_dataset(root: str | os.PathLike) -> str:
+    """"nyud" or "pascal" from a dataset folder's layout (or its marker / folder name)."""
+    root = Path(root)
+    marker = layout.read_synthetic_marker(root)
+    if marker is not None and marker.get("dataset") in layout.DEFAULT_FOLDERS:
+        return str(marker["dataset"])
+    if (root / "gt_sets").is_dir():
+        return "nyud"
+    if (root / "ImageSets" / "Context").is_dir() or (root / "JPEGImages").is_dir():
+        return "pascal"
+    for name, folder in layout.DEFAULT_FOLDERS.items():
+        if root.name.lower() == folder.lower():
+            return name
+    require_root("dataset", root)
+    raise DatasetError(
+        f"cannot tell which dataset {root} holds: it has neither gt_sets/ (NYUD-v2) nor ImageSets/Context/ "
+        "(PASCAL-Context); pass the dataset folder itself (e.g. data/NYUDv2) or name the dataset explicitly"
+    )
+
+
+def require_root(dataset: str, root: Path) -> None:
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        holding = _expected_layout(dataset) if dataset in layout.DEFAULT_FOLDERS else "the split lists"
+        raise DatasetError(
+            f"dataset root {root} {what}: pass the {_dataset_title(dataset)} folder itself (the one holding "
+            f"{holding}), or {_fix_data(dataset, root)}"
+        )
+
+
+def require_split_file(dataset: str, root: Path, split: str) -> Path:
+    path = layout.split_file(dataset, root, split)
+    if not path.is_file():
+        raise DatasetError(
+            f"split file {path} is missing, so {root} is not a complete {_dataset_title(dataset)} dataset "
+            f"(expected {_expected_layout(dataset)}); re-extract the archive into {root} or regenerate the "
+            f"synthetic data (split must be one of {list(layout.SPLITS)})"
+        )
+    return path
+
+
+def require_folders(dataset: str, root: Path, modality_names: list[str], tasks: list[str]) -> None:
+    table = layout.modalities(dataset, root)
+    for name in modality_names:
+        folder = root / table[name].folder
+        if not folder.is_dir():
+            users = [t for t in tasks if name in layout.TASK_MODALITIES[dataset][t]] or ["every task"]
+            raise DatasetError(
+                f"folder {folder} is missing ({name} files, needed by {', '.join(users)}): re-extract the "
+                f"{_dataset_title(dataset)} archive into {root}, regenerate the synthetic data, or leave "
+                f"{', '.join(users)} out of the tasks"
+            )
+
+
+# ------------------------------------------------------------------------------------------
+# header readers: (H, W) of a file without decoding it
+
+
+def _unreadable(path: Path, err: BaseException) -> DatasetError:
+    return DatasetError(
+        f"cannot read {path} ({type(err).__name__}: {err}); the file is corrupt or truncated: re-extract it from "
+        "the archive or regenerate the synthetic data"
+    )
+
+
+def header_size(path: Path, kind: str) -> tuple[int, int]:
+    """(H, W) of an image, .npy or .mat (LabelMap) file from its header."""
+    try:
+        if kind == "image":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                width, height = image.size
+            return height, width
+        if kind == "npy":
+            array = np.load(path, mmap_mode="r")
+            if not np.issubdtype(array.dtype, np.floating):
+                raise DatasetError(f"{path} holds {array.dtype} values; depth must be float metres: re-extract it")
+            shape = tuple(s for s in array.shape if s != 1) if array.ndim == 3 else array.shape
+            if len(shape) != 2:
+                raise DatasetError(f"{path} has shape {array.shape}; depth must be (H, W): re-extract it")
+            return int(shape[0]), int(shape[1])
+        if kind == "mat":
+            from scipy.io import whosmat
+
+            for name, shape, _ in whosmat(path):
+                if name == "LabelMap":
+                    return int(shape[0]), int(shape[1])
+            raise DatasetError(f"{path} has no 'LabelMap' variable; re-extract pascal-context/trainval")
+    except DatasetError:
+        raise
+    except Exception as err:  # PIL, numpy and scipy each raise their own kinds on corrupt files
+        raise _unreadable(path, err) from None
+    raise ValueError(f"no header reader for {kind!r}")
+
+
+def _check_parts_file(path: Path, shape: tuple[int, int]) -> None:
+    """Fully read one Pascal-Part annotation and check its masks' size."""
+    from pamm.data.pascal import read_part_objects
+
+    try:
+        objects = read_part_objects(path)
+    except DatasetError:
+        raise
+    except Exception as err:
+        raise _unreadable(path, err) from None
+    for _, mask, parts in objects:
+        for array in [mask] + [m for _, m in parts]:
+            if array.shape[:2] != shape:
+                raise DatasetError(
+                    f"{path} has a mask of {array.shape[0]}x{array.shape[1]} but the image is {shape[0]}x{shape[1]}: "
+                    "re-extract human_parts/ or regenerate the synthetic data"
+                )
+
+
+def _size_str(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _wrong_nyud_version(path: Path, root: Path) -> DatasetError:
+    return DatasetError(
+        f"{path} is 480x640 (HxW): {root} is the MTL-PyTorch (Google-Drive) NYUD-v2, not the ATRC 448x576 "
+        "version these models pad to; download the ATRC NYUDv2 archive (HKUST OneDrive mirror in the "
+        "InvPT/MTMamba READMEs) and point to it instead"
+    )
+
+
+def _evenly_spaced(ids: list[str], limit: int | None) -> list[str]:
+    if limit is None or len(ids) <= limit:
+        return ids
+    picks = np.unique(np.linspace(0, len(ids) - 1, max(limit, 2)).round().astype(int))
+    return [ids[i] for i in picks]
+
+
+def check_dataset(
+    dataset: str | None,
+    root: str | os.PathLike,
+    expected_size: tuple[int, int] | None = None,
+    tasks: list[str] | None = None,
+    max_ids_per_split: int | None = None,
+    parts_files_per_split: int = 4,
+) -> dict[str, Any]:
+    """Check a dataset folder; return a summary or raise ``DatasetError`` on the first problem.
+
+    ``dataset`` may be None to detect it from the layout. Sizes: every file of an id must match its
+    image; images must be ``expected_size`` if given, else 448x576 for a real NYUD-v2 (480x640 is
+    recognised as the wrong version), the marker's size for synthetic data, and at most 500x500 for
+    a real PASCAL-Context (a warning). Header sizes are read for every id (or ``max_ids_per_split``
+    evenly spaced ones); ``parts_files_per_split`` Pascal-Part files per split are read fully.
+    Split counts differing from the real archives' (795/654, 4998/5105) are reported as warnings,
+    never for synthetic data.
+    """
+    from pamm.tasks import dataset_tasks
+
+    start = time.perf_counter()
+    root = Path(root)
+    if dataset is None:
+        dataset = detect_dataset(root)
+    if dataset not in layout.DEFAULT_FOLDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(layout.DEFAULT_FOLDERS)}")
+    tasks = list(dataset_tasks(dataset, tasks))
+    require_root(dataset, root)
+    marker = layout.read_synthetic_marker(root)
+    synthetic = marker is not None
+    split_ids = {split: layout.read_split_ids(require_split_file(dataset, root, split)) for split in layout.SPLITS}
+    table = layout.modalities(dataset, root)
+    names = layout.modalities_for_tasks(dataset, tasks)
+    require_folders(dataset, root, ["image"], tasks)
+
+    if expected_size is not None:
+        size_rule: tuple[int, int] | None = (int(expected_size[0]), int(expected_size[1]))
+        size_reason = "the expected size"
+    elif synthetic and "height" in marker and "width" in marker:
+        size_rule, size_reason = (int(marker["height"]), int(marker["width"])), f"the size in {layout.SYNTHETIC_MARKER}"
+    elif dataset == "nyud":
+        size_rule, size_reason = layout.NYUD_REAL_SIZE, "the ATRC NYUD-v2 size"
+    else:
+        size_rule, size_reason = None, ""
+
+    def check_image_size(path: Path, size: tuple[int, int]) -> None:
+        if dataset == "nyud" and not synthetic and size == layout.NYUD_WRONG_VERSION_SIZE and expected_size is None:
+            raise _wrong_nyud_version(path, root)
+        if size_rule is not None and size != size_rule:
+            raise DatasetError(
+                f"{path} is {_size_str(size)} (HxW) but {size_reason} is {_size_str(size_rule)}: re-extract the "
+                "archive, regenerate the synthetic data, or pass the right expected size"
+            )
+
+    # the wrong NYUD version is the most common mistake: catch it before anything else
+    first_ids = [ids[0] for ids in split_ids.values() if ids]
+    if first_ids:
+        first_image = root / table["image"].folder / f"{first_ids[0]}{table['image'].ext}"
+        if first_image.is_file():
+            check_image_size(first_image, header_size(first_image, "image"))
+    require_folders(dataset, root, names, tasks)
+
+    # every id has a file in every modality folder
+    listings: dict[str, set[str]] = {}
+    for split, ids in split_ids.items():
+        for name in names:
+            modality = table[name]
+            if modality.folder not in listings:
+                listings[modality.folder] = set(os.listdir(root / modality.folder))
+            missing = [image_id for image_id in ids if f"{image_id}{modality.ext}" not in listings[modality.folder]]
+            if missing:
+                first = root / modality.folder / f"{missing[0]}{modality.ext}"
+                raise DatasetError(
+                    f"{len(missing)} of {len(ids)} ids in {layout.split_file(dataset, root, split)} have no file in "
+                    f"{root / modality.folder} (first missing: {first}); the archive is incomplete: re-extract it "
+                    "or regenerate the synthetic data"
+                )
+
+    # sizes (headers only) and readability
+    files_checked = 0
+    min_size, max_size = None, None
+    header_modalities = [table[n] for n in names if table[n].kind != "mat" or n == "labelmap"]
+    for split, ids in split_ids.items():
+        checked_ids = _evenly_spaced(ids, max_ids_per_split)
+        parts_ids = set(_evenly_spaced(ids, parts_files_per_split)) if "human_parts" in names else set()
+        for image_id in checked_ids:
+            image_path = root / table["image"].folder / f"{image_id}{table['image'].ext}"
+            size = header_size(image_path, "image")
+            check_image_size(image_path, size)
+            min_size = size if min_size is None else (min(min_size[0], size[0]), min(min_size[1], size[1]))
+            max_size = size if max_size is None else (max(max_size[0], size[0]), max(max_size[1], size[1]))
+            files_checked += 1
+            for modality in header_modalities:
+                if modality.name == "image":
+                    continue
+                path = root / modality.folder / f"{image_id}{modality.ext}"
+                other = header_size(path, modality.kind)
+                files_checked += 1
+                if other != size:
+                    raise DatasetError(
+                        f"{path} is {_size_str(other)} (HxW) but its image {image_path} is {_size_str(size)}: "
+                        f"re-extract {modality.folder}/ or regenerate the synthetic data"
+                    )
+            if image_id in parts_ids:
+                _check_parts_file(root / table["human_parts"].folder / f"{image_id}.mat", size)
+                files_checked += 1
+
+    warnings: list[str] = []
+    counts = {split: len(ids) for split, ids in split_ids.items()}
+    expected_counts = None if synthetic else layout.REAL_SPLIT_COUNTS[dataset]
+    if expected_counts is not None and counts != expected_counts:
+        warnings.append(f"split sizes {counts} differ from the real archive's {expected_counts}")
+    if dataset == "pascal" and not synthetic and max_size is not None and max(max_size) > layout.PASCAL_MAX_SIDE:
+        warnings.append(f"largest image is {_size_str(max_size)}; real PASCAL-Context images are at most 500x500")
+    if any(n == 0 for n in counts.values()):
+        warnings.append(f"empty split(s): {[s for s, n in counts.items() if n == 0]}")
+    return {
+        "dataset": dataset,
+        "root": str(root),
+        "synthetic": synthetic,
+        "marker": marker,
+        "splits": counts,
+        "expected_counts": expected_counts,
+        "image_size": list(min_size) if min_size is not None and min_size == max_size else None,
+        "image_size_range": None if min_size is None else {"min": list(min_size), "max": list(max_size)},
+        "tasks": tasks,
+        "folders": {name: table[name].folder for name in names},
+        "files_checked": files_checked,
+        "seconds": round(time.perf_counter() - start, 3),
+        "warnings": warnings,
+    }
+
+
+def check_dataset_cli_summary(report: dict[str, Any]) -> str:
+    """Human-readable lines for ``pamm-bench check-dataset``."""
+    kind = "synthetic" if report["synthetic"] else "real"
+    lines = [f"{_dataset_title(report['dataset'])} ({kind}) at {report['root']}: OK"]
+    splits = ", ".join(f"{split} {n}" for split, n in report["splits"].items())
+    if report.get("expected_counts"):
+        expected = "/".join(str(n) for n in report["expected_counts"].values())
+        splits += f" (real archive: {expected})"
+    lines.append(f"  images: {splits}")
+    if report.get("image_size"):
+        lines.append(f"  image size: {_size_str(tuple(report['image_size']))} (HxW)")
+    elif report.get("image_size_range"):
+        rng = report["image_size_range"]
+        lines.append(f"  image size: {_size_str(tuple(rng['min']))} .. {_size_str(tuple(rng['max']))} (HxW)")
+    lines.append(f"  tasks: {', '.join(report['tasks'])}")
+    lines.append(f"  folders: {', '.join(sorted(set(report['folders'].values())))}")
+    lines.append(f"  {report['files_checked']} files checked in {report['seconds']:.2f} s")
+    if report.get("marker"):
+        m = report["marker"]
+        lines.append(f"  generator: {m.get('generator')} v{m.get('version')}, seed {m.get('seed')}")
+    for warning in report.get("warnings", []):
+        lines.append(f"  warning: {warning}")
+    return "\n".join(lines)
