@@ -1,0 +1,323 @@
+"""Benchmark the Triton selective scan against mamba-ssm's CUDA kernel and the pure-PyTorch backend.
+
+Why: the Triton backend is meant to replace a compiled extension, so its cost next to that kernel is
+the number that matters, at the shapes PAMM actually runs (reference §10):
+
+  S1 (b, d, l, n) = (2, 384, 4800, 16)    few channels, long l (the chunked, multi-segment regime)
+  S2              = (16, 1536, 1008, 16)  PAMM NYUD stage, batch 1, 4 tasks x 4 directions
+  S3              = (128, 1536, 1008, 16) the same at batch 8, bf16 inputs
+  S4              = (20, 2048, 1024, 64)  PAMM PASCAL stage, batch 1, 5 tasks x 4 directions
+
+For each shape and backend: forward and forward+backward time (median of CUDA-event timings; the
+backward takes the gradients of u, Δ, A, B, C, D), peak memory above the inputs, the largest output
+and gradient error against the CUDA kernel, and the triton / cuda time ratio. For S2 and S4 it also
+times the whole multi-direction call: gather → scan → merge with the CUDA kernel against the fused
+Triton entry (orders read and written inside the kernel), with the batch split into tasks x 4
+directions over the 28x36 (S2) or 32x32 (S4) token grid.
+
+GPU only: on a machine without CUDA it says so and exits 0. This is a script, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+SHAPES = {
+    "S1": dict(b=2, d=384, l=4800, n=16, dtype=torch.float32, grid=None),
+    "S2": dict(b=16, d=1536, l=1008, n=16, dtype=torch.float32, grid=(28, 36)),
+    "S3": dict(b=128, d=1536, l=1008, n=16, dtype=torch.bfloat16, grid=None),
+    "S4": dict(b=20, d=2048, l=1024, n=64, dtype=torch.float32, grid=(32, 32)),
+}
+BACKENDS = ("cuda", "triton", "torch")
+DIRECTIONS = 4
+
+FIELDS = ["call", "shape", "b", "d", "l", "n", "dtype", "backend", "fwd_ms", "fwd_bwd_ms", "peak_mib",
+          "out_max_abs_err_vs_cuda", "grad_max_rel_err_vs_cuda", "fwd_ratio_vs_cuda", "fwd_bwd_ratio_vs_cuda",
+          "status"]
+
+
+@dataclass
+class Row:
+    call: str
+    shape: str
+    spec: dict
+    backend: str
+    fwd_ms: float | None = None
+    fwd_bwd_ms: float | None = None
+    peak_mib: float | None = None
+    out_err: float | None = None
+    grad_err: float | None = None
+    status: str = "ok"
+    outputs: tuple = field(default=(), repr=False)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="shapes to run")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS),
+                        help="single-scan backends to time (cuda is the reference for errors and ratios)")
+    parser.add_argument("--no-multi", action="store_true", help="skip the multi-direction comparison (S2, S4)")
+    parser.add_argument("--scan-kind", default="hilbert", help="scan order kind for the multi-direction call")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (autotuning included)")
+    parser.add_argument("--iters", type=int, default=10, help="timed runs; the median is reported")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV ('-' for stdout)")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and callables
+# ---------------------------------------------------------------------------------------------
+def make_inputs(spec: dict, seed: int, device: torch.device) -> dict:
+    """PAMM-like scan inputs: Δ before softplus with a dt_proj-style bias, A = -exp(A_log)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    b, d, l, n, dtype = spec["b"], spec["d"], spec["l"], spec["n"], spec["dtype"]
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, device=device) * scale
+
+    return dict(
+        u=randn(b, d, l).to(dtype),
+        delta=randn(b, d, l, scale=0.5).to(dtype),
+        A=-torch.exp(randn(d, n, scale=0.5)),
+        B=randn(b, n, l).to(dtype),
+        C=randn(b, n, l).to(dtype),
+        D=randn(d),
+        delta_bias=randn(d, scale=0.5) - 4.0,
+    )
+
+
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D")
+
+
+def single_call(backend: str) -> Callable[[dict], torch.Tensor]:
+    """cuda / torch through pamm.ops.selective_scan; triton called directly (no dispatch in the way)."""
+    import pamm.ops as ops
+
+    if backend == "triton":
+        from pamm.ops.triton_scan import selective_scan_triton
+
+        def run_triton(x: dict) -> torch.Tensor:
+            return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"],
+                                         True)
+
+        return run_triton
+
+    def run(x: dict) -> torch.Tensor:
+        return ops.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"],
+                                  True, backend=backend)
+
+    return run
+
+
+def multi_inputs(spec: dict, seed: int, device: torch.device, kind: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Tasks as the batch, shared u/Δ/A/D/bias, B/C shared by the directions (PAMM's layout)."""
+    tasks = spec["b"] // DIRECTIONS
+    x = make_inputs({**spec, "b": tasks}, seed, device)
+    x["B"], x["C"] = x["B"].unsqueeze(1), x["C"].unsqueeze(1)  # (b, G=1, n, L)
+    return x, *scan_perm(spec["grid"], device, kind)
+
+
+def scan_perm(grid: tuple[int, int], device: torch.device, kind: str = "hilbert") -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from pamm.ops import scan_orders
+
+        perm, inverse = scan_orders(kind, grid[0], grid[1], DIRECTIONS)
+    except Exception as exc:  # noqa: BLE001  (fall back so the timing still runs)
+        print(f"[bench] scan_orders({kind!r}) unavailable ({exc}); using random orders", file=sys.stderr)
+        gen = torch.Generator().manual_seed(0)
+        perm = torch.stack([torch.randperm(grid[0] * grid[1], generator=gen) for _ in range(DIRECTIONS)])
+        inverse = torch.argsort(perm, dim=1)
+    return perm.to(device), inverse.to(device)
+
+
+def multi_call(backend: str, perm: torch.Tensor, inverse: torch.Tensor) -> Callable[[dict], torch.Tensor]:
+    """cuda: pamm.ops.multi_direction_scan (gather → scan → merge), or that pipeline spelled out."""
+    import pamm.ops as ops
+
+    if backend == "triton":
+        from pamm.ops.triton_scan import multi_direction_scan_triton
+
+        def fused(x: dict) -> torch.Tensor:
+            return multi_direction_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"],
+                                               True, perm=perm, inverse=inverse, merge="sum")
+
+        return fused
+
+    library = getattr(ops, "multi_direction_scan", None)
+    if library is not None:
+        def via_library(x: dict) -> torch.Tensor:
+            return library(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True,
+                           perm=perm, inverse=inverse, merge="sum", backend=backend)
+
+        return via_library
+
+    def spelled_out(x: dict) -> torch.Tensor:
+        b, d, L = x["u"].shape
+        K = perm.shape[0]
+        u = x["u"][:, :, perm].transpose(1, 2).reshape(b * K, d, L)
+        delta = x["delta"][:, :, perm].transpose(1, 2).reshape(b * K, d, L)
+        B = x["B"][:, 0][:, :, perm].transpose(1, 2).reshape(b * K, -1, L)
+        C = x["C"][:, 0][:, :, perm].transpose(1, 2).reshape(b * K, -1, L)
+        y = ops.selective_scan(u, delta, x["A"], B, C, x["D"], None, x["delta_bias"], True, backend=backend)
+        y = y.reshape(b, K, d, L)
+        return torch.stack([y[:, k][..., inverse[k]] for k in range(K)]).sum(0)
+
+    return spelled_out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------
+def median_ms(fn: Callable[[], object], warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, iters: int) -> Row:
+    row = Row(call="", shape="", spec={}, backend="")
+    leaves = {k: v.detach().requires_grad_(k in GRAD_NAMES) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = call(leaves)
+    grad_out = torch.randn_like(out)
+
+    def forward():
+        with torch.no_grad():
+            call(leaves)
+
+    def forward_backward():
+        y = call(leaves)
+        return torch.autograd.grad(y, [leaves[k] for k in GRAD_NAMES], grad_out)
+
+    row.fwd_ms = median_ms(forward, warmup, iters)
+    row.fwd_bwd_ms = median_ms(forward_backward, warmup, iters)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    grads = forward_backward()
+    torch.cuda.synchronize()
+    row.peak_mib = (torch.cuda.max_memory_allocated() - baseline) / 2**20
+    row.outputs = (out.float(), tuple(g.float() for g in grads))
+    return row
+
+
+def compare(row: Row, reference: Row | None) -> None:
+    if reference is None or not row.outputs or not reference.outputs or row is reference:
+        return
+    out, grads = row.outputs
+    ref_out, ref_grads = reference.outputs
+    row.out_err = (out - ref_out).abs().max().item()
+    row.grad_err = max(((g - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+                       for g, r in zip(grads, ref_grads))
+
+
+def run_case(call_name: str, shape: str, spec: dict, backends: list[str], make_call, inputs: dict,
+             args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for backend in backends:
+        try:
+            row = measure(make_call(backend), inputs, args.warmup, args.iters)
+        except torch.cuda.OutOfMemoryError:
+            row = Row(call="", shape="", spec={}, backend="", status="out of memory")
+        except Exception as exc:  # noqa: BLE001  (a missing backend is a row, not a crash)
+            row = Row(call="", shape="", spec={}, backend="", status=f"failed: {type(exc).__name__}: {exc}"[:200])
+        row.call, row.shape, row.spec, row.backend = call_name, shape, spec, backend
+        rows.append(row)
+        torch.cuda.empty_cache()
+    reference = next((r for r in rows if r.backend == "cuda" and r.status == "ok"), None)
+    for row in rows:
+        compare(row, reference)
+        row.outputs = ()
+    return rows
+
+
+def as_record(row: Row, rows: list[Row]) -> dict:
+    cuda = next((r for r in rows if r.call == row.call and r.shape == row.shape and r.backend == "cuda"
+                 and r.status == "ok"), None)
+
+    def ratio(mine, theirs):
+        return None if mine is None or not theirs else mine / theirs
+
+    spec = row.spec
+    return {
+        "call": row.call, "shape": row.shape, "b": spec["b"], "d": spec["d"], "l": spec["l"], "n": spec["n"],
+        "dtype": str(spec["dtype"]).replace("torch.", ""), "backend": row.backend,
+        "fwd_ms": row.fwd_ms, "fwd_bwd_ms": row.fwd_bwd_ms, "peak_mib": row.peak_mib,
+        "out_max_abs_err_vs_cuda": row.out_err, "grad_max_rel_err_vs_cuda": row.grad_err,
+        "fwd_ratio_vs_cuda": ratio(row.fwd_ms, cuda and cuda.fwd_ms),
+        "fwd_bwd_ratio_vs_cuda": ratio(row.fwd_bwd_ms, cuda and cuda.fwd_bwd_ms),
+        "status": row.status,
+    }
+
+
+def print_table(records: list[dict]) -> None:
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.3f}".rstrip("0").rstrip(".")
+        return str(v)
+
+    cols = ["call", "shape", "dtype", "backend", "fwd_ms", "fwd_bwd_ms", "peak_mib", "out_max_abs_err_vs_cuda",
+            "grad_max_rel_err_vs_cuda", "fwd_ratio_vs_cuda", "fwd_bwd_ratio_vs_cuda", "status"]
+    table = [cols] + [[fmt(r[c]) for c in cols] for r in records]
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_triton_scan: needs a CUDA GPU (none found); nothing measured.")
+        return 0
+    from pamm.ops.triton_scan import triton_available
+
+    ok, why = triton_available()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {why}")
+    device = torch.device("cuda")
+    rows: list[Row] = []
+    for shape in args.shapes:
+        spec = SHAPES[shape]
+        inputs = make_inputs(spec, args.seed, device)
+        rows += run_case("single", shape, spec, args.backends, single_call, inputs, args)
+        del inputs
+        if spec["grid"] is not None and not args.no_multi:
+            x, perm, inverse = multi_inputs(spec, args.seed, device, args.scan_kind)
+            rows += run_case("multi_direction", shape, spec, ["cuda", "triton"],
+                             lambda backend: multi_call(backend, perm, inverse), x, args)
+            del x
+        torch.cuda.empty_cache()
+    records = [as_record(r, rows) for r in rows]
+    print_table(records)
+    if args.csv:
+        handle = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="")
+        try:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(records)
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""Triton backend of the selective scan: no extension to build, forward and backward kernels.
+
+Why it exists: mamba-ssm's CUDA kernel needs a compiled extension matching the local torch/CUDA
+(a ~3 minute build at best, often a failed one), and PAMM's four scan orders cost more in the
+gather / scatter-add around the scan than in the scan itself (reference §1.11). This module gives
+
+* :func:`selective_scan_triton`: mamba-ssm semantics and layouts, fp32/bf16/fp16 inputs, fp32 state;
+* :func:`multi_direction_scan_triton`: K scan orders read and written *through* their permutations
+  inside the kernel, the K outputs merged (sum or mean) in row-major order, forward and backward,
+  with no gathered copies;
+* :func:`triton_available`: whether the backend can be used, and why not.
+
+Kernels live in :mod:`pamm.ops.triton_kernels` (imported lazily, so importing this module never
+needs triton). They run compiled on CUDA tensors, or on CPU tensors under the Triton interpreter when
+``TRITON_INTERPRET=1`` was set before the kernels were first used (that is how the tests run).
+
+Memory: the forward saves only the inputs plus the state at the start of every chunk of ``CHUNK``
+tokens, ``b·K·d·n·ceil(l/CHUNK)`` fp32 values; the backward recomputes the states chunk by chunk.
+Gradients of B and C are accumulated with fp32 atomics, so they (and merged outputs) are not bitwise
+deterministic, as with the mamba-ssm kernel.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import torch
+
+__all__ = ["triton_available", "selective_scan_triton", "multi_direction_scan_triton"]
+
+try:  # guarded: the rest of pamm must import without triton
+    import triton  # noqa: F401
+
+    _TRITON_ERROR: str | None = None
+except Exception as exc:  # ImportError, or a broken install raising anything else
+    triton = None
+    _TRITON_ERROR = f"triton cannot be imported ({type(exc).__name__}: {exc})"
+
+
+def triton_available() -> tuple[bool, str]:
+    """``(True, "triton <version>")`` when the backend can be used, else ``(False, reason)``."""
+    if triton is None:
+        return False, _TRITON_ERROR or "triton is not installed"
+    return True, f"triton {triton.__version__}"
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """Import the kernels once and wrap them with autotuning (a fixed config under the interpreter)."""
+    ok, why = triton_available()
+    if not ok:
+        raise RuntimeError(f"the triton selective-scan backend is unavailable: {why}")
+    from pamm.ops import triton_kernels as tk
+
+    interpreted = _interpreting()
+    if interpreted:
+        fwd = bwd = None
+    else:
+        configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8, 16) for nw in (2, 4, 8)]
+        tuned = functools.partial(
+            triton.autotune,
+            configs=configs,
+            key=["n_channels", "chans_per_group", "n_state", "seq_len", "n_seg", "LOCAL_PASS", "HAS_PERM"],
+            prune_configs_by={"early_config_prune": _prune_configs},
+        )
+        fwd = tuned(reset_to_zero=["out_ptr"])(tk.scan_fwd_kernel)
+        bwd = tuned(reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"])(tk.scan_bwd_kernel)
+    return {"module": tk, "interpreted": interpreted, "fwd_tuned": fwd, "bwd_tuned": bwd}
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Keep 4–16 fp32 values per thread in each (BLOCK_D, BLOCK_N, CHUNK) tile and channel blocks no
+    wider than a group. (Compiled for sm_90 without a GPU, the backward already needs ~250 registers
+    at 8 values per thread and spills beyond 16; the autotuner times whatever is left.)"""
+    args = {**named_args, **kwargs}
+    widest = max(1, triton.next_power_of_2(int(args["chans_per_group"])))
+    tile = int(args["BLOCK_N"]) * int(args["CHUNK"])
+
+    def per_thread(c) -> float:
+        return c.kwargs["BLOCK_D"] * tile / (32 * c.num_warps)
+
+    kept = [c for c in configs if c.kwargs["BLOCK_D"] <= widest and 4 <= per_thread(c) <= 16]
+    if kept:
+        return kept
+    return [min(configs, key=lambda c: (abs(per_thread(c) - 8), c.kwargs["BLOCK_D"]))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem description and plan
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Problem:
+    """Shapes and flags of one call, in the kernels' canonical layouts."""
+
+    batch: int
+    n_dir: int
+    n_channels: int
+    n_groups: int
+    n_state: int
+    seq_len: int
+    u_per_dir: bool
+    delta_per_dir: bool
+    A_per_dir: bool
+    B_per_dir: bool
+    C_per_dir: bool
+    db_per_dir: bool
+    has_D: bool
+    has_z: bool
+    has_bias: bool
+    softplus: bool
+    has_perm: bool
+    out_scale: float
+
+    @property
+    def chans_per_group(self) -> int:
+        return self.n_channels // self.n_groups
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How the sequence is cut: CHUNK tokens per register tile, seg_len tokens per program."""
+
+    chunk: int
+    seg_len: int
+    block_d: int | None  # None: autotuned
+    num_warps: int
+
+    def n_chunks(self, seq_len: int) -> int:
+        return -(-seq_len // self.chunk)
+
+    def n_seg(self, seq_len: int) -> int:
+        return -(-seq_len // self.seg_len)
+
+
+_PLAN_OVERRIDE: dict | None = None
+
+
+@contextlib.contextmanager
+def _force_plan(**fields) -> Iterator[None]:
+    """Testing hook: fix ``chunk``, ``seg_chunks`` (chunks per segment), ``block_d``, ``num_warps``."""
+    global _PLAN_OVERRIDE
+    previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
+    try:
+        yield
+    finally:
+        _PLAN_OVERRIDE = previous
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def _block_n(n_state: int) -> int:
+    return max(2, _next_pow2(n_state))
+
+
+@functools.lru_cache(maxsize=256)
+def _auto_plan(problem: _Problem, device: torch.device) -> _Plan:
+    """Many channels: one segment per sequence. Few channels and long l: split l so that there are
+    about four programs per SM, each segment still at least four chunks long."""
+    chunk = 64 if _block_n(problem.n_state) <= 16 else 32
+    chunk = min(chunk, max(2, _next_pow2(problem.seq_len)))
+    n_chunks = -(-problem.seq_len // chunk)
+    seg_chunks = n_chunks
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        programs = problem.batch * problem.n_dir * problem.n_groups * -(-problem.chans_per_group // 8)
+        target = 4 * sms
+        if programs < target and n_chunks >= 8:
+            wanted = max(1, min(-(-target // programs), n_chunks // 4))
+            seg_chunks = -(-n_chunks // wanted)
+    interpreted = _kernels()["interpreted"]
+    return _Plan(chunk=chunk, seg_len=seg_chunks * chunk, block_d=4 if interpreted else None,
+                 num_warps=1 if interpreted else 4)
+
+
+def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
+    plan = _auto_plan(problem, device)
+    if _PLAN_OVERRIDE:
+        fields = dict(_PLAN_OVERRIDE)
+        chunk = fields.pop("chunk", plan.chunk)
+        seg_chunks = fields.pop("seg_chunks", None)
+        seg_len = chunk * seg_chunks if seg_chunks else chunk * -(-problem.seq_len // chunk)
+        plan = replace(plan, chunk=chunk, seg_len=seg_len, **fields)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+def _check_device(*tensors: torch.Tensor) -> None:
+    kernels = _kernels()
+    device = tensors[0].device
+    for t in tensors:
+        if t.device != device:
+            raise ValueError(f"all inputs must be on one device, got {device} and {t.device}")
+    if device.type == "cpu" and not kernels["interpreted"]:
+        raise RuntimeError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before its "
+                           "first use, to run the kernels on CPU under the Triton interpreter)")
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"the triton backend does not run on {device.type} tensors")
+
+
+def _common_args(problem: _Problem, plan: _Plan) -> dict:
+    return dict(
+        n_channels=problem.n_channels, chans_per_group=problem.chans_per_group, n_groups=problem.n_groups,
+        n_state=problem.n_state, seq_len=problem.seq_len, n_dir=problem.n_dir,
+        n_seg=plan.n_seg(problem.seq_len), seg_len=plan.seg_len, n_chunks=plan.n_chunks(problem.seq_len),
+        out_scale=problem.out_scale,
+        U_PER_DIR=problem.u_per_dir, DT_PER_DIR=problem.delta_per_dir, A_PER_DIR=problem.A_per_dir,
+        B_PER_DIR=problem.B_per_dir, C_PER_DIR=problem.C_per_dir, DB_PER_DIR=problem.db_per_dir,
+        HAS_D=problem.has_D, HAS_Z=problem.has_z, HAS_BIAS=problem.has_bias, SOFTPLUS=problem.softplus,
+        HAS_PERM=problem.has_perm, BLOCK_N=_block_n(problem.n_state), CHUNK=plan.chunk,
+    )
+
+
+def _launch(kind: str, problem: _Problem, plan: _Plan, args: dict) -> None:
+    """Run the forward or backward kernel: autotuned when compiled, the plan's block otherwise."""
+    kernels = _kernels()
+    n_seg = plan.n_seg(problem.seq_len)
+    blocks = lambda block_d: problem.n_groups * -(-problem.chans_per_group // block_d)  # noqa: E731
+    tuned = kernels[f"{kind}_tuned"]
+    if tuned is not None and plan.block_d is None:
+        grid = lambda meta: (blocks(meta["BLOCK_D"]), problem.batch, problem.n_dir * n_seg)  # noqa: E731
+        tuned[grid](**args)
+    else:
+        block_d = plan.block_d or 4
+        raw = getattr(kernels["module"], f"scan_{kind}_kernel")
+        raw[(blocks(block_d), problem.batch, problem.n_dir * n_seg)](**args, BLOCK_D=block_d,
+                                                                    num_warps=plan.num_warps)
+
+
+def _launch_carry(problem: _Problem, A: torch.Tensor, local: torch.Tensor, dt_sum: torch.Tensor,
+                  carry: torch.Tensor, reverse: bool) -> None:
+    kernels = _kernels()
+    block_d = 8
+    grid = (-(-problem.n_channels // block_d), problem.batch, problem.n_dir)
+    kernels["module"].segment_carry_kernel[grid](
+        A, local, dt_sum, carry, problem.n_channels, problem.n_state, problem.n_dir, local.shape[2],
+        A_PER_DIR=problem.A_per_dir, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=_block_n(problem.n_state),
+        num_warps=1 if kernels["interpreted"] else 4,
+    )
+
+
+def _scan_forward(problem: _Problem, plan: _Plan, u, delta, A, B, C, D, z, bias, perm, store_ckpt: bool):
+    """Output (b, d, L) in u's dtype, and the chunk checkpoints when a backward will follow."""
+    device = u.device
+    b, d, n, L, K = problem.batch, problem.n_channels, problem.n_state, problem.seq_len, problem.n_dir
+    n_seg, n_chunks = plan.n_seg(L), plan.n_chunks(L)
+    f32 = dict(device=device, dtype=torch.float32)
+    dummy = torch.empty(1, **f32)
+    atomic_out = K > 1
+    out = torch.zeros(b, d, L, **f32) if atomic_out else torch.empty(b, d, L, device=device, dtype=u.dtype)
+    ckpt = torch.empty(b, K, n_chunks, d, n, **f32) if store_ckpt else dummy
+    args = dict(u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, C_ptr=C,
+                D_ptr=D if D is not None else dummy, z_ptr=z if z is not None else dummy,
+                bias_ptr=bias if bias is not None else dummy, perm_ptr=perm if perm is not None else dummy,
+                out_ptr=out, ckpt_ptr=ckpt, **_common_args(problem, plan),
+                ATOMIC_OUT=atomic_out, MULTI_SEG=n_seg > 1, STORE_CKPT=store_ckpt)
+    if n_seg > 1:
+        seg_state = torch.empty(b, K, n_seg, d, n, **f32)
+        seg_dtsum = torch.empty(b, K, n_seg, d, **f32)
+        seg_init = torch.empty(b, K, n_seg, d, n, **f32)
+        seg_args = dict(seg_state_ptr=seg_state, seg_dtsum_ptr=seg_dtsum, seg_init_ptr=seg_init)
+        _launch("fwd", problem, plan, {**args, **seg_args, "LOCAL_PASS": True})
+        _launch_carry(problem, A, seg_state, seg_dtsum, seg_init, reverse=False)
+    else:
+        seg_args = dict(seg_state_ptr=dummy, seg_dtsum_ptr=dummy, seg_init_ptr=dummy)
+    _launch("fwd", problem, plan, {**args, **seg_args, "LOCAL_PASS": False})
+    if out.dtype != u.dtype:
+        out = out.to(u.dtype)
+    return out, ckpt
+
+
+def _scan_backward(problem: _Problem, plan: _Plan, dout, ckpt, u, delta, A, B, C, D, z, bias, perm):
+    """Gradients (du, dΔ, dA, dB, dC, dD, dz, dbias) in the canonical layouts, fp32 where reduced."""
+    device = u.device
+    b, d, n, L, K = problem.batch, problem.n_channels, problem.n_state, problem.seq_len, problem.n_dir
+    n_seg = plan.n_seg(L)
+    f32 = dict(device=device, dtype=torch.float32)
+    dummy = torch.empty(1, **f32)
+    du_atomic = K > 1 and not problem.u_per_dir
+    ddelta_atomic = K > 1 and not problem.delta_per_dir
+    du = torch.zeros(u.shape, **f32) if du_atomic else torch.empty_like(u)
+    ddelta = torch.zeros(delta.shape, **f32) if ddelta_atomic else torch.empty_like(delta)
+    dB = torch.zeros(B.shape, **f32)
+    dC = torch.zeros(C.shape, **f32)
+    dz = torch.empty_like(z) if z is not None else None
+    dA_part = torch.empty(b, K, n_seg, d, n, **f32)
+    dD_part = torch.empty(b, K, n_seg, d, **f32) if D is not None else None
+    dbias_part = torch.empty(b, K, n_seg, d, **f32) if bias is not None else None
+    args = dict(u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, C_ptr=C,
+                D_ptr=D if D is not None else dummy, z_ptr=z if z is not None else dummy,
+                bias_ptr=bias if bias is not None else dummy, perm_ptr=perm if perm is not None else dummy,
+                dout_ptr=dout, ckpt_ptr=ckpt, du_ptr=du, ddelta_ptr=ddelta, dB_ptr=dB, dC_ptr=dC,
+                dz_ptr=dz if dz is not None else dummy, dA_part_ptr=dA_part,
+                dD_part_ptr=dD_part if dD_part is not None else dummy,
+                dbias_part_ptr=dbias_part if dbias_part is not None else dummy,
+                **_common_args(problem, plan), DU_ATOMIC=du_atomic, DDELTA_ATOMIC=ddelta_atomic,
+                MULTI_SEG=n_seg > 1)
+    if n_seg > 1:
+        seg_gstart = torch.empty(b, K, n_seg, d, n, **f32)
+        seg_dtsum = torch.empty(b, K, n_seg, d, **f32)
+        seg_gcarry = torch.empty(b, K, n_seg, d, n, **f32)
+        seg_args = dict(seg_gstart_ptr=seg_gstart, seg_dtsum_ptr=seg_dtsum, seg_gcarry_ptr=seg_gcarry)
+        _launch("bwd", problem, plan, {**args, **seg_args, "LOCAL_PASS": True})
+        _launch_carry(problem, A, seg_gstart, seg_dtsum, seg_gcarry, reverse=True)
+    else:
+        seg_args = dict(seg_gstart_ptr=dummy, seg_dtsum_ptr=dummy, seg_gcarry_ptr=dummy)
+    _launch("bwd", problem, plan, {**args, **seg_args, "LOCAL_PASS": False})
+
+    def reduce_partials(part: torch.Tensor, per_dir: bool) -> torch.Tensor:
+        # [b, K, n_seg, ...] -> [K, ...] per direction, or [...] when shared
+        summed = part.sum(dim=(0, 2))
+        return summed if per_dir else summed.sum(0)
+
+    dA = reduce_partials(dA_part, problem.A_per_dir)
+    dD = reduce_partials(dD_part, problem.db_per_dir) if dD_part is not None else None
+    dbias = reduce_partials(dbias_part, problem.db_per_dir) if dbias_part is not None else None
+    return du.to(u.dtype), ddelta.to(delta.dtype), dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias
+
+
+class _TritonScanFn(torch.autograd.Function):
+    """Autograd wrapper; inputs arrive in canonical layouts (A, D, bias already fp32)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, bias, perm, problem: _Problem, grad_enabled: bool):
+        plan = _plan_for(problem, u.device)
+        # needs_input_grad ignores no_grad mode, and forward itself runs with grad disabled.
+        needs_grad = grad_enabled and any(ctx.needs_input_grad[:8])
+        with _device_guard(u.device):
+            out, ckpt = _scan_forward(problem, plan, u, delta, A, B, C, D, z, bias, perm, store_ckpt=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, bias, perm, ckpt)
+            ctx.problem, ctx.plan = problem, plan
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B, C, D, z, bias, perm, ckpt = ctx.saved_tensors
+        with _device_guard(u.device):
+            grads = _scan_backward(ctx.problem, ctx.plan, dout.contiguous(), ckpt, u, delta, A, B, C, D, z,
+                                   bias, perm)
+        return (*grads, None, None, None)
+
+
+def _device_guard(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+def _as_f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def _check_float(name: str, t: torch.Tensor | None) -> None:
+    if t is not None and t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{name} must be fp32, bf16 or fp16, got {t.dtype}")
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics (no ``return_last_state``).
+
+    u, delta: (b, d, l); A: (d, n) real; B, C: (b, n, l) or grouped (b, g, n, l) with g | d;
+    D, delta_bias: (d,); z: (b, d, l), gating ``out = y * silu(z)``. u/Δ/B/C/z may be fp32, bf16
+    or fp16 (mixed is fine); the state and all sums are fp32. Returns (b, d, l) in u's dtype.
+    """
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (b, d, l), got {tuple(u.shape)} and {tuple(delta.shape)}")
+    b, d, L = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"A must be (d, n) = ({d}, n), got {tuple(A.shape)}")
+    if A.is_complex():
+        raise TypeError("complex A is not supported by the triton backend")
+    n = A.shape[1]
+    B4 = B.unsqueeze(1) if B.dim() == 3 else B
+    C4 = C.unsqueeze(1) if C.dim() == 3 else C
+    for name, t in (("B", B4), ("C", C4)):
+        if t.dim() != 4 or t.shape[0] != b or t.shape[2:] != (n, L):
+            raise ValueError(f"{name} must be (b, n, l) or (b, g, n, l) = ({b}, g, {n}, {L}), got {tuple(t.shape)}")
+    G = B4.shape[1]
+    if C4.shape[1] != G or d % G:
+        raise ValueError(f"B and C must have the same group count g dividing d={d}, got {B4.shape[1]}, {C4.shape[1]}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must be (b, d, l) like u, got {tuple(z.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (d,):
+            raise ValueError(f"{name} must be ({d},), got {tuple(t.shape)}")
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+        _check_float(name, t)
+    _check_device(*(t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None))
+
+    problem = _Problem(
+        batch=b, n_dir=1, n_channels=d, n_groups=G, n_state=n, seq_len=L,
+        u_per_dir=False, delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False,
+        db_per_dir=False, has_D=D is not None, has_z=z is not None, has_bias=delta_bias is not None,
+        softplus=bool(delta_softplus), has_perm=False, out_scale=1.0,
+    )
+    return _TritonScanFn.apply(
+        u.contiguous(), delta.contiguous(), _as_f32(A), B4.contiguous(), C4.contiguous(), _as_f32(D),
+        None if z is None else z.contiguous(), _as_f32(delta_bias), None, problem, torch.is_grad_enabled(),
+    )
+
+
+def multi_direction_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    perm: torch.Tensor,
+    inverse: torch.Tensor | None = None,
+    merge: str = "sum",
+) -> torch.Tensor:
+    """K selective scans over K token orders, fused: the kernel reads the row-major inputs through
+    ``perm`` and adds each direction's output back at its row-major position, so no gathered
+    ``(K·b, d, L)`` copies and no scatter / index-add pass exist, in the forward or the backward.
+
+    u, delta: (b, d, L) shared or (b, K, d, L) per direction; A: (d, n) or (K, d, n); D, delta_bias:
+    (d,) or (K, d); B, C: (b, G, n, L) or (b, K, G, n, L); perm: (K, L), ``perm[k, t]`` the row-major
+    token visited at step t of direction k. ``inverse`` (its inverse permutation) is accepted for
+    signature parity and only shape-checked: writing through ``perm`` needs no inverse. Returns the
+    merged (b, d, L) output in u's dtype, merge ``"sum"`` or ``"mean"`` over directions.
+    """
+    if merge not in ("sum", "mean"):
+        raise ValueError(f"merge must be 'sum' or 'mean', got {merge!r}")
+    if perm.dim() != 2:
+        raise ValueError(f"perm must be (K, L), got {tuple(perm.shape)}")
+    K, L = perm.shape
+    if inverse is not None and inverse.shape != perm.shape:
+        raise ValueError(f"inverse must be (K, L) like perm, got {tuple(inverse.shape)}")
+    if u.dim() not in (3, 4):
+        raise ValueError(f"u must be (b, d, L) or (b, K, d, L), got {tuple(u.shape)}")
+    u_per_dir = u.dim() == 4
+    b, d = u.shape[0], u.shape[-2]
+    expected_u = (b, K, d, L) if u_per_dir else (b, d, L)
+    if tuple(u.shape) != expected_u:
+        raise ValueError(f"u must be {expected_u}, got {tuple(u.shape)}")
+    if tuple(delta.shape) not in ((b, d, L), (b, K, d, L)):
+        raise ValueError(f"delta must be ({b}, {d}, {L}) or ({b}, {K}, {d}, {L}), got {tuple(delta.shape)}")
+    delta_per_dir = delta.dim() == 4
+    A_per_dir = A.dim() == 3
+    if A.shape[-2] != d or (A_per_dir and A.shape[0] != K) or A.dim() not in (2, 3):
+        raise ValueError(f"A must be (d, n) or (K, d, n) with d={d}, K={K}, got {tuple(A.shape)}")
+    if A.is_complex():
+        raise TypeError("complex A is not supported by the triton backend")
+    n = A.shape[-1]
+    B_per_dir, C_per_dir = B.dim() == 5, C.dim() == 5
+    G = B.shape[-3]
+    for name, t, per_dir in (("B", B, B_per_dir), ("C", C, C_per_dir)):
+        expected = (b, K, G, n, L) if per_dir else (b, G, n, L)
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name} must be (b, G, n, L) or (b, K, G, n, L) = {expected}, got {tuple(t.shape)}")
+    if d % G:
+        raise ValueError(f"the group count G={G} must divide d={d}")
+    db_dims = {t.dim() for t in (D, delta_bias) if t is not None}
+    if len(db_dims) > 1:
+        raise ValueError("D and delta_bias must both be (d,) or both be (K, d)")
+    db_per_dir = db_dims == {2}
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != ((K, d) if db_per_dir else (d,)):
+            raise ValueError(f"{name} must be ({d},) or ({K}, {d}), got {tuple(t.shape)}")
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C)):
+        _check_float(name, t)
+    _check_device(*(t for t in (u, delta, A, B, C, D, delta_bias, perm) if t is not None))
+
+    problem = _Problem(
+        batch=b, n_dir=K, n_channels=d, n_groups=G, n_state=n, seq_len=L,
+        u_per_dir=u_per_dir, delta_per_dir=delta_per_dir, A_per_dir=A_per_dir, B_per_dir=B_per_dir,
+        C_per_dir=C_per_dir, db_per_dir=db_per_dir, has_D=D is not None, has_z=False,
+        has_bias=delta_bias is not None, softplus=bool(delta_softplus), has_perm=True,
+        out_scale=1.0 / K if merge == "mean" else 1.0,
+    )
+    return _TritonScanFn.apply(
+        u.contiguous(), delta.contiguous(), _as_f32(A), B.contiguous(), C.contiguous(), _as_f32(D), None,
+        _as_f32(delta_bias), perm.to(torch.int32).contiguous(), problem, torch.is_grad_enabled(),
+    )

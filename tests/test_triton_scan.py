@@ -1,0 +1,439 @@
+"""Triton selective-scan backend against an independent float64 sequential scan.
+
+Without a GPU the kernels run on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``,
+set below before the kernels are first built). The interpreter evaluates ``tl.associative_scan``
+and tuple reductions one element at a time in Python; :func:`_fast_interpreter_folds` swaps in the
+same left-to-right fold done one slice at a time (identical results, ~100× faster), and
+:func:`test_fast_folds_match_stock_interpreter` checks that claim on the stock interpreter.
+
+Every case covers several features at once (tiny shapes: the interpreter is slow). Chunk and
+segment sizes are forced small through ``_force_plan`` so that ragged last chunks, several chunks
+per segment and several segments per sequence (the long-l regime) all occur.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first kernel build
+
+triton = pytest.importorskip("triton", reason="triton is not installed: the triton scan backend is optional")
+
+from pamm.ops.triton_scan import (  # noqa: E402
+    _force_plan,
+    multi_direction_scan_triton,
+    selective_scan_triton,
+    triton_available,
+)
+
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+FP32_RTOL = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# Interpreter speed-up (tests only)
+# ---------------------------------------------------------------------------------------------
+def _fold(op, inputs, axis):
+    """Left fold of ``op.combine_fn`` along ``axis``, one slice per step; yields each running value."""
+    import numpy as np
+
+    datas = [arg.handle.data for arg in inputs]
+    acc = None
+    for i in range(datas[0].shape[axis]):
+        cur = tuple(op.to_tensor(np.take(x, i, axis=axis), arg.dtype) for x, arg in zip(datas, inputs))
+        if acc is None:
+            acc = cur
+        else:
+            ret = op.combine_fn.fn(*acc, *cur)
+            acc = ret if isinstance(ret, tuple) else (ret,)
+        yield i, acc
+
+
+def _fast_generic_scan(self, inputs):
+    import numpy as np
+
+    outs = [np.empty_like(arg.handle.data) for arg in inputs]
+    for i, acc in _fold(self, inputs, self.axis):
+        for out, value in zip(outs, acc):
+            index = [slice(None)] * out.ndim
+            index[self.axis] = i
+            out[tuple(index)] = np.asarray(value.handle.data).reshape(out[tuple(index)].shape)
+    return [self.to_tensor(out, arg.dtype) for out, arg in zip(outs, inputs)]
+
+
+def _fast_generic_reduce(self, inputs):
+    import numpy as np
+
+    original_axis = self.axis
+    inputs, axis = self.unravel(inputs, self.axis)
+    shape = inputs[0].handle.data.shape
+    out_shape = shape[:axis] + shape[axis + 1:]
+    acc = None
+    for _, acc in _fold(self, inputs, axis):
+        pass
+    ret = []
+    for value, arg in zip(acc, inputs):
+        data = np.asarray(value.handle.data).reshape(out_shape)
+        if self.keep_dims:
+            if original_axis is not None:
+                data = np.expand_dims(data, axis)
+            else:
+                for _ in range(len(shape)):
+                    data = np.expand_dims(data, 0)
+        elif original_axis is None:
+            data = data.item()
+        ret.append(self.to_tensor(data, arg.dtype))
+    return ret
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_interpreter_folds():
+    """Vectorise the interpreter's generic scan/reduce for this module (no-op when compiled)."""
+    if ON_GPU:
+        yield
+        return
+    from triton.runtime import interpreter
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interpreter.ScanOps, "generic_scan", _fast_generic_scan)
+        patch.setattr(interpreter.ReduceOps, "generic_reduce", _fast_generic_reduce)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent float64 reference
+# ---------------------------------------------------------------------------------------------
+def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Sequential selective scan in float64, mamba-ssm semantics, differentiable by autograd."""
+    u, delta, A = u.double(), delta.double(), A.double()
+    b, d, L = u.shape
+    B = B.double() if B.dim() == 4 else B.double().unsqueeze(1)
+    C = C.double() if C.dim() == 4 else C.double().unsqueeze(1)
+    B = B.repeat_interleave(d // B.shape[1], dim=1)  # (b, d, n, L)
+    C = C.repeat_interleave(d // C.shape[1], dim=1)
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    h = u.new_zeros(b, d, A.shape[1])
+    ys = []
+    for t in range(L):
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]
+        ys.append((h * C[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.double()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.double())
+    return y
+
+
+def reference_multi_direction(u, delta, A, B, C, D, delta_bias, delta_softplus, perm, inverse, merge):
+    """Gather each order → float64 reference scan → inverse gather → merge (sum or mean)."""
+    K = perm.shape[0]
+
+    def pick(t, k, per_dir_dims):
+        if t is None:
+            return None
+        return t[:, k] if t.dim() == per_dir_dims and per_dir_dims >= 4 else (t[k] if t.dim() == per_dir_dims else t)
+
+    outs = []
+    for k in range(K):
+        order = perm[k]
+        u_k = pick(u, k, 4)[..., order]
+        dt_k = pick(delta, k, 4)[..., order]
+        B_k = pick(B, k, 5)[..., order]
+        C_k = pick(C, k, 5)[..., order]
+        y = reference_scan(u_k, dt_k, pick(A, k, 3), B_k, C_k, pick(D, k, 2), None, pick(delta_bias, k, 2),
+                           delta_softplus)
+        outs.append(y[..., inverse[k]])
+    merged = torch.stack(outs).sum(0)
+    return merged / K if merge == "mean" else merged
+
+
+def assert_matches(actual, expected, name, rtol):
+    """Elementwise relative error, with a floor of 1 % of the largest reference value for elements
+    near zero: |a - e| <= rtol * (|e| + 0.01 * max|e|)."""
+    expected = expected.detach().double()
+    actual = actual.detach().double()
+    floor = 0.01 * expected.abs().max().clamp_min(1e-30)
+    err = ((actual - expected).abs() / (expected.abs() + floor)).max().item()
+    if os.environ.get("PAMM_PRINT_SCAN_ERRORS"):
+        print(f"{name}: {err:.1e}")
+    assert err <= rtol, f"{name}: relative error {err:.2e} > {rtol:.0e}"
+
+
+def _leaf(t):
+    return None if t is None else t.detach().to(DEVICE).requires_grad_(True)
+
+
+def _make_inputs(b, d, L, n, groups, *, D, z, bias, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale)
+
+    bc_shape = (b, groups, n, L) if groups else (b, n, L)
+    ins = dict(
+        u=rand(b, d, L).to(dtype),
+        delta=rand(b, d, L, scale=0.5).to(dtype),
+        A=-(0.1 + torch.rand(d, n, generator=gen) * 2.0),
+        B=rand(*bc_shape).to(dtype),
+        C=rand(*bc_shape).to(dtype),
+        D=rand(d) if D else None,
+        z=rand(b, d, L).to(dtype) if z else None,
+        delta_bias=rand(d, scale=0.3) if bias else None,
+    )
+    return {k: _leaf(v) for k, v in ins.items()}
+
+
+def _check_against_reference(ins, softplus, plan, rtol):
+    names = [k for k, v in ins.items() if v is not None]
+    with _force_plan(**plan):
+        out = selective_scan_triton(**ins, delta_softplus=softplus)
+        assert out.dtype == ins["u"].dtype and out.shape == ins["u"].shape
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(DEVICE, out.dtype)
+        grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
+    ref_ins = {k: (None if v is None else v.detach().double().requires_grad_(True)) for k, v in ins.items()}
+    ref = reference_scan(**ref_ins, delta_softplus=softplus)
+    ref_grads = torch.autograd.grad(ref, [ref_ins[k] for k in names], grad_out.double())
+    assert_matches(out, ref, "out", rtol)
+    for name, grad, ref_grad, leaf in zip(names, grads, ref_grads, (ins[k] for k in names)):
+        assert grad.dtype == leaf.dtype and grad.shape == leaf.shape, name
+        assert_matches(grad, ref_grad, f"d{name}", rtol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+def test_triton_available_reports_version():
+    ok, reason = triton_available()
+    assert ok and reason.startswith("triton ")
+
+
+SINGLE_CASES = {
+    # id: (b, d, L, n, groups, D, z, bias, softplus, plan)
+    "grouped-all-features-one-segment": (2, 6, 37, 16, 2, True, True, True, True, dict(chunk=8)),
+    "grouped-all-features-three-segments": (2, 6, 37, 16, 3, True, True, True, True, dict(chunk=8, seg_chunks=2)),
+    "n1-bare-ragged-channels": (2, 5, 11, 1, None, False, False, False, False, dict(chunk=4)),
+    "n1-length-one": (1, 3, 1, 1, None, True, True, True, True, {}),
+    "n64-softplus-no-bias-segments": (1, 4, 20, 64, 1, True, False, False, True, dict(chunk=8, seg_chunks=1)),
+    "gate-only-segments-ragged": (2, 5, 19, 4, None, False, True, False, False, dict(chunk=4, seg_chunks=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(SINGLE_CASES), ids=list(SINGLE_CASES))
+def test_selective_scan_fp32_matches_float64_reference(case):
+    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES[case]
+    ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
+    _check_against_reference(ins, softplus, plan, FP32_RTOL)
+
+
+def test_selective_scan_bf16_inputs_loose_tolerance():
+    ins = _make_inputs(2, 4, 21, 16, 2, D=True, z=True, bias=True, dtype=torch.bfloat16)
+    _check_against_reference(ins, True, dict(chunk=8, seg_chunks=2), rtol=3e-2)
+
+
+def _multi_inputs(b, d, L, n, K, G, per_dir, dtype=torch.float32, seed=1):
+    """per_dir: set of names among u, delta, A, B, C, Dbias that get a direction axis."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen) * scale
+
+    def maybe_k(name, shape, k_axis):
+        full = list(shape)
+        if name in per_dir:
+            full.insert(k_axis, K)
+        return full
+
+    ins = dict(
+        u=rand(*maybe_k("u", (b, d, L), 1)).to(dtype),
+        delta=rand(*maybe_k("delta", (b, d, L), 1), scale=0.5).to(dtype),
+        A=-(0.1 + torch.rand(*maybe_k("A", (d, n), 0), generator=gen) * 2.0),
+        B=rand(*maybe_k("B", (b, G, n, L), 1)).to(dtype),
+        C=rand(*maybe_k("C", (b, G, n, L), 1)).to(dtype),
+        D=rand(*maybe_k("Dbias", (d,), 0)),
+        delta_bias=rand(*maybe_k("Dbias", (d,), 0), scale=0.3),
+    )
+    perm = torch.stack([torch.randperm(L, generator=gen) for _ in range(K)])
+    inverse = torch.argsort(perm, dim=1)
+    return {k: _leaf(v) for k, v in ins.items()}, perm.to(DEVICE), inverse.to(DEVICE)
+
+
+MULTI_CASES = {
+    # id: (b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol)
+    "shared-inputs-sum-one-segment": (2, 4, 13, 16, 4, 2, set(), "sum", dict(chunk=4), torch.float32, FP32_RTOL),
+    "per-direction-inputs-mean-segments": (1, 4, 18, 8, 3, 1, {"u", "delta", "A", "B", "C", "Dbias"}, "mean",
+                                           dict(chunk=4, seg_chunks=2), torch.float32, FP32_RTOL),
+    "mixed-layouts-bf16": (2, 4, 10, 4, 2, 2, {"u", "B", "Dbias"}, "sum", dict(chunk=4, seg_chunks=1),
+                           torch.bfloat16, 3e-2),
+}
+
+
+@pytest.mark.parametrize("case", list(MULTI_CASES), ids=list(MULTI_CASES))
+def test_fused_multi_direction_matches_gather_scan_merge(case):
+    b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol = MULTI_CASES[case]
+    ins, perm, inverse = _multi_inputs(b, d, L, n, K, G, per_dir, dtype)
+    names = list(ins)
+    with _force_plan(**plan):
+        out = multi_direction_scan_triton(**ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
+        assert out.shape == (b, d, L) and out.dtype == dtype
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+        grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
+    ref_ins = {k: v.detach().double().requires_grad_(True) for k, v in ins.items()}
+    ref = reference_multi_direction(**ref_ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
+    ref_grads = torch.autograd.grad(ref, [ref_ins[k] for k in names], grad_out.double())
+    assert_matches(out, ref, "out", rtol)
+    for name, grad, ref_grad in zip(names, grads, ref_grads):
+        assert grad.shape == ins[name].shape and grad.dtype == ins[name].dtype, name
+        assert_matches(grad, ref_grad, f"d{name}", rtol)
+
+
+def test_single_direction_through_identity_perm_equals_plain_scan():
+    """K = 1 with the identity order is the plain scan (non-atomic write path with a permutation)."""
+    ins, _, _ = _multi_inputs(1, 4, 9, 4, 1, 2, set())
+    perm = torch.arange(9, device=DEVICE)[None]
+    with _force_plan(chunk=4):
+        fused = multi_direction_scan_triton(**ins, perm=perm, inverse=perm, merge="mean")
+        plain = selective_scan_triton(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], ins["D"],
+                                      delta_bias=ins["delta_bias"])
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the test-only interpreter speed-up")
+def test_fast_folds_match_stock_interpreter():
+    """The vectorised folds above change speed only: same results on the stock interpreter."""
+    from triton.runtime import interpreter
+
+    ins = _make_inputs(1, 2, 6, 2, None, D=True, z=True, bias=True)
+    with _force_plan(chunk=4, seg_chunks=1):
+        fast = selective_scan_triton(**ins, delta_softplus=True)
+        fast_grads = torch.autograd.grad(fast.sum(), list(ins.values()))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(interpreter.ScanOps, "generic_scan", _STOCK_SCAN)
+            patch.setattr(interpreter.ReduceOps, "generic_reduce", _STOCK_REDUCE)
+            stock = selective_scan_triton(**ins, delta_softplus=True)
+            stock_grads = torch.autograd.grad(stock.sum(), list(ins.values()))
+    torch.testing.assert_close(fast, stock, rtol=0, atol=0)
+    for a, b in zip(fast_grads, stock_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _stock(cls_name, attr):
+    if ON_GPU:
+        return None
+    from triton.runtime import interpreter
+
+    return getattr(interpreter, cls_name).__dict__[attr]
+
+
+_STOCK_SCAN = _stock("ScanOps", "generic_scan")
+_STOCK_REDUCE = _stock("ReduceOps", "generic_reduce")
+
+
+def test_rejects_bad_shapes_and_dtypes():
+    ins = _make_inputs(1, 4, 5, 2, None, D=False, z=False, bias=False)
+    with pytest.raises(ValueError, match="A must be"):
+        selective_scan_triton(ins["u"], ins["delta"], ins["A"][:2], ins["B"], ins["C"])
+    with pytest.raises(ValueError, match="group count"):
+        B3 = torch.randn(1, 3, 2, 5, device=DEVICE)
+        selective_scan_triton(ins["u"], ins["delta"], ins["A"], B3, B3)
+    with pytest.raises(TypeError, match="fp32, bf16 or fp16"):
+        selective_scan_triton(ins["u"].double(), ins["delta"], ins["A"], ins["B"], ins["C"])
+    perm = torch.arange(5, device=DEVICE)[None]
+    with pytest.raises(ValueError, match="merge"):
+        multi_direction_scan_triton(ins["u"], ins["delta"], ins["A"], ins["B"].unsqueeze(1), ins["C"].unsqueeze(1),
+                                    perm=perm, merge="max")
+
+
+def test_backward_saves_chunk_checkpoints_not_all_states():
+    """Saved for backward: the inputs plus one state per chunk, never the (b, d, n, l) states."""
+    b, d, L, n = 1, 4, 32, 16
+    ins = _make_inputs(b, d, L, n, None, D=True, z=False, bias=False)
+    with _force_plan(chunk=8):
+        out = selective_scan_triton(**ins)
+    saved = out.grad_fn.saved_tensors
+    largest = max(t.numel() for t in saved if t is not None)
+    assert largest < b * d * n * L
+    assert any(t is not None and tuple(t.shape) == (b, 1, L // 8, d, n) for t in saved)
+
+
+def test_plan_splits_long_sequences_only_when_channels_are_few(monkeypatch):
+    """The two regimes: S1-like shapes get several segments per sequence, PAMM-like shapes one."""
+    import types
+
+    from pamm.ops import triton_scan
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(multi_processor_count=132))
+
+    def plan(b, d, L, n):
+        problem = triton_scan._Problem(
+            batch=b, n_dir=1, n_channels=d, n_groups=1, n_state=n, seq_len=L, u_per_dir=False,
+            delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
+            has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
+        return triton_scan._auto_plan.__wrapped__(problem, torch.device("cuda"))
+
+    s1 = plan(2, 384, 4800, 16)
+    assert s1.n_seg(4800) > 1 and s1.seg_len % s1.chunk == 0 and s1.seg_len >= 4 * s1.chunk
+    for shape in ((16, 1536, 1008, 16), (128, 1536, 1008, 16), (20, 2048, 1024, 64)):
+        assert plan(*shape).n_seg(shape[2]) == 1, shape
+
+
+def test_autotune_configs_are_pruned_to_moderate_tiles():
+    from pamm.ops import triton_scan
+
+    configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8, 16) for nw in (2, 4, 8)]
+    kept = triton_scan._prune_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=64)
+    assert kept and all(4 <= c.kwargs["BLOCK_D"] * 16 * 64 / (32 * c.num_warps) <= 16 for c in kept)
+    narrow = triton_scan._prune_configs(configs, {}, chans_per_group=1, BLOCK_N=64, CHUNK=32)
+    assert narrow and all(c.kwargs["BLOCK_D"] == 1 for c in narrow)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring into pamm.ops: backend="triton" and the fused multi-direction path
+# ---------------------------------------------------------------------------------------------
+def test_pamm_ops_triton_backend_matches_torch_backend():
+    import pamm.ops as ops
+
+    torch.manual_seed(3)
+    b, d, n, L, g = 2, 4, 4, 11, 2
+    u, delta, z = torch.randn(b, d, L), torch.randn(b, d, L), torch.randn(b, d, L)
+    A, D, bias = -torch.rand(d, n) - 0.1, torch.randn(d), torch.randn(d)
+    B, C = torch.randn(b, g, n, L), torch.randn(b, g, n, L)
+    leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+    results = {}
+    for backend in ("torch", "triton"):
+        xs = [t.detach().clone().requires_grad_() for t in leaves]
+        out = ops.selective_scan(*xs[:5], D=xs[5], z=xs[6], delta_bias=xs[7], delta_softplus=True, backend=backend)
+        grads = torch.autograd.grad(out.square().sum(), xs)
+        results[backend] = (out, grads)
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], rtol=FP32_RTOL, atol=1e-5)
+    for got, want in zip(results["triton"][1], results["torch"][1]):
+        torch.testing.assert_close(got, want, rtol=FP32_RTOL, atol=1e-4)
+    with pytest.raises(NotImplementedError, match="final state"):
+        ops.selective_scan(u, delta, A, B, C, backend="triton", return_last_state=True)
+
+
+def test_multi_direction_scan_takes_the_fused_triton_path(monkeypatch):
+    import pamm.ops as ops
+    import pamm.ops.triton_scan as triton_scan
+
+    torch.manual_seed(4)
+    b, d, n, H, W = 1, 4, 4, 3, 4
+    perm, inverse = ops.scan_orders("hilbert", H, W, 4)
+    u, delta = torch.randn(b, d, H * W), torch.randn(b, d, H * W)
+    A, B, C = -torch.rand(d, n) - 0.1, torch.randn(b, 2, n, H * W), torch.randn(b, 2, n, H * W)
+    calls = []
+    original = triton_scan.multi_direction_scan_triton
+    monkeypatch.setattr(triton_scan, "multi_direction_scan_triton", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fused = ops.multi_direction_scan(u, delta, A, B, C, delta_softplus=True, perm=perm, inverse=inverse, backend="triton")
+    gathered = ops.multi_direction_scan(u, delta, A, B, C, delta_softplus=True, perm=perm, inverse=inverse, backend="torch")
+    assert calls == [1]
+    torch.testing.assert_close(fused, gathered, rtol=FP32_RTOL, atol=1e-5)
