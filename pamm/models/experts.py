@@ -1,0 +1,243 @@
+"""PAMM's dual parameter experts: the routed low-rank mixtures that produce the selective scan's B and C.
+
+Every module here holds *all tasks at once*: per-task weights are stacked on a leading task axis
+(or are the groups of a grouped convolution), so one call serves every task of a stage. Tensors
+that carry tasks are laid out ``(batch, tasks * channels, h, w)`` with task ``t`` owning the
+channel block ``[t * channels, (t + 1) * channels)``.
+
+Released structure (reference §1.4, MLoRE's router and LoRA experts):
+router (channel branch + spatial branch -> logits, noise std, mixing scalar) -> noisy top-k over a
+shared pool of low-rank experts (the cross-task "interaction" experts) + a task-specific low-rank
+expert scaled by the mixing scalar + a full-rank "general" projection on a detached input ->
+per-task BatchNorm.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROUTER_SPATIAL_KINDS = ("released_linear", "attention_pool")
+
+
+class TaskLinear(nn.Module):
+    """One ``nn.Linear(in, out)`` per task, applied to ``(batch, tasks, in)`` in a single einsum."""
+
+    def __init__(self, num_tasks: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_tasks, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_tasks, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default init, per task.
+        bound = 1.0 / math.sqrt(self.weight.shape[-1])
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.einsum("bti,toi->bto", x, self.weight)
+        return out + self.bias if self.bias is not None else out
+
+
+class TaskLayerNorm(nn.Module):
+    """LayerNorm over the last axis with a per-task affine; input ``(batch, tasks, ..., channels)``."""
+
+    def __init__(self, num_tasks: int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_tasks, channels))
+        self.bias = nn.Parameter(torch.zeros(num_tasks, channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        extra = (1,) * (x.dim() - 3)  # broadcast over any axes between tasks and channels
+        shape = (1, self.weight.shape[0], *extra, self.weight.shape[1])
+        return normed * self.weight.view(shape) + self.bias.view(shape)
+
+
+class TaskRouter(nn.Module):
+    """Per-task router (MLoRE's ``SpatialAtt`` + a 1x1 conv to the routing outputs), all tasks stacked.
+
+    Channel branch: per-pixel 1x1 (C -> C/4), LayerNorm, GELU, 1x1, then mean pooling (pooling before
+    the last 1x1 is the same map since both are linear). Spatial branch: pool the C channels over the
+    pixels, LayerNorm, GELU, 1x1 (C -> C/4). The two C/4 vectors are concatenated and projected to
+    ``num_outputs`` per task.
+
+    ``spatial="released_linear"`` pools with ``nn.Linear(H*W -> 1)`` per task, as released: a fixed
+    weight per pixel, so the module only works at the token count it was built for.
+    ``spatial="attention_pool"`` (as described) pools with an input-dependent spatial attention map,
+    a per-task 1x1 conv (C -> 1) followed by a softmax over pixels: resolution-free.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        in_channels: int,
+        num_outputs: int,
+        spatial: str = "attention_pool",
+        token_grid: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial not in ROUTER_SPATIAL_KINDS:
+            raise ValueError(f"router spatial branch {spatial!r} unknown; valid: {list(ROUTER_SPATIAL_KINDS)}")
+        hidden = max(1, in_channels // 4)
+        self.num_tasks, self.in_channels, self.hidden = num_tasks, in_channels, hidden
+        self.spatial = spatial
+        # channel branch
+        self.channel_proj = nn.Conv1d(num_tasks * in_channels, num_tasks * hidden, 1, groups=num_tasks)
+        self.channel_norm = TaskLayerNorm(num_tasks, hidden)
+        self.channel_out = TaskLinear(num_tasks, hidden, hidden)
+        # spatial branch
+        if spatial == "released_linear":
+            if token_grid is None:
+                raise ValueError("the released router needs the token grid it is tied to (token_grid=(h, w))")
+            self.token_grid = (int(token_grid[0]), int(token_grid[1]))
+            tokens = self.token_grid[0] * self.token_grid[1]
+            bound = 1.0 / math.sqrt(tokens)
+            self.spatial_weight = nn.Parameter(torch.empty(num_tasks, tokens).uniform_(-bound, bound))
+            self.spatial_bias = nn.Parameter(torch.empty(num_tasks).uniform_(-bound, bound))
+        else:
+            self.token_grid = None
+            bound = 1.0 / math.sqrt(in_channels)
+            self.spatial_weight = nn.Parameter(torch.empty(num_tasks, in_channels).uniform_(-bound, bound))
+            self.spatial_bias = nn.Parameter(torch.zeros(num_tasks))
+        self.spatial_norm = TaskLayerNorm(num_tasks, in_channels)
+        self.spatial_out = TaskLinear(num_tasks, in_channels, hidden)
+        self.logits = TaskLinear(num_tasks, 2 * hidden, num_outputs)
+
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        """Raise a clear error when the released, resolution-tied router sees another token grid."""
+        if self.token_grid is not None and tuple(grid) != self.token_grid:
+            raise ValueError(
+                f"PAMM as_released: the router's spatial branch is nn.Linear(H*W -> 1), tied to the token grid "
+                f"{self.token_grid[0]}x{self.token_grid[1]} it was built for; got a {grid[0]}x{grid[1]} grid. "
+                "The released model cannot run at another resolution: rebuild it at this img_size or use "
+                "fidelity: as_described (resolution-free router)."
+            )
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``x``: (batch, tasks, channels, pixels) -> routing outputs (batch, tasks, num_outputs)."""
+        self.check_grid(grid)
+        b, t, c, l = x.shape
+        feat = self.channel_proj(x.reshape(b, t * c, l)).view(b, t, self.hidden, l)
+        feat = F.gelu(self.channel_norm(feat.transpose(2, 3)))  # (b, t, l, hidden)
+        channel = self.channel_out(feat.mean(dim=2))
+        if self.spatial == "released_linear":
+            pooled = torch.einsum("btcl,tl->btc", x, self.spatial_weight) + self.spatial_bias[None, :, None]
+        else:
+            attention = torch.einsum("btcl,tc->btl", x, self.spatial_weight) + self.spatial_bias[None, :, None]
+            pooled = torch.einsum("btcl,btl->btc", x, attention.softmax(dim=-1))
+        spatial = self.spatial_out(F.gelu(self.spatial_norm(pooled)))
+        return self.logits(torch.cat([channel, spatial], dim=-1))
+
+
+def noisy_top_k(
+    logits: torch.Tensor, noise_std: torch.Tensor | None, top_k: int, add_noise: bool
+) -> torch.Tensor:
+    """Released routing: (noise) -> softmax -> zero all but the top-k, *not* renormalised. Vectorised."""
+    if add_noise and noise_std is not None:
+        logits = logits + torch.randn_like(logits) * noise_std
+    probs = logits.softmax(dim=-1)
+    if top_k >= probs.shape[-1]:
+        return probs
+    keep = torch.zeros_like(probs).scatter_(-1, probs.topk(top_k, dim=-1).indices, 1.0)
+    return probs * keep
+
+
+class ParameterExpert(nn.Module):
+    """One of PAMM's dual parameter experts (B or C): ``(b, T*C_in, h, w) -> (b, T*C_out, h, w)``.
+
+    * interaction (shared) pool: ``num_experts`` low-rank experts (k x k conv C_in -> r, 1x1 r -> C_out)
+      shared by all tasks and routed per task. Batched: the E down-projections are one conv with E*r
+      outputs; the routing weight scales each expert's r channels and the concatenated up-projections
+      are one dense 1x1 conv (E*r -> C_out), which equals the routing-weighted sum of the E experts'
+      outputs (their biases are mixed by the same weights). Followed by a per-task BatchNorm.
+    * task expert: a low-rank conv per task (grouped conv), scaled by the router's mixing scalar.
+    * general: a full-rank k x k conv shared by all tasks, on a detached input by default (as released).
+    * sum -> per-task BatchNorm.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        num_experts: int,
+        rank: int,
+        top_k: int,
+        interaction: bool = True,
+        detach_general: bool = True,
+        router_noise: bool = True,
+        router_spatial: str = "attention_pool",
+        token_grid: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if interaction and not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be in 1..num_experts={num_experts}")
+        self.num_tasks, self.in_channels, self.out_channels = num_tasks, in_channels, out_channels
+        self.num_experts, self.rank, self.top_k = num_experts, rank, top_k
+        self.interaction, self.detach_general, self.router_noise = interaction, detach_general, router_noise
+        # Router outputs: [E logits][E noise std (if noisy)][1 mixing scalar]; only the mixing scalar
+        # remains when the shared pool is removed.
+        routing_outputs = (num_experts * (2 if router_noise else 1) if interaction else 0) + 1
+        self.router = TaskRouter(num_tasks, in_channels, routing_outputs, router_spatial, token_grid)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"expert kernel {kernel_size} must be odd (same-size output)")
+        pad = kernel_size // 2
+        if interaction:
+            self.pool_down = nn.Conv2d(in_channels, num_experts * rank, kernel_size, padding=pad)
+            self.pool_up = nn.Conv2d(num_experts * rank, out_channels, 1, bias=False)
+            self.pool_up_bias = nn.Parameter(torch.zeros(num_experts, out_channels))
+            self.pool_norm = nn.BatchNorm2d(num_tasks * out_channels)
+        self.task_down = nn.Conv2d(num_tasks * in_channels, num_tasks * rank, kernel_size, padding=pad, groups=num_tasks)
+        self.task_up = nn.Conv2d(num_tasks * rank, num_tasks * out_channels, 1, groups=num_tasks)
+        self.general = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad)
+        self.norm = nn.BatchNorm2d(num_tasks * out_channels)
+        self._init_low_rank()
+
+    def _init_low_rank(self) -> None:
+        # As MLoRE's LoraBlock.init_weights: default (kaiming-uniform, a=sqrt 5) weights, zero biases.
+        convs = [self.task_down, self.task_up] + ([self.pool_down] if self.interaction else [])
+        for conv in convs:
+            nn.init.zeros_(conv.bias)
+
+    def routing_weights(self, routes: torch.Tensor) -> torch.Tensor:
+        """Per-task expert weights (b, T, E) from the router outputs."""
+        e = self.num_experts
+        logits = routes[..., :e]
+        noise_std = routes[..., e : 2 * e] if self.router_noise else None
+        return noisy_top_k(logits, noise_std, self.top_k, add_noise=self.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        t, c, out = self.num_tasks, self.in_channels, self.out_channels
+        routes = self.router(x.reshape(b, t, c, h * w), (h, w))
+        mix = routes[..., -1]  # (b, T): the task expert's mixing scalar
+        per_task = x.reshape(b * t, c, h, w)  # every task's input as its own sample: shared weights, one call
+        task_part = self.task_up(self.task_down(x)).view(b, t, out, h, w) * mix[:, :, None, None, None]
+        general_in = per_task.detach() if self.detach_general else per_task
+        total = task_part.view(b, t * out, h, w) + self.general(general_in).view(b, t * out, h, w)
+        if self.interaction:
+            weights = self.routing_weights(routes).reshape(b * t, self.num_experts)
+            hidden = self.pool_down(per_task).view(b * t, self.num_experts, self.rank, h, w)
+            hidden = hidden * weights[:, :, None, None, None]
+            mixed = self.pool_up(hidden.view(b * t, self.num_experts * self.rank, h, w))
+            mixed = mixed + (weights @ self.pool_up_bias)[:, :, None, None]
+            total = total + self.pool_norm(mixed.view(b, t * out, h, w))
+        return self.norm(total)
+
+
+class PlainTaskProjection(nn.Module):
+    """The ``no_parameter_experts`` ablation: a per-task 1x1 conv C_in -> C_out (released ``MoE_B/C: False``)."""
+
+    def __init__(self, num_tasks: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(num_tasks * in_channels, num_tasks * out_channels, 1, groups=num_tasks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
