@@ -89,12 +89,15 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool 
     meters = build_meters(run["dataset"], list(tasks), edge_save_dir=run_dir / "edge_pred")
     baseline_meters = build_meters(run["dataset"], list(tasks))
     stats = train_statistics(_loader(cfg, "train", list(tasks), 1), tasks)
+    n_examples = int(cfg["eval"].get("save_examples", 4))
+    examples: dict[str, list[torch.Tensor]] = {}
     tic = time.perf_counter()
     n_images = 0
     with torch.no_grad():
         for batch in tqdm(val, desc=f"eval {run['model']}/{run['variant']}", disable=not progress, mininterval=2.0):
             n_images += batch["image"].shape[0]
             outputs = model(move_batch(batch, dev)["image"])
+            _collect_examples(examples, batch, outputs, tasks, n_examples)
             for task in tasks:
                 pred = outputs[task].float().cpu()
                 meters[task].update(pred, batch[task], meta=batch["meta"])
@@ -111,5 +114,22 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool 
         "eval_seconds": seconds,
         "iteration": int(state["iteration"]),
     }
+    if examples:
+        with pio.atomic_path(run_dir / "examples.pt") as tmp:
+            torch.save({k: torch.cat(v)[:n_examples] if torch.is_tensor(v[0]) else sum(v, [])[:n_examples]
+                        for k, v in examples.items()}, tmp)
     pio.write_json(run_dir / "metrics.json", result)
     return result
+
+
+def _collect_examples(store: dict[str, list], batch: dict, outputs: dict, tasks: dict[str, int], limit: int) -> None:
+    """Keep the first ``limit`` val images with their targets and predictions (for qualitative figures)."""
+    have = sum(len(x) for x in store.get("id", []))
+    if have >= limit:
+        return
+    take = limit - have
+    store.setdefault("id", []).append(list(batch["meta"]["id"][:take]))
+    store.setdefault("image", []).append(batch["image"][:take].cpu())
+    for task in tasks:
+        store.setdefault(f"target_{task}", []).append(batch[task][:take].cpu())
+        store.setdefault(f"pred_{task}", []).append(outputs[task][:take].float().cpu())

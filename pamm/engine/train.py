@@ -253,9 +253,10 @@ def train_run(
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(batch["image"])
         loss, task_losses = criterion(outputs, {t: batch[t] for t in tasks})
-        if not math.isfinite(float(loss)):
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
             raise TrainingDiverged(
-                f"loss became {float(loss)} at iteration {iteration} (task losses {task_losses}); stopped. "
+                f"loss became {loss_value} at iteration {iteration} (task losses {task_losses}); stopped. "
                 f"{last_path.name} keeps the last good state (iteration {last_saved}); "
                 f"lower train.optimizer.lr or enable train.grad_clip"
             )
@@ -270,9 +271,9 @@ def train_run(
             now = time.perf_counter()
             elapsed += now - tic
             tic = now
-            log_rows.append({"iteration": done, "loss": float(loss), "lr": optimizer.param_groups[0]["lr"],
+            log_rows.append({"iteration": done, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
                              "seconds": round(elapsed, 3), **{f"loss_{t}": v for t, v in task_losses.items()}})
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
         bar.update(1)
         if done % ckpt_every == 0 or done == iterations:
             elapsed += time.perf_counter() - tic

@@ -1,0 +1,69 @@
+"""Profiling: parameter split, unregistered tensors, FLOP counters that agree and count the scan."""
+import pytest
+import torch
+import torch.nn as nn
+
+from pamm.config import resolve_config
+from pamm.engine.profile import (
+    UnregisteredTensorError,
+    count_flops_fvcore,
+    count_flops_ptflops,
+    count_parameters,
+    find_unregistered_tensors,
+    profile_config,
+)
+
+
+class _ScanModel(nn.Module):
+    """A linear layer feeding one selective scan: its MACs are known by hand."""
+
+    def __init__(self, d=8, n=4):
+        super().__init__()
+        self.backbone = nn.Linear(d, d, bias=False)
+        self.A = nn.Parameter(-torch.rand(d, n))
+        self.D = nn.Parameter(torch.ones(d))
+        self.proj = nn.Linear(d, 2 * n, bias=False)
+
+    def forward(self, image):  # image: (b, 1, l, d) so both counters accept it
+        from pamm.ops import selective_scan
+
+        x = self.backbone(image[:, 0])  # (b, l, d)
+        bc = self.proj(x)
+        n = bc.shape[-1] // 2
+        B, C = bc[..., :n].transpose(1, 2), bc[..., n:].transpose(1, 2)
+        u = x.transpose(1, 2)
+        return {"y": selective_scan(u, u.sigmoid(), self.A, B, C, D=self.D)}
+
+
+def test_scan_counted_by_both_counters_with_the_formula():
+    b, l, d, n = 2, 16, 8, 4
+    model = _ScanModel(d, n).eval()
+    image = torch.randn(b, 1, l, d)
+    scan_flops = 9 * b * l * d * n + b * d * l  # + D term
+    matmul_macs = b * l * d * d + b * l * d * 2 * n
+    fv = count_flops_fvcore(model, image)
+    pt = count_flops_ptflops(model, image)
+    assert fv["gflops_scan"] * 1e9 == pytest.approx(scan_flops)
+    assert fv["gmacs_fvcore"] * 1e9 == pytest.approx(matmul_macs + scan_flops // 2)
+    assert pt["gmacs_ptflops"] * 1e9 == pytest.approx(matmul_macs + scan_flops // 2)
+    assert fv["gmacs_fvcore_backbone"] * 1e9 == pytest.approx(b * l * d * d)
+
+
+def test_parameter_split_and_unregistered_tensors():
+    model = _ScanModel()
+    counts = count_parameters(model)
+    assert counts["params_backbone_m"] * 1e6 == 64
+    assert counts["params_m"] * 1e6 == 64 + 8 * 4 + 8 + 8 * 8
+    model.A_per_task = {"semseg": torch.zeros(3)}  # the released PAMM's defect
+    assert find_unregistered_tensors(model) == ["<root>.A_per_task"]
+    with pytest.raises(UnregisteredTensorError, match="A_per_task"):
+        count_parameters(model)
+
+
+def test_counters_agree_on_a_real_model():
+    cfg = resolve_config("tiny", "nyud", "mtl")
+    result = profile_config(cfg, device="cpu", latency_repeats=1)
+    assert result["flops_counter_rel_diff"] < 0.02
+    assert result["gflops"] == pytest.approx(2 * result["gmacs_fvcore"])
+    assert result["latency_ms"] > 0 and result["peak_mem_mib"] > 0
+    assert result["params_backbone_m"] + result["params_decoder_m"] == pytest.approx(result["params_m"])
