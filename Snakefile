@@ -8,5 +8,5 @@ include: "workflow/rules/results.smk"
 
 rule all:
     input:
-        ALL_TARGETS,
+        ALL_TARGETS + RESULTS_TARGETS,
     default_target: True

@@ -61,6 +61,19 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_pretrained_map(cfg: dict[str, Any], items: Sequence[str]) -> None:
+    """``--pretrained NAME=PATH``: local weights for whichever runs use backbone NAME (others untouched)."""
+    mapping = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"pamm-bench train: --pretrained expects BACKBONE=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        mapping[name] = path
+    backbone = cfg["model"].get("backbone", {})
+    if backbone.get("name") in mapping and not backbone.get("pretrained_file"):
+        backbone["pretrained_file"] = mapping[backbone["name"]]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from pamm.config import resolve_config
@@ -72,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.scan_backend:
         overrides.setdefault("train", {})["scan_backend"] = args.scan_backend
     cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
+    apply_pretrained_map(cfg, args.pretrained)
     result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress)
     print(f"{args.out}: {result['status']} ({result['iteration']} iterations)")
     return 0
@@ -123,8 +137,28 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     from pamm.results.figures import make_figures
 
-    for path in make_figures(args.summary, args.runs, args.out_dir):
+    for path in make_figures(args.summary, args.runs, args.out_dir, by_config_csv=args.by_config,
+                             published_csv=args.published, sweep_csv=args.sweep, only=args.only,
+                             datasets=args.datasets, n_examples=args.n_examples):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from pamm.results.tables import make_tables
+
+    for path in make_tables(args.summary, args.by_config, args.published, args.out_dir, datasets=args.datasets):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pamm.results.tables import resolution_sweep
+
+    frame = resolution_sweep(args.models, args.dataset, args.profile, args.sizes, args.out, variant=args.variant,
+                             repeats=args.repeats, device=args.device, threads=args.threads,
+                             isolate=not args.no_isolate, progress=not args.no_progress)
+    print(f"wrote {args.out} ({len(frame)} points)")
     return 0
 
 
@@ -197,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force the selective-scan backend")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.iterations=50 (repeatable)")
+    p.add_argument("--pretrained", action="append", default=[], metavar="BACKBONE=PATH",
+                   help="local weights file for runs whose backbone is BACKBONE, e.g. "
+                   "vit_large_patch16_384=/weights/vit_l.safetensors (repeatable; nothing is downloaded)")
     _common_run_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -233,11 +270,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="do not print the trivial-predictor comparison")
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("figures", help="draw the figures from results/summary.csv and the runs' train logs")
+    p = sub.add_parser("figures", help="draw every figure (PNG + PDF) whose inputs exist",
+                       description="Metrics by model, training curves, accuracy-vs-cost (Pareto), PAMM ablation bars, "
+                       "qualitative grids (from the runs' examples.pt), efficiency against resolution (--sweep CSV) "
+                       "and the scan orders. A figure whose input is missing is skipped with a note.")
     p.add_argument("--summary", type=Path, default=Path("results/summary.csv"))
     p.add_argument("--runs", type=Path, default=Path("results/runs"))
     p.add_argument("--out-dir", type=Path, default=Path("results/figures"))
+    p.add_argument("--by-config", type=Path, default=None, help="default: summary_by_config.csv beside --summary")
+    p.add_argument("--published", type=Path, default=Path("results/reference/published.csv"))
+    p.add_argument("--sweep", type=Path, default=Path("results/efficiency/resolution_sweep.csv"),
+                   help="CSV written by `pamm-bench sweep`")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="metrics_by_model training_curves pareto ablation resolution_sweep scan_orders qualitative")
+    p.add_argument("--datasets", nargs="+", default=None, help="per-dataset figures for these (default: all found)")
+    p.add_argument("--n-examples", type=int, default=2, help="val images in the qualitative grids")
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("tables", help="paper-style main and ablation tables (Markdown + LaTeX) per dataset",
+                       description="main_<dataset>.{md,tex}: published rows (approximate ones marked with a dagger) "
+                       "and measured rows (mean ± std over seeds); ablation_<dataset>.{md,tex}: every PAMM variant "
+                       "against full PAMM (differences and their std over seed pairs).")
+    p.add_argument("--summary", type=Path, default=Path("results/summary.csv"), help="per-run rows (seed pairing)")
+    p.add_argument("--by-config", type=Path, default=Path("results/summary_by_config.csv"))
+    p.add_argument("--published", type=Path, default=Path("results/reference/published.csv"))
+    p.add_argument("--out-dir", type=Path, default=Path("results/tables"))
+    p.add_argument("--datasets", nargs="+", default=None, help="default: every dataset in the inputs")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("sweep", help="params, GFLOPs, latency and peak memory against input resolution -> CSV",
+                       description="Profile each model (random weights, the profile's config with data.size "
+                       "overridden) at each size; fvcore FLOPs only, few latency repeats. Each point runs in a fresh "
+                       "process so that CPU peak memory (peak RSS) is per point.")
+    p.add_argument("--models", nargs="+", default=["pamm", "mtmamba", "invpt"])
+    p.add_argument("--variant", default="default")
+    p.add_argument("--dataset", default="nyud", choices=["nyud", "pascal"])
+    p.add_argument("--profile", default="tiny", choices=["tiny", "paper"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[64, 96, 128], help="square input sizes (pixels)")
+    p.add_argument("--repeats", type=int, default=3, help="timed forward passes per point (after warm-up)")
+    p.add_argument("--out", type=Path, default=Path("results/efficiency/resolution_sweep.csv"))
+    p.add_argument("--no-isolate", action="store_true", help="run every point in this process (faster; CPU memory "
+                   "then carries over between points)")
+    _common_run_args(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("doctor", help="which selective-scan backend will run, and why")
     p.set_defaults(func=cmd_doctor)

@@ -122,7 +122,20 @@ def resolve_config(
     if overrides:
         cfg = deep_merge(cfg, overrides)
     cfg["run"] = {"profile": profile, "dataset": dataset, "model": model, "variant": variant, "seed": int(seed)}
+    validate_run_config(cfg)
     return cfg
+
+
+def validate_run_config(cfg: dict[str, Any]) -> None:
+    """Check a resolved config against ``configs/run.schema.yaml``; the error names the offending key."""
+    import jsonschema
+
+    schema = _load_yaml(PACKAGE_CONFIGS / "run.schema.yaml")
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.path) or "<top level>"
+        raise ConfigError(f"config key {where}: {err.message} (see pamm/configs/run.schema.yaml for the valid keys)")
 
 
 def config_hash(cfg: dict[str, Any]) -> str:

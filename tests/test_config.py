@@ -60,3 +60,36 @@ def test_unknown_top_level_key_in_overlay(tmp_path):
     (tmp_path / "bad.yaml").write_text("applies_to: [mtl]\ntrian: {iterations: 3}\n")
     with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['trian'\]"):
         resolve_config("tiny", "nyud", "mtl", "bad", ablations_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.iteratons=5", r"config key train: Additional properties are not allowed \('iteratons' was unexpected\)"),
+        ("train.optimizer.name=lamb", r"config key train.optimizer.name: 'lamb' is not one of"),
+        ("train.loss.edge_pos_weight=1.5", r"config key train.loss.edge_pos_weight: 1.5 is greater than or equal"),
+    ],
+)
+def test_unknown_or_bad_run_keys_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("tiny", "nyud", "mtl", overrides=parse_override(override))
+
+
+def test_every_model_and_variant_resolves_for_both_profiles():
+    from pamm.models import list_models
+    from pamm.tasks import DATASET_TASKS
+
+    for model in list_models():
+        for variant in list_variants(model):
+            for dataset in ("nyud", "pascal"):
+                if variant.startswith("stl_") and variant.removeprefix("stl_") not in DATASET_TASKS[dataset]:
+                    continue
+                for profile in ("tiny", "paper"):
+                    resolve_config(profile, dataset, model, variant)
+
+
+def test_unknown_model_option_is_named():
+    from pamm.models import create_model
+
+    with pytest.raises(ValueError, match=r"model 'mtl'.*widht"):
+        create_model("mtl", {"depth": 1}, img_size=(64, 80), backbone={"name": "resnet18"}, widht=3)

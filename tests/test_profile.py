@@ -67,3 +67,30 @@ def test_counters_agree_on_a_real_model():
     assert result["gflops"] == pytest.approx(2 * result["gmacs_fvcore"])
     assert result["latency_ms"] > 0 and result["peak_mem_mib"] > 0
     assert result["params_backbone_m"] + result["params_decoder_m"] == pytest.approx(result["params_m"])
+
+
+def test_cuda_out_of_memory_is_recorded_not_fatal(monkeypatch):
+    import pamm.engine.profile as profile
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(profile, "measure_latency", out_of_memory)
+    monkeypatch.setattr(profile, "measure_train_step_memory", out_of_memory)
+    cfg = resolve_config("tiny", "nyud", "mtl")
+    result = profile.profile_config(cfg, device="cpu", counters=("fvcore",), batch_sizes=(1, 8))
+    assert result["notes"] == (
+        "latency batch 1 fp32: CUDA out of memory; latency batch 8 fp32: CUDA out of memory; "
+        "training step at batch 1: CUDA out of memory"
+    )
+    assert result["gflops"] > 0  # what could be measured still is
+    assert result["latency_ms"] != result["latency_ms"]  # NaN
+
+
+def test_missing_pretrained_weights_file_is_a_clear_error(tmp_path):
+    from pamm.models import create_model
+
+    missing = tmp_path / "vit.safetensors"
+    with pytest.raises(FileNotFoundError, match=f"pretrained weights file {missing} does not exist"):
+        create_model("mtl", {"depth": 1}, img_size=(64, 80),
+                     backbone={"name": "resnet18", "pretrained_file": str(missing)})

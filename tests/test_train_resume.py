@@ -86,3 +86,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(nyud_root, tmp_path):
     with pytest.raises(TrainingError, match=r"loss became (nan|inf) at iteration \d+"):
         train_run(cfg, out, device="cpu", progress=False)
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_torchrun_world_size_one_matches_plain_run(nyud_root, tmp_path):
+    """DDP (gloo on CPU) through torchrun with one process trains exactly like the plain run."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun is not installed beside this python")
+    plain, ddp = tmp_path / "plain", tmp_path / "ddp"
+    args = ["--dataset", "nyud", "--model", "mtl", "--seed", "3", "--data-root", str(nyud_root), "--threads", "1",
+            "--no-progress", "--set", "data.size=[48, 64]", "--set", "train.iterations=4", "--set", "train.batch_size=2"]
+    first = subprocess.run([sys.executable, "-m", "pamm.cli", "train", "--out", str(plain), *args],
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run([torchrun, "--standalone", "--nproc_per_node=1", "-m", "pamm.cli", "train", "--out", str(ddp), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    a = torch.load(plain / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(ddp / "checkpoint.pt", weights_only=False)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    import json
+
+    provenance = json.loads((ddp / "provenance.json").read_text())
+    assert (provenance["world_size"], provenance["global_batch"], provenance["per_rank_batch"]) == (1, 2, 2)

@@ -18,13 +18,16 @@ from pamm.engine.train import TrainingError, build_model_for, configure_scan_bac
 from pamm.tasks import IGNORE_INDEX, TASK_INFO, dataset_tasks
 
 
-def _loader(cfg: dict[str, Any], split: str, tasks: list[str], threads: int) -> DataLoader:
+def split_loader(cfg: dict[str, Any], split: str, tasks: list[str]) -> DataLoader:
+    """The un-augmented ``split`` of the run's dataset, in order."""
     from pamm.data import build_dataset
 
     dataset = build_dataset(
         cfg["run"]["dataset"], cfg["data"]["root"], split, tasks=tasks, train=False, size=tuple(cfg["data"]["size"])
     )
-    return DataLoader(dataset, batch_size=int(cfg["eval"]["batch_size"]), shuffle=False, num_workers=0)
+    # An explicit generator keeps the global RNG untouched (the trainer's resume relies on it).
+    return DataLoader(dataset, batch_size=int(cfg["eval"]["batch_size"]), shuffle=False, num_workers=0,
+                      generator=torch.Generator())
 
 
 def train_statistics(loader: DataLoader, tasks: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -85,10 +88,10 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool 
     model.load_state_dict(state["model"])
     model.to(dev).eval()
 
-    val = _loader(cfg, "val", list(tasks), 1)
+    val = split_loader(cfg, "val", list(tasks))
     meters = build_meters(run["dataset"], list(tasks), edge_save_dir=run_dir / "edge_pred")
     baseline_meters = build_meters(run["dataset"], list(tasks))
-    stats = train_statistics(_loader(cfg, "train", list(tasks), 1), tasks)
+    stats = train_statistics(split_loader(cfg, "train", list(tasks)), tasks)
     n_examples = int(cfg["eval"].get("save_examples", 4))
     examples: dict[str, list[torch.Tensor]] = {}
     tic = time.perf_counter()

@@ -266,18 +266,36 @@ def profile_model(
     if "gmacs_fvcore" in result and "gmacs_ptflops" in result and result["gmacs_fvcore"] > 0:
         result["flops_counter_rel_diff"] = abs(result["gmacs_fvcore"] - result["gmacs_ptflops"]) / result["gmacs_fvcore"]
     amp = {"fp32": None, "bf16": torch.bfloat16}
+    notes: list[str] = []
     for batch in batch_sizes:
-        image = torch.randn(batch, 3, h, w, device=device)
         for name in dtypes:
-            stats = measure_latency(model, image, repeats=latency_repeats, dtype=amp[name])
+            try:
+                image = torch.randn(batch, 3, h, w, device=device)
+                stats = measure_latency(model, image, repeats=latency_repeats, dtype=amp[name])
+            except torch.cuda.OutOfMemoryError:
+                notes.append(f"latency batch {batch} {name}: CUDA out of memory")
+                stats = {"median_ms": float("nan"), "p90_ms": float("nan")}
+                _release_memory(device)
             result[f"latency_ms_b{batch}_{name}"] = stats["median_ms"]
             result[f"latency_p90_ms_b{batch}_{name}"] = stats["p90_ms"]
     result["latency_ms"] = result.get(f"latency_ms_b{batch_sizes[0]}_{dtypes[0]}")
-    result["peak_mem_mib"] = measure_train_step_memory(model, torch.randn(train_batch, 3, h, w, device=device),
-                                                       dtype=amp[dtypes[-1]])
+    try:
+        result["peak_mem_mib"] = measure_train_step_memory(
+            model, torch.randn(train_batch, 3, h, w, device=device), dtype=amp[dtypes[-1]]
+        )
+    except torch.cuda.OutOfMemoryError:
+        notes.append(f"training step at batch {train_batch}: CUDA out of memory")
+        result["peak_mem_mib"] = float("nan")
+        _release_memory(device)
+    result["notes"] = "; ".join(notes)
     result["peak_mem_method"] = "cuda_max_memory_allocated" if device.type == "cuda" else "process_peak_rss"
     result["peak_mem_train_batch"] = train_batch
     return result
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def profile_config(cfg: dict[str, Any], device: str | None = None, **options: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from pamm import io as pio
 from pamm.config import config_hash
+from pamm.engine import distributed
 from pamm.engine.provenance import dataset_fingerprint, environment, git_state
 from pamm.losses import MultiTaskLoss
 from pamm.models import create_model
@@ -70,9 +71,28 @@ def configure_scan_backend(name: str) -> None:
 
 
 def build_model_for(cfg: dict[str, Any]) -> torch.nn.Module:
+    from pamm.models.heads import attach_output_offsets
+
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
-    return create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
+    model = create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
+    attach_output_offsets(model, [t for t in cfg["train"].get("output_offsets") or [] if t in tasks])
+    return model
+
+
+def _init_offsets_from_train_split(model: torch.nn.Module, cfg: dict[str, Any], tasks: list[str]) -> None:
+    """Start each output offset at the train split's mean target (un-augmented pass over the split)."""
+    from pamm.engine.evaluate import split_loader, train_statistics
+    from pamm.models.heads import init_output_offsets
+
+    wanted = [t for t in cfg["train"].get("output_offsets") or [] if t in tasks]
+    if not wanted:
+        return
+    unsupported = [t for t in wanted if t != "depth"]
+    if unsupported:
+        raise TrainingError(f"train.output_offsets supports depth only, got {unsupported}")
+    stats = train_statistics(split_loader(cfg, "train", wanted), {t: 1 for t in wanted})
+    init_output_offsets(model, {"depth": float(stats["depth"][0] / stats["depth"][1].clamp_min(1))})
 
 
 def build_optimizer(params, opt_cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -111,8 +131,14 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def iterate_batches(dataset, batch_size: int, seed: int, start_iteration: int, num_workers: int) -> Iterator[dict]:
-    """Endless stream of batches starting at ``start_iteration``, identical whether resumed or not."""
+def iterate_batches(
+    dataset, batch_size: int, seed: int, start_iteration: int, num_workers: int,
+    dist_info: distributed.DistInfo = distributed.DistInfo(),
+) -> Iterator[dict]:
+    """Endless stream of batches starting at ``start_iteration``, identical whether resumed or not.
+
+    ``batch_size`` is the global batch; under DDP each rank yields its slice of it.
+    """
     n_items = len(dataset)
     if n_items == 0:
         raise TrainingError("the training split is empty: check the dataset's split file")
@@ -121,7 +147,7 @@ def iterate_batches(dataset, batch_size: int, seed: int, start_iteration: int, n
     while True:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        batches = epoch_batches(n_items, batch_size, seed, epoch)[skip:]
+        batches = [distributed.rank_slice(b, dist_info) for b in epoch_batches(n_items, batch_size, seed, epoch)[skip:]]
         loader = DataLoader(
             dataset,
             batch_sampler=batches,
@@ -192,9 +218,10 @@ def train_run(
     if cfg["data"].get("root") is None:
         raise TrainingError("data.root is not set: pass --data-root DIR (a NYUDv2 or PASCALContext folder)")
 
-    dev = pick_device(device)
+    dist_info = distributed.setup()
+    dev = distributed.device_for(dist_info, device)
     configure_scan_backend(train_cfg.get("scan_backend", "auto"))
-    seed_everything(int(run["seed"]))
+    seed_everything(int(run["seed"]) + dist_info.rank)
     from pamm.data import build_dataset
 
     dataset = build_dataset(
@@ -202,6 +229,10 @@ def train_run(
         size=tuple(cfg["data"]["size"]), seed=int(run["seed"]),
     )
     model = build_model_for(cfg).to(dev)
+    if not last_path.is_file():
+        _init_offsets_from_train_split(model, cfg, tasks)
+    net = distributed.wrap(model, dist_info, dev)
+    model = net.module if dist_info.enabled else net  # SyncBatchNorm conversion returns a new module
     criterion = MultiTaskLoss(
         tasks, run["dataset"], scheme=train_cfg["loss"]["scheme"], weights=train_cfg["loss"].get("weights"),
         edge_pos_weight=float(train_cfg["loss"]["edge_pos_weight"]),
@@ -230,6 +261,8 @@ def train_run(
     def save_last(iteration: int) -> None:
         nonlocal last_saved
         last_saved = iteration
+        if not dist_info.is_main:
+            return
         pio.torch_save(
             {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -242,16 +275,17 @@ def train_run(
 
     kill_after = int(os.environ.get(FAULT_KILL_ENV, "-1"))
     model.train()
-    batches = iterate_batches(dataset, int(train_cfg["batch_size"]), int(run["seed"]), start, int(cfg["data"].get("num_workers", 0)))
+    batches = iterate_batches(dataset, int(train_cfg["batch_size"]), int(run["seed"]), start,
+                              int(cfg["data"].get("num_workers", 0)), dist_info)
     clip = train_cfg.get("grad_clip")
     log_every, ckpt_every = int(train_cfg.get("log_every", 10)), int(train_cfg.get("ckpt_every", 500))
-    bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"train {run['model']}/{run['variant']}",
+    bar = tqdm(total=iterations, initial=start, disable=not progress or not dist_info.is_main, desc=f"train {run['model']}/{run['variant']}",
                dynamic_ncols=True, mininterval=2.0)
     tic = time.perf_counter()
     for iteration in range(start, iterations):
         batch = move_batch(next(batches), dev)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(batch["image"])
+            outputs = net(batch["image"])
         loss, task_losses = criterion(outputs, {t: batch[t] for t in tasks})
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
@@ -282,6 +316,10 @@ def train_run(
             if done == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
+    distributed.barrier(dist_info)
+    if not dist_info.is_main:
+        distributed.teardown(dist_info)
+        return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
 
     pio.torch_save(
         {"model": model.state_dict(), "iteration": iterations, "config_hash": chash, "model_name": run["model"],
@@ -294,8 +332,11 @@ def train_run(
             "run": run, "config_hash": chash, **git_state(), "environment": environment(),
             "dataset": dataset_fingerprint(cfg["data"]["root"]), "device": str(dev),
             "scan_backend": _scan_backend_name(dev), "train_seconds": elapsed, "iterations": iterations,
+            "world_size": dist_info.world_size, "global_batch": int(train_cfg["batch_size"]),
+            "per_rank_batch": int(train_cfg["batch_size"]) // dist_info.world_size,
         },
     )
+    distributed.teardown(dist_info)
     return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
 
 

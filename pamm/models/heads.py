@@ -28,3 +28,35 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tens
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def attach_output_offsets(model: nn.Module, tasks: list[str]) -> None:
+    """Give ``model`` a learnable constant per listed task, added to that task's output (and aux).
+
+    Regression targets far from zero (depth in metres) otherwise spend most of a short training
+    run moving the output's mean at Adam's fixed step size; starting the offset at the train mean
+    (``init_output_offsets``) removes that. A registered parameter named ``output_offset_<task>``,
+    so it is trained, saved and counted like any other.
+    """
+    if not tasks:
+        return
+    for task in tasks:
+        model.register_parameter(f"output_offset_{task}", nn.Parameter(torch.zeros(())))
+
+    def add_offsets(module: nn.Module, inputs, outputs):
+        shifted = dict(outputs)
+        for task in tasks:
+            offset = getattr(module, f"output_offset_{task}")
+            shifted[task] = outputs[task] + offset
+            if "aux" in outputs and task in outputs["aux"]:
+                shifted["aux"] = {**shifted["aux"], task: outputs["aux"][task] + offset}
+        return shifted
+
+    model.register_forward_hook(add_offsets)
+
+
+def init_output_offsets(model: nn.Module, means: dict[str, float]) -> None:
+    """Set the offsets attached by ``attach_output_offsets`` (e.g. to the train split's mean depth)."""
+    with torch.no_grad():
+        for task, value in means.items():
+            getattr(model, f"output_offset_{task}").fill_(float(value))

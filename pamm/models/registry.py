@@ -53,6 +53,11 @@ def create_model(name: str, tasks: dict[str, int], **cfg: Any) -> nn.Module:
     _load_builtins()
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid models: {sorted(_BUILDERS)}")
-    model = _BUILDERS[name](tasks=dict(tasks), **cfg)
+    try:
+        model = _BUILDERS[name](tasks=dict(tasks), **cfg)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(f"model {name!r}: {err}; check the model: section of its config (pamm/configs/models/{name}.yaml)") from err
     model.model_name = name
     return model

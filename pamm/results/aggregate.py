@@ -51,6 +51,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     for key in PROFILE_COLUMNS:
         if key in profile:
             row[key] = profile[key]
+    row["notes"] = profile.get("notes", "")
     row.update({k: v for k, v in profile.items() if k.startswith(("gflops_", "gmacs_", "latency_", "params_", "peak_mem_"))})
     return row
 

@@ -20,6 +20,10 @@ OVERRIDE_ARGS = " ".join(
 )
 
 
+# Local pretrained weights per backbone name: every run whose backbone matches gets its file.
+OVERRIDE_ARGS += "".join(f" --pretrained '{name}={path}'" for name, path in (config.get("pretrained") or {}).items())
+
+
 def variant_applies(dataset, model, variant):
     """Single-task variants exist only for the dataset's own tasks."""
     if model == "stl":
@@ -27,10 +31,15 @@ def variant_applies(dataset, model, variant):
     return True
 
 
+def dataset_models(dataset):
+    """The dataset's own matrix when it has one, else the top-level `models`."""
+    return config["datasets"][dataset].get("models") or config["models"]
+
+
 MATRIX = [
     (dataset, model, variant, seed)
     for dataset in config["datasets"]
-    for model, variants in config["models"].items()
+    for model, variants in dataset_models(dataset).items()
     for variant in variants
     if variant_applies(dataset, model, variant)
     for seed in config["seeds"]

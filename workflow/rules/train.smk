@@ -1,4 +1,8 @@
 # Train and evaluate one run of the matrix. Torch threads follow the rule's `threads`.
+# GPU jobs are switched by config (`gpus_per_run`), not by --resources: Snakemake does not hold back a
+# `gpu=1` job on a machine without GPUs. With more than one GPU per run, training goes through torchrun (DDP).
+GPUS = int(config.get("gpus_per_run", 0))
+TRAIN_LAUNCH = f"torchrun --standalone --nproc_per_node={GPUS} -m pamm.cli" if GPUS > 1 else "pamm-bench"
 
 
 rule train:
@@ -11,13 +15,15 @@ rule train:
         out=lambda wc: run_dir(wc.dataset, wc.model, wc.variant, wc.seed),
         profile=config["profile"],
         overrides=OVERRIDE_ARGS,
+        launch=TRAIN_LAUNCH,
     threads: THREADS
     resources:
         mem_mb=4000,
+        gpu=GPUS,
     log:
         "logs/train/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
-        "pamm-bench train --profile {params.profile} --dataset {wildcards.dataset} --model {wildcards.model}"
+        "{params.launch} train --profile {params.profile} --dataset {wildcards.dataset} --model {wildcards.model}"
         " --variant {wildcards.variant} --seed {wildcards.seed} --data-root {params.root} --out {params.out}"
         " --threads {threads} --no-progress {params.overrides} > {log} 2>&1"
 
@@ -34,3 +40,18 @@ rule evaluate:
         "logs/evaluate/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
         "pamm-bench evaluate --run {params.run} --threads {threads} --no-progress > {log} 2>&1"
+
+
+rule profile:
+    input:
+        f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+    output:
+        f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/profile.json",
+    params:
+        run=lambda wc: run_dir(wc.dataset, wc.model, wc.variant, wc.seed),
+        repeats=config.get("profile_repeats", 5),
+    threads: THREADS
+    log:
+        "logs/profile/{dataset}/{model}/{variant}/seed{seed}.log",
+    shell:
+        "pamm-bench profile --run {params.run} --repeats {params.repeats} --threads {threads} > {log} 2>&1"
