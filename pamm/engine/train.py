@@ -247,7 +247,7 @@ def train_run(
         if state.get("config_hash") != chash:
             raise TrainingError(
                 f"{last_path} belongs to another config (hash {state.get('config_hash')} != {chash}, model "
-                f"{state.get('model')!r}): delete it to start over, or restore the config it was trained with"
+                f"{state.get('model_name')!r}): delete it to start over, or restore the config it was trained with"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
