@@ -720,7 +720,7 @@ def qualitative(dataset: str, summary: pd.DataFrame, runs_root: Path, out: Path,
                 ax.set_yticks([])
                 ax.grid(False)
                 if r == 0:
-                    ax.set_title(_wrap(column, 13), fontsize=7.5, fontweight="bold")
+                    ax.set_title(_wrap(column, 9), fontsize=5.5, fontweight="bold")
                 source = first if column == "ground truth" else examples[column]
                 key = f"target_{task}" if column == "ground truth" else f"pred_{task}"
                 if key not in source:
