@@ -95,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from pamm.engine.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, device=args.device, progress=not args.no_progress)
+    result = evaluate_run(args.run, device=args.device, progress=not args.no_progress, edge_workers=args.threads or 0)
     metrics = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
     print(f"{args.run}: {metrics}")
     return 0

@@ -66,8 +66,13 @@ def trivial_prediction(task: str, channels: int, stats: torch.Tensor, like: torc
     return None  # no meaningful constant for edges
 
 
-def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate ``run_dir/checkpoint.pt`` and write ``run_dir/metrics.json``."""
+def evaluate_run(
+    run_dir: str | Path, device: str | None = None, progress: bool = True, edge_workers: int = 0
+) -> dict[str, Any]:
+    """Evaluate ``run_dir/checkpoint.pt`` and write ``run_dir/metrics.json``.
+
+    ``edge_workers`` > 1 scores boundaries (the costly metric) in that many worker processes.
+    """
     from tqdm import tqdm
 
     from pamm.metrics import build_meters, summarise
@@ -89,7 +94,8 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool 
     model.to(dev).eval()
 
     val = split_loader(cfg, "val", list(tasks))
-    meters = build_meters(run["dataset"], list(tasks), edge_save_dir=run_dir / "edge_pred")
+    meters = build_meters(run["dataset"], list(tasks), edge_save_dir=run_dir / "edge_pred",
+                          edge_num_workers=edge_workers if edge_workers > 1 else 0)
     baseline_meters = build_meters(run["dataset"], list(tasks))
     stats = train_statistics(split_loader(cfg, "train", list(tasks)), tasks)
     n_examples = int(cfg["eval"].get("save_examples", 4))
