@@ -81,14 +81,6 @@ def count_parameters(model: nn.Module, backbone_prefix: str = "backbone.") -> di
 # ---------------------------------------------------------------------------------------------- FLOPs
 
 
-def _scan_flops_from_shapes(u_shape, a_shape, has_d: bool, has_z: bool) -> int:
-    from pamm.ops import selective_scan_flops
-
-    b, d, l = u_shape
-    n = a_shape[-1]
-    return int(selective_scan_flops(b, l, d, n, with_D=has_d, with_z=has_z))
-
-
 def _sdpa_macs(q_shape, k_shape, v_shape) -> int:
     *batch, lq, dq = q_shape
     lk, dv = k_shape[-2], v_shape[-1]
@@ -100,14 +92,16 @@ def count_flops_fvcore(model: nn.Module, image: torch.Tensor) -> dict[str, float
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
+    from pamm.ops import fvcore_selective_scan_handle
+
     scan_flops = []
+    scan_flops_of = fvcore_selective_scan_handle(unit="flops")
 
     def scan_handle(inputs, outputs) -> int:
-        has_d = inputs[5].type().kind() != "NoneType"
-        has_z = inputs[6].type().kind() != "NoneType"
-        flops = _scan_flops_from_shapes(get_shape(inputs[0]), get_shape(inputs[2]), has_d, has_z)
+        """The scan's MACs (as pamm.ops counts them), remembering its FLOPs for ``gflops_scan``."""
+        flops = scan_flops_of(inputs, outputs)
         scan_flops.append(flops)
-        return flops // 2
+        return (flops + 1) // 2
 
     def sdpa_handle(inputs, outputs) -> int:
         return _sdpa_macs(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2]))
@@ -136,15 +130,13 @@ def count_flops_ptflops(model: nn.Module, image: torch.Tensor) -> dict[str, floa
     ensure_torchvision_importable()  # ptflops imports torchvision, which needs the CPU shim
     from ptflops import get_model_complexity_info
 
-    def scan_hook(inputs, outputs) -> int:
-        u, a, d, z = inputs[0], inputs[2], inputs[5], inputs[6]
-        return _scan_flops_from_shapes(tuple(u.shape), tuple(a.shape), d is not None, z is not None) // 2
+    from pamm.ops import ptflops_aten_hooks
 
     def sdpa_hook(inputs, outputs) -> int:
         return _sdpa_macs(tuple(inputs[0].shape), tuple(inputs[1].shape), tuple(inputs[2].shape))
 
     # ptflops' aten backend looks hooks up by op overload packet.
-    hooks: dict[Any, Callable] = {torch.ops.pamm.selective_scan: scan_hook}
+    hooks: dict[Any, Callable] = dict(ptflops_aten_hooks())
     for op in _SDPA_OPS:
         namespace, name = op.split("::")
         packet = getattr(getattr(torch.ops, namespace), name, None)
