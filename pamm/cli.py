@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 EPILOG = """\
 typical flow (what `snakemake --cores 8 all` runs for every run of the matrix):
@@ -153,7 +153,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pamm.results.tables import resolution_sweep
+    from pamm.engine.sweep import resolution_sweep
 
     frame = resolution_sweep(args.models, args.dataset, args.profile, args.sizes, args.out, variant=args.variant,
                              repeats=args.repeats, device=args.device, threads=args.threads,

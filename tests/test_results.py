@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pamm.engine.sweep import SWEEP_COLUMNS, resolution_sweep
 from pamm.results import figures, tables
 from pamm.results.aggregate import summarise_over_seeds
 from pamm.tasks import DATASET_TASKS, IGNORE_INDEX
@@ -278,11 +279,11 @@ def test_sweep_overrides_the_size_and_writes_the_csv(tmp_path, monkeypatch):
                 "peak_mem_method": "process_peak_rss", "device": "cpu", "scan_backend": "torch"}
 
     monkeypatch.setattr(profile, "profile_config", fake_profile_config)
-    frame = tables.resolution_sweep(["pamm", "invpt"], "nyud", "tiny", [32, 48], tmp_path / "sweep.csv",
-                                    isolate=False, progress=False)
+    frame = resolution_sweep(["pamm", "invpt"], "nyud", "tiny", [32, 48], tmp_path / "sweep.csv",
+                             isolate=False, progress=False)
     assert seen == [("pamm", (32, 32), ("fvcore",)), ("pamm", (48, 48), ("fvcore",)),
                     ("invpt", (32, 32), ("fvcore",)), ("invpt", (48, 48), ("fvcore",))]
     written = pd.read_csv(tmp_path / "sweep.csv")
-    assert list(written.columns) == tables.SWEEP_COLUMNS and len(written) == 4
+    assert list(written.columns) == SWEEP_COLUMNS and len(written) == 4
     assert written.loc[0, "tokens"] == (32 // 8) ** 2  # the tiny backbone's patch size is 8
     assert frame["gflops"].tolist() == pytest.approx([0.1024, 0.2304, 0.1024, 0.2304])

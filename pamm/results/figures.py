@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from pamm.results import plotting_style as style
-from pamm.results.plotting_style import save_figure  # noqa: F401  (kept: other modules import it from here)
 from pamm.tasks import DATASET_TASKS, TASK_INFO
 
 HEADLINE = [(info.metric, info.lower_is_better) for info in TASK_INFO.values()] + [("delta_m_pct", False)]
