@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _profile_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"batch_sizes": tuple(args.batch_sizes), "dtypes": tuple(args.dtypes), "counters": tuple(args.counters),
-            "latency_repeats": args.repeats, "train_batch": args.train_batch}
+            "latency_repeats": args.repeats, "train_batch": args.train_batch, "timing": not args.no_timing}
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -157,7 +157,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     frame = resolution_sweep(args.models, args.dataset, args.profile, args.sizes, args.out, variant=args.variant,
                              repeats=args.repeats, device=args.device, threads=args.threads,
-                             isolate=not args.no_isolate, progress=not args.no_progress)
+                             isolate=not args.no_isolate, progress=not args.no_progress, counter=args.counter,
+                             dtype=args.dtype)
     print(f"wrote {args.out} ({len(frame)} points)")
     return 0
 
@@ -258,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counters", nargs="+", default=["fvcore", "ptflops"], choices=["fvcore", "ptflops"])
     p.add_argument("--repeats", type=int, default=20, help="timed latency runs (after warm-up)")
     p.add_argument("--train-batch", type=int, default=1, help="batch of the training step whose peak memory is measured")
+    p.add_argument("--no-timing", action="store_true",
+                   help="parameters and FLOPs only (no latency or memory): device-independent counts, fast on CPU")
     _common_run_args(p)
     p.set_defaults(func=cmd_profile)
 
@@ -300,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="params, GFLOPs, latency and peak memory against input resolution -> CSV",
                        description="Profile each model (random weights, the profile's config with data.size "
-                       "overridden) at each size; fvcore FLOPs only, few latency repeats. Each point runs in a fresh "
+                       "overridden) at each size; one FLOP counter, few latency repeats. Each point runs in a fresh "
                        "process so that CPU peak memory (peak RSS) is per point.")
     p.add_argument("--models", nargs="+", default=["pamm", "mtmamba", "invpt"])
     p.add_argument("--variant", default="default")
@@ -310,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed forward passes per point (after warm-up)")
     p.add_argument("--out", type=Path, default=Path("results/efficiency/resolution_sweep.csv"))
     p.add_argument("--no-isolate", action="store_true", help="run every point in this process (faster; CPU memory "
-                   "then carries over between points)")
+                   "then carries over between points; on GPU the peak is reset per point anyway)")
+    p.add_argument("--counter", default="fvcore", choices=["fvcore", "ptflops"],
+                   help="FLOP counter (ptflops is faster on large inputs: no TorchScript trace)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="latency precision (bf16: autocast)")
     _common_run_args(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -235,8 +235,13 @@ def profile_model(
     counters: tuple[str, ...] = ("fvcore", "ptflops"),
     latency_repeats: int = 20,
     train_batch: int = 1,
+    timing: bool = True,
 ) -> dict[str, Any]:
-    """Every efficiency number of ``model`` at ``image_size`` (random input; no data or weights needed)."""
+    """Every efficiency number of ``model`` at ``image_size`` (random input; no data or weights needed).
+
+    ``timing=False`` stops after parameters and FLOPs (no latency, no memory): counts do not depend on
+    the device, so paper-size tables can be made on a CPU without minutes of timed forwards.
+    """
     model = model.to(device).eval()
     h, w = image_size
     result: dict[str, Any] = {"img_h": h, "img_w": w, "device": str(device), "flop_convention": FLOP_CONVENTION,
@@ -257,6 +262,8 @@ def profile_model(
         result["gflops_decoder"] = 2 * result[f"{primary}_decoder"]
     if "gmacs_fvcore" in result and "gmacs_ptflops" in result and result["gmacs_fvcore"] > 0:
         result["flops_counter_rel_diff"] = abs(result["gmacs_fvcore"] - result["gmacs_ptflops"]) / result["gmacs_fvcore"]
+    if not timing:
+        return result
     amp = {"fp32": None, "bf16": torch.bfloat16}
     notes: list[str] = []
     for batch in batch_sizes:

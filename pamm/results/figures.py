@@ -443,6 +443,8 @@ def resolution_sweep(sweep: pd.DataFrame, out: Path) -> None:
     if sweep.empty:
         style.note_figure(out, "Efficiency against resolution", "the sweep CSV has no rows")
         return
+    if "status" in sweep:  # points a model could not take (out of memory, an unsupported size) are left out
+        sweep = sweep[sweep["status"].fillna("ok") == "ok"]
     sweep = sweep.copy()
     sweep["pixels"] = sweep["img_h"] * sweep["img_w"]
     panels = [c for c in ("gflops", "latency_ms", "peak_mem_mib") if c in sweep and sweep[c].notna().any()]

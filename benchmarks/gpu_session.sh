@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the suite, in stages, for a GPU box that may be offline and short-lived.
+#
+# Why: GPU time is scarce (a lease of minutes), so one script does the set-up, the mamba-ssm build,
+# the GPU tests and the benchmarks in a fixed order, keeps going when one stage fails, and bundles
+# everything it wrote into one archive after each stage (nothing is lost if the lease ends mid-way).
+#
+# Usage: benchmarks/gpu_session.sh STAGE [STAGE ...]
+#   setup        install carried wheels (.whl/*.whl -> /tmp/site), print the machine
+#   build        start the mamba-ssm build in the background (setsid) unless selective_scan_cuda imports;
+#                uses .whl/mamba_ssm-*.tar.gz, or unpacks a carried build from .mamba_build/
+#   wait         wait for that build (up to BUILD_WAIT_S, default 420 s); pack the built extension
+#   tests        pytest: Triton kernels and the scan ops on the GPU, every model in bf16 on CUDA
+#   scan         benchmarks/bench_scan.py (cuda/torch/ref...) and benchmarks/bench_triton_scan.py
+#   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
+#   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
+#   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
+# Output: $OUT (or results/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
+set -uo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+DEST="${OUT:-$REPO/results/gpu}"
+WORK="${GPU_WORK:-/tmp/gpu_session}"
+mkdir -p "$DEST" "$WORK"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python3}"
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+pack() { tar -C "$WORK" -czf "$DEST/gpu_session.tgz.tmp" . && mv "$DEST/gpu_session.tgz.tmp" "$DEST/gpu_session.tgz"; }
+run() {  # run NAME CMD...: log to $WORK/NAME.log, never stop the session
+    local name="$1"; shift
+    stamp "start $name"
+    local t0=$SECONDS
+    "$@" > "$WORK/$name.log" 2>&1
+    local rc=$?
+    stamp "end $name rc=$rc in $((SECONDS - t0)) s"
+    tail -n 25 "$WORK/$name.log"
+    pack
+    return 0
+}
+
+stage_setup() {
+    if compgen -G ".whl/*.whl" > /dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            || stamp "wheel install failed"
+    fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$WORK/gpu.txt"
+    "$PY" - <<'PY' | tee -a "$WORK/gpu.txt"
+import torch, triton, timm
+print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "timm", timm.__version__)
+print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processor_count, "SMs")
+PY
+    "$PY" -m pamm.cli doctor | tee -a "$WORK/gpu.txt"
+}
+
+mamba_ok() { "$PY" -c "import selective_scan_cuda" > /dev/null 2>&1; }
+
+stage_build() {
+    if mamba_ok; then stamp "selective_scan_cuda already imports"; return; fi
+    if compgen -G ".mamba_build/*.tar.xz" > /dev/null; then
+        mkdir -p /tmp/site && cat .mamba_build/*.tar.xz | tar -C /tmp/site -xJf - && mamba_ok \
+            && { stamp "unpacked the carried mamba-ssm build"; return; }
+    fi
+    local sdist; sdist="$(ls .whl/mamba_ssm-*.tar.gz 2>/dev/null | head -1)"
+    [[ -n "$sdist" ]] || { stamp "no mamba-ssm sdist under .whl/: the cuda backend stays off"; return; }
+    stamp "building mamba-ssm from $sdist in the background"
+    setsid bash -c "bash scripts/build_mamba_ssm.sh --python $PY --sdist $sdist --jobs ${MAMBA_JOBS:-16} --no-check \
+        > $WORK/mamba_build.log 2>&1; echo \$? > $WORK/mamba_build.rc" < /dev/null > /dev/null 2>&1 &
+}
+
+stage_wait() {
+    local limit="${BUILD_WAIT_S:-420}" t0=$SECONDS
+    while ! mamba_ok && [[ ! -f "$WORK/mamba_build.rc" ]] && (( SECONDS - t0 < limit )); do sleep 5; done
+    if mamba_ok; then
+        stamp "selective_scan_cuda imports (waited $((SECONDS - t0)) s)"
+        "$PY" - <<'PY' > "$WORK/mamba_files.txt"
+import os, mamba_ssm, selective_scan_cuda
+print(selective_scan_cuda.__file__); print(os.path.dirname(mamba_ssm.__file__))
+PY
+        local so pkg; so="$(sed -n 1p "$WORK/mamba_files.txt")"; pkg="$(sed -n 2p "$WORK/mamba_files.txt")"
+        tar -C "$(dirname "$so")" -cJf "$DEST/mamba_build.tar.xz" "$(basename "$so")" -C "$(dirname "$pkg")" "$(basename "$pkg")" \
+            && ls -la "$DEST/mamba_build.tar.xz"
+    else
+        stamp "mamba-ssm not available after $((SECONDS - t0)) s"; tail -n 30 "$WORK/mamba_build.log" 2>/dev/null
+    fi
+    pack
+}
+
+stage_tests() {
+    run tests "$PY" -m pytest -q -p no:cacheprovider --timeout 600 tests/test_triton_scan.py tests/test_scan_ops.py \
+        tests/test_scan_dispatch.py tests/test_gpu_models.py
+}
+
+stage_scan() {
+    run bench_scan "$PY" benchmarks/bench_scan.py --device cuda --backends ref,torch,cuda,mamba,blelloch --repeats 10 \
+        --csv "$WORK/bench_scan.csv"
+    run bench_triton_scan "$PY" benchmarks/bench_triton_scan.py --csv "$WORK/bench_triton_scan.csv"
+}
+
+stage_step() {
+    run train_step "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step.csv" --trace "$WORK/traces"
+}
+
+stage_eff() {
+    local datasets="${1//,/ }"
+    run "efficiency_${1//,/_}" "$PY" scripts/efficiency_table.py --datasets $datasets \
+        --out "$WORK/gpu_efficiency_${1//,/_}.csv"
+}
+
+stage_sweep() {
+    run sweep "$PY" -m pamm.cli sweep --profile paper --models pamm mtmamba invpt --sizes 224 384 512 768 1024 \
+        --device cuda --counter ptflops --dtype bf16 --repeats 10 --no-isolate \
+        --out "$WORK/resolution_sweep_gpu.csv"
+}
+
+for stage in "$@"; do
+    case "$stage" in
+        setup) stage_setup ;;
+        build) stage_build ;;
+        wait) stage_wait ;;
+        tests) stage_tests ;;
+        scan) stage_scan ;;
+        step) stage_step ;;
+        eff:*) stage_eff "${stage#eff:}" ;;
+        sweep) stage_sweep ;;
+        *) echo "gpu_session.sh: unknown stage '$stage' (see the header)" >&2; exit 2 ;;
+    esac
+done
+pack
+stamp "done: $DEST/gpu_session.tgz"

@@ -1,0 +1,100 @@
+"""Every model on a CUDA device, in bf16 autocast, with every usable scan backend (skipped without a GPU).
+
+Why: CI has no GPU, so device mistakes (a tensor made on the CPU inside ``forward``, a dtype that
+autocast does not reach, a kernel that rejects mixed B/C dtypes, as the released PAMM does) can only
+show on a GPU machine. Run there with ``pytest tests/test_gpu_models.py``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CASES = [("pamm", "default"), ("pamm", "as_released"), ("pamm", "dir1"), ("mtl", "default"), ("stl", "stl_depth"),
+         ("mtmamba", "default"), ("mtmamba_pp", "default"), ("invpt", "default"), ("taskprompter", "default")]
+SCAN_MODELS = {"pamm", "mtmamba", "mtmamba_pp"}
+
+
+def usable_backends() -> list[str]:
+    from pamm.ops.backends import mamba_ssm_status
+    from pamm.ops.triton_scan import triton_available
+
+    found = ["torch"]
+    if triton_available()[0]:
+        found.append("triton")
+    if mamba_ssm_status()["available"]:
+        found.append("cuda")
+    return found
+
+
+def tiny_model(name: str, variant: str, backend: str):
+    from pamm.config import resolve_config
+    from pamm.engine.train import build_model_for, configure_scan_backend
+
+    overrides = {"model": {"scan_backend": backend}} if name in SCAN_MODELS else None
+    cfg = resolve_config("tiny", "nyud", name, variant, 0, overrides=overrides)
+    configure_scan_backend(backend)
+    torch.manual_seed(0)
+    return cfg, build_model_for(cfg).cuda()
+
+
+@pytest.mark.parametrize("name,variant", CASES, ids=[f"{n}-{v}" for n, v in CASES])
+def test_bf16_forward_backward_on_cuda_with_every_backend(name: str, variant: str) -> None:
+    losses = {}
+    for backend in usable_backends() if name in SCAN_MODELS else ["torch"]:
+        cfg, model = tiny_model(name, variant, backend)
+        height, width = cfg["data"]["size"]
+        images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(1)).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            outputs = model(images)
+        loss = sum(v.float().square().mean() for k, v in outputs.items() if k != "aux")
+        loss.backward()
+        for task, out in outputs.items():
+            if task != "aux":
+                assert out.shape[0] == 2 and out.shape[-2:] == (height, width), (task, out.shape)
+                assert torch.isfinite(out.float()).all(), (backend, task)
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), backend
+        losses[backend] = loss.item()
+    reference = losses.get("torch")
+    for backend, value in losses.items():
+        # bf16 inputs to the scan: backends agree to bf16 rounding, not bit for bit.
+        assert value == pytest.approx(reference, rel=2e-2), losses
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_backends_match_the_torch_backend_output_and_gradients(dtype: torch.dtype) -> None:
+    """mamba-ssm's kernel and the Triton kernels against pamm's torch scan, on the GPU, with D, z and bias."""
+    from pamm import ops
+
+    backends = [b for b in usable_backends() if b != "torch"]
+    if not backends:
+        pytest.skip("neither mamba-ssm nor triton is usable here")
+    gen = torch.Generator().manual_seed(3)
+    b, d, l, n = 2, 96, 333, 16
+
+    def inputs():
+        raw = dict(u=torch.randn(b, d, l, generator=gen), delta=torch.randn(b, d, l, generator=gen) * 0.5,
+                   A=-torch.rand(d, n, generator=gen) - 0.2, B=torch.randn(b, n, l, generator=gen),
+                   C=torch.randn(b, n, l, generator=gen), D=torch.randn(d, generator=gen),
+                   z=torch.randn(b, d, l, generator=gen), delta_bias=torch.randn(d, generator=gen) * 0.1)
+        low = {"u", "delta", "B", "C", "z"}
+        return {k: v.cuda().to(dtype if k in low else torch.float32).requires_grad_() for k, v in raw.items()}
+
+    base = inputs()
+    results = {}
+    for backend in ["torch", *backends]:
+        x = {k: v.detach().clone().requires_grad_() for k, v in base.items()}
+        out = ops.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"], z=x["z"],
+                                 delta_bias=x["delta_bias"], delta_softplus=True, backend=backend)
+        out.float().square().sum().backward()
+        results[backend] = (out.float(), {k: v.grad.float() for k, v in x.items()})
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    ref_out, ref_grads = results["torch"]
+    for backend in backends:
+        out, grads = results[backend]
+        assert (out - ref_out).norm() / ref_out.norm() < tol, backend
+        for name, grad in grads.items():
+            err = (grad - ref_grads[name]).norm() / ref_grads[name].norm()
+            assert err < tol * (10 if dtype == torch.bfloat16 else 1), (backend, name, err.item())
