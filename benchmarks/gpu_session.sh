@@ -11,6 +11,7 @@
 #                uses .whl/mamba_ssm-*.tar.gz, or unpacks a carried build from .mamba_build/
 #   wait         wait for that build (up to BUILD_WAIT_S, default 420 s); pack the built extension
 #   tests        pytest: Triton kernels and the scan ops on the GPU, every model in bf16 on CUDA
+#   gpumodels    tests/test_gpu_models.py alone (after the build, to include the cuda backend)
 #   scan         benchmarks/bench_scan.py (cuda/torch/ref...) and benchmarks/bench_triton_scan.py
 #   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
@@ -90,8 +91,12 @@ stage_tests() {
         tests/test_scan_dispatch.py tests/test_gpu_models.py
 }
 
+stage_gpumodels() {  # again after the build: now with the cuda backend in the comparison
+    run tests_gpu_models "$PY" -m pytest -q -p no:cacheprovider --timeout 600 tests/test_gpu_models.py
+}
+
 stage_scan() {
-    run bench_scan "$PY" benchmarks/bench_scan.py --device cuda --backends ref,torch,cuda,mamba,blelloch --repeats 10 \
+    run bench_scan "$PY" benchmarks/bench_scan.py --device cuda --backends ref,torch,cuda,mamba --repeats 10 \
         --csv "$WORK/bench_scan.csv"
     run bench_triton_scan "$PY" benchmarks/bench_triton_scan.py --csv "$WORK/bench_triton_scan.csv"
 }
@@ -118,6 +123,7 @@ for stage in "$@"; do
         build) stage_build ;;
         wait) stage_wait ;;
         tests) stage_tests ;;
+        gpumodels) stage_gpumodels ;;
         scan) stage_scan ;;
         step) stage_step ;;
         eff:*) stage_eff "${stage#eff:}" ;;
