@@ -16,11 +16,11 @@
 #   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
-# Output: $OUT (or results/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
+# Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-DEST="${OUT:-$REPO/results/gpu}"
+DEST="${OUT:-$REPO/results/.tmp/gpu}"
 WORK="${GPU_WORK:-/tmp/gpu_session}"
 mkdir -p "$DEST" "$WORK"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -53,7 +53,7 @@ PY
     "$PY" -m pamm.cli doctor | tee -a "$WORK/gpu.txt"
 }
 
-mamba_ok() { "$PY" -c "import selective_scan_cuda" > /dev/null 2>&1; }
+mamba_ok() { "$PY" -c "import torch, selective_scan_cuda" > /dev/null 2>&1; }
 
 stage_build() {
     if mamba_ok; then stamp "selective_scan_cuda already imports"; return; fi
@@ -96,7 +96,7 @@ stage_gpumodels() {  # again after the build: now with the cuda backend in the c
 }
 
 stage_scan() {
-    run bench_scan "$PY" benchmarks/bench_scan.py --device cuda --backends ref,torch,cuda,mamba --repeats 10 \
+    run bench_scan "$PY" benchmarks/bench_scan.py --device cuda --backends torch,cuda,mamba --repeats 10 \
         --csv "$WORK/bench_scan.csv"
     run bench_triton_scan "$PY" benchmarks/bench_triton_scan.py --csv "$WORK/bench_triton_scan.csv"
 }

@@ -158,10 +158,12 @@ def reference_multi_direction(u, delta, A, B, C, D, delta_bias, delta_softplus, 
 
 def assert_matches(actual, expected, name, rtol):
     """Elementwise relative error, with a floor of 1 % of the largest reference value for elements
-    near zero: |a - e| <= rtol * (|e| + 0.01 * max|e|)."""
+    near zero: |a - e| <= rtol * (|e| + 0.01 * max|e|). The floor is at least 1e-3 (the inputs are
+    O(1)): a gradient that is exactly zero in float64 (dA at l = 1) comes out as fp32 rounding
+    (~1e-9) from the compiled kernels, which is no error."""
     expected = expected.detach().double()
     actual = actual.detach().double()
-    floor = 0.01 * expected.abs().max().clamp_min(1e-30)
+    floor = (0.01 * expected.abs().max()).clamp_min(1e-3)
     err = ((actual - expected).abs() / (expected.abs() + floor)).max().item()
     if os.environ.get("PAMM_PRINT_SCAN_ERRORS"):
         print(f"{name}: {err:.1e}")
@@ -407,6 +409,7 @@ def test_pamm_ops_triton_backend_matches_torch_backend():
     u, delta, z = torch.randn(b, d, L), torch.randn(b, d, L), torch.randn(b, d, L)
     A, D, bias = -torch.rand(d, n) - 0.1, torch.randn(d), torch.randn(d)
     B, C = torch.randn(b, g, n, L), torch.randn(b, g, n, L)
+    u, delta, z, A, D, bias, B, C = (t.to(DEVICE) for t in (u, delta, z, A, D, bias, B, C))
     leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
     results = {}
     for backend in ("torch", "triton"):
@@ -427,9 +430,10 @@ def test_multi_direction_scan_takes_the_fused_triton_path(monkeypatch):
 
     torch.manual_seed(4)
     b, d, n, H, W = 1, 4, 4, 3, 4
-    perm, inverse = ops.scan_orders("hilbert", H, W, 4)
-    u, delta = torch.randn(b, d, H * W), torch.randn(b, d, H * W)
-    A, B, C = -torch.rand(d, n) - 0.1, torch.randn(b, 2, n, H * W), torch.randn(b, 2, n, H * W)
+    perm, inverse = (t.to(DEVICE) for t in ops.scan_orders("hilbert", H, W, 4))
+    u, delta = torch.randn(b, d, H * W, device=DEVICE), torch.randn(b, d, H * W, device=DEVICE)
+    A = -torch.rand(d, n, device=DEVICE) - 0.1
+    B, C = torch.randn(b, 2, n, H * W, device=DEVICE), torch.randn(b, 2, n, H * W, device=DEVICE)
     calls = []
     original = triton_scan.multi_direction_scan_triton
     monkeypatch.setattr(triton_scan, "multi_direction_scan_triton", lambda *a, **k: calls.append(1) or original(*a, **k))
