@@ -69,7 +69,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=10, help="timed runs; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV ('-' for stdout)")
+    parser.add_argument("--triton-chunks", type=int, nargs="*", default=[],
+                        help="also time the triton backend with CHUNK forced to each value (backend 'triton@C'); "
+                             "single-segment plans only, so use with S2-S4")
     return parser.parse_args(argv)
+
+
+def forced_chunk(call: Callable[[dict], torch.Tensor], chunk: int) -> Callable[[dict], torch.Tensor]:
+    """Run ``call`` with the Triton plan's CHUNK fixed (the backward reuses the plan saved by the forward)."""
+    from pamm.ops.triton_scan import _force_plan
+
+    def run(x: dict) -> torch.Tensor:
+        with _force_plan(chunk=chunk):
+            return call(x)
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +115,8 @@ def single_call(backend: str) -> Callable[[dict], torch.Tensor]:
     """cuda / torch through pamm.ops.selective_scan; triton called directly (no dispatch in the way)."""
     import pamm.ops as ops
 
+    if backend.startswith("triton@"):
+        return forced_chunk(single_call("triton"), int(backend.split("@")[1]))
     if backend == "triton":
         from pamm.ops.triton_scan import selective_scan_triton
 
@@ -142,6 +158,8 @@ def multi_call(backend: str, perm: torch.Tensor, inverse: torch.Tensor) -> Calla
     """cuda: pamm.ops.multi_direction_scan (gather → scan → merge), or that pipeline spelled out."""
     import pamm.ops as ops
 
+    if backend.startswith("triton@"):
+        return forced_chunk(multi_call("triton", perm, inverse), int(backend.split("@")[1]))
     if backend == "triton":
         from pamm.ops.triton_scan import multi_direction_scan_triton
 
@@ -298,11 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes:
         spec = SHAPES[shape]
         inputs = make_inputs(spec, args.seed, device)
-        rows += run_case("single", shape, spec, args.backends, single_call, inputs, args)
+        chunked = [f"triton@{c}" for c in args.triton_chunks]
+        rows += run_case("single", shape, spec, list(args.backends) + chunked, single_call, inputs, args)
         del inputs
         if spec["grid"] is not None and not args.no_multi:
             x, perm, inverse = multi_inputs(spec, args.seed, device, args.scan_kind)
-            rows += run_case("multi_direction", shape, spec, ["cuda", "triton"],
+            rows += run_case("multi_direction", shape, spec, ["cuda", "triton", *chunked],
                              lambda backend: multi_call(backend, perm, inverse), x, args)
             del x
         torch.cuda.empty_cache()

@@ -165,18 +165,22 @@ def _block_n(n_state: int) -> int:
 @functools.lru_cache(maxsize=256)
 def _auto_plan(problem: _Problem, device: torch.device) -> _Plan:
     """Many channels: one segment per sequence. Few channels and long l: split l so that there are
-    about four programs per SM, each segment still at least four chunks long."""
-    chunk = 64 if _block_n(problem.n_state) <= 16 else 32
+    about four programs per SM, each segment still at least four chunks long.
+
+    CHUNK (H100, 2026-11-23, fwd+bwd ms at CHUNK 16 / 32 / 64): a plain scan at n <= 16 is fastest at
+    32 (S2 fp32 8.8 / 6.6 / 12.0; S3 bf16 60.4 / 56.4 / 93.8); the fused multi-direction call, whose
+    atomics favour longer chunks, at 64 (S2 28.8 / 23.4 / 20.1); at n = 64, 32 (S4 68.2 / 62.8 / -).
+    The long-l regime (S1) was measured at 64 only, so it keeps 64."""
+    programs = problem.batch * problem.n_dir * problem.n_groups * -(-problem.chans_per_group // 8)
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    long_l = programs < target
+    chunk = 64 if _block_n(problem.n_state) <= 16 and (problem.has_perm or long_l) else 32
     chunk = min(chunk, max(2, _next_pow2(problem.seq_len)))
     n_chunks = -(-problem.seq_len // chunk)
     seg_chunks = n_chunks
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        programs = problem.batch * problem.n_dir * problem.n_groups * -(-problem.chans_per_group // 8)
-        target = 4 * sms
-        if programs < target and n_chunks >= 8:
-            wanted = max(1, min(-(-target // programs), n_chunks // 4))
-            seg_chunks = -(-n_chunks // wanted)
+    if long_l and n_chunks >= 8:
+        wanted = max(1, min(-(-target // programs), n_chunks // 4))
+        seg_chunks = -(-n_chunks // wanted)
     interpreted = _kernels()["interpreted"]
     return _Plan(chunk=chunk, seg_len=seg_chunks * chunk, block_d=4 if interpreted else None,
                  num_warps=1 if interpreted else 4)
