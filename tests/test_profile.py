@@ -94,3 +94,32 @@ def test_missing_pretrained_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"pretrained weights file {missing} does not exist"):
         create_model("mtl", {"depth": 1}, img_size=(64, 80),
                      backbone={"name": "resnet18", "pretrained_file": str(missing)})
+
+
+def test_no_timing_counts_without_running_latency_or_memory(monkeypatch):
+    import pamm.engine.profile as profile
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("timing=False must not time or measure memory")
+
+    monkeypatch.setattr(profile, "measure_latency", must_not_run)
+    monkeypatch.setattr(profile, "measure_train_step_memory", must_not_run)
+    result = profile.profile_config(resolve_config("tiny", "nyud", "mtl"), device="cpu", timing=False)
+    assert result["gmacs_fvcore"] > 0 and result["gmacs_ptflops"] > 0 and result["params_m"] > 0
+    assert "latency_ms" not in result and "peak_mem_mib" not in result
+
+
+def test_paper_flops_table_matrix_keeps_single_task_runs_of_the_dataset_only():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("paper_flops_table", root / "scripts/paper_flops_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    nyud = table.matrix(root / "workflow/config_paper.yaml", ["nyud"], None)
+    stl = sorted(v for _, m, v in nyud if m == "stl")
+    assert stl == ["stl_depth", "stl_edge", "stl_normals", "stl_semseg"]
+    pascal = table.matrix(root / "workflow/config_paper.yaml", ["pascal"], ["stl", "pamm"])
+    assert {m for _, m, _ in pascal} == {"stl", "pamm"} and ("pascal", "stl", "stl_depth") not in pascal
+    assert ("pascal", "stl", "stl_sal") in pascal
