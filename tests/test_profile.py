@@ -123,3 +123,9 @@ def test_paper_flops_table_matrix_keeps_single_task_runs_of_the_dataset_only():
     pascal = table.matrix(root / "workflow/config_paper.yaml", ["pascal"], ["stl", "pamm"])
     assert {m for _, m, _ in pascal} == {"stl", "pamm"} and ("pascal", "stl", "stl_depth") not in pascal
     assert ("pascal", "stl", "stl_sal") in pascal
+
+
+def test_counters_agree_on_pamm_as_released_whose_discarded_branch_tracing_would_drop():
+    """fvcore counts a trace, and tracing drops ops whose results are unused (the released discarded branch)."""
+    result = profile_config(resolve_config("tiny", "nyud", "pamm", "as_released"), device="cpu", timing=False)
+    assert result["flops_counter_rel_diff"] < 0.02

@@ -250,10 +250,11 @@ def profile_model(
         result["gpu"] = torch.cuda.get_device_name(device)
     result.update(count_parameters(model))
     one = torch.randn(1, 3, h, w, device=device)
-    if "fvcore" in counters:
-        result.update(count_flops_fvcore(model, one))
-    if "ptflops" in counters:
-        result.update(count_flops_ptflops(model, one))
+    with torch.no_grad():  # counting needs shapes, not an autograd graph (paper sizes: GBs saved)
+        if "fvcore" in counters:
+            result.update(count_flops_fvcore(model, one))
+        if "ptflops" in counters:
+            result.update(count_flops_ptflops(model, one))
     primary = "gmacs_fvcore" if "gmacs_fvcore" in result else "gmacs_ptflops" if "gmacs_ptflops" in result else None
     if primary:
         result["gmacs"] = result[primary]

@@ -231,8 +231,7 @@ class PAMEStage(nn.Module):
         shortcut = self.task_conv(self.first_decode(x))  # (b, T*d, h, w)
         normed = self.task_norm(shortcut)
         gate = F.silu(self.gate_proj(normed))
-        if self.opts.released:
-            self.dead_branch(normed)  # computed and thrown away, exactly as released (costs time, no effect)
+        discarded = self.dead_branch(normed) if self.opts.released else None  # computed and thrown away, as released
         u = self.in_proj(F.silu(normed))  # (b, T*di, h, w)
         delta = self.dt_up(self.dt_down(u))
         B = self.B_expert(u).reshape(b, t, n, h * w)
@@ -241,7 +240,13 @@ class PAMEStage(nn.Module):
             B = B + self.prior_B[None, :, :, None]
             C = C + self.prior_C[None, :, :, None]
         y = self.scan(u.reshape(b, t * di, h * w), delta.reshape(b, t * di, h * w), B, C, (h, w))
-        return self.out_proj(y.reshape(b, t * di, h, w)) * gate + shortcut
+        out = self.out_proj(y.reshape(b, t * di, h, w)) * gate + shortcut
+        if discarded is not None and torch.jit.is_tracing():
+            # Tracing (fvcore's FLOP count) drops ops whose results are unused; tie the discarded branch to
+            # the output with a zero term (elementwise: no counted FLOPs) so that the trace keeps the work
+            # the release does, as executing counters (ptflops, torch's FlopCounterMode) see it.
+            out = out + discarded.sum() * 0.0
+        return out
 
     def scan(self, u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """All tasks x directions. u, delta (b, T*di, L); B, C (b, T, N, L) -> merged (b, T*di, L), row-major."""
