@@ -32,7 +32,7 @@ from pamm.tasks import DATASET_TASKS  # noqa: E402
 
 COLUMNS = ["dataset", "model", "variant", "img_h", "img_w", "params_m", "params_backbone_m", "params_decoder_m",
            "gmacs_fvcore", "gmacs_ptflops", "flops_counter_rel_diff", "gflops", "gflops_backbone", "gflops_decoder",
-           "gflops_scan", "seconds", "torch_threads", "device", "date"]
+           "gflops_scan", "seconds", "torch_threads", "device", "date", "status"]
 
 
 def matrix(config_path: Path, datasets: list[str], models: list[str] | None) -> list[tuple[str, str, str]]:
@@ -60,12 +60,15 @@ def count_point(dataset: str, model: str, variant: str, work: Path, threads: int
         tic = time.perf_counter()
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+            why = (f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0
+                   else (done.stderr.strip().splitlines() or ["no message"])[-1][:300])
+            print(f"{' '.join(command)} failed: {why}", file=sys.stderr)
+            return {"dataset": dataset, "model": model, "variant": variant, "status": f"failed: {why}"}
         result = json.loads(out.read_text())
         result["seconds"] = time.perf_counter() - tic
         pio.write_json(out, result)
     result = json.loads(out.read_text())
-    return {"dataset": dataset, "model": model, "variant": variant, "date": datetime.date.fromtimestamp(
+    return {"dataset": dataset, "model": model, "variant": variant, "status": "ok", "date": datetime.date.fromtimestamp(
         out.stat().st_mtime).isoformat(), **{k: result.get(k) for k in COLUMNS if k in result}}
 
 
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     for index, (dataset, model, variant) in enumerate(points, 1):
         row = count_point(dataset, model, variant, args.work, args.threads)
         rows.append(row)
+        if row["status"] != "ok":
+            continue
         print(f"[{index}/{len(points)}] {dataset} {model}/{variant}: {row.get('params_m', float('nan')):.1f}M params, "
               f"fvcore {row.get('gmacs_fvcore', float('nan')):.1f} / ptflops {row.get('gmacs_ptflops', float('nan')):.1f} "
               f"GMACs (diff {100 * (row.get('flops_counter_rel_diff') or 0):.2f} %), scan "
@@ -96,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     with pio.atomic_path(args.out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     worst = frame["flops_counter_rel_diff"].max()
-    print(f"wrote {args.out}: {len(frame)} configs, largest fvcore/ptflops difference {100 * worst:.2f} %")
-    return 0 if worst <= 0.02 else 1
+    failed = int((frame["status"] != "ok").sum())
+    print(f"wrote {args.out}: {len(frame)} configs ({failed} failed), largest fvcore/ptflops difference "
+          f"{100 * worst:.2f} %")
+    return 0 if worst <= 0.02 and not failed else 1
 
 
 if __name__ == "__main__":
