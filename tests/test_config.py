@@ -93,3 +93,12 @@ def test_unknown_model_option_is_named():
 
     with pytest.raises(ValueError, match=r"model 'mtl'.*widht"):
         create_model("mtl", {"depth": 1}, img_size=(64, 80), backbone={"name": "resnet18"}, widht=3)
+
+
+def test_pamm_tiny_profile_keeps_the_recipe_nyud_to_pascal_lr_ratio():
+    lr = {(profile, dataset): resolve_config(profile, dataset, "pamm")["train"]["optimizer"]["lr"]
+          for profile in ("tiny", "paper") for dataset in ("nyud", "pascal")}
+    assert lr["tiny", "nyud"] / lr["tiny", "pascal"] == pytest.approx(lr["paper", "nyud"] / lr["paper", "pascal"])
+    assert lr["tiny", "pascal"] == resolve_config("tiny", "pascal", "mtl")["train"]["optimizer"]["lr"]
+    for variant in list_variants("pamm"):  # the ablations share the schedule
+        assert resolve_config("tiny", "nyud", "pamm", variant)["train"]["optimizer"]["lr"] == lr["tiny", "nyud"]

@@ -26,7 +26,7 @@ from pamm.data.scenes import PASCAL_VOC_OBJECTS, Material, Scene, label_lut, sam
 from pamm.io import atomic_path, write_json, write_text
 
 GENERATOR_NAME = "pamm.data.synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: PASCAL people stand closer and are more frequent (scenes.sample_scene)
 _DATASET_CODES = {"nyud": 0, "pascal": 1}
 _SPLIT_CODES = {"train": 0, "val": 1}
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, written by pamm.data.synthetic"
