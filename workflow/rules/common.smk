@@ -4,6 +4,7 @@ import os
 
 from snakemake.utils import validate
 
+from pamm.data.synthetic import GENERATOR_VERSION as SYNTHETIC_GENERATOR_VERSION
 from pamm.tasks import DATASET_TASKS
 
 configfile: "workflow/config.yaml"

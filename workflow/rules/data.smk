@@ -12,6 +12,7 @@ rule make_synthetic:
         "data/synthetic/{dataset}/pamm_synthetic.json",
     params:
         opts=lambda wc: config["datasets"][wc.dataset]["synthetic"],
+        generator=SYNTHETIC_GENERATOR_VERSION,  # a new renderer version re-renders (Snakemake's params trigger)
     log:
         "logs/make_synthetic/{dataset}.log",
     shell:
