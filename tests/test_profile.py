@@ -129,3 +129,22 @@ def test_counters_agree_on_pamm_as_released_whose_discarded_branch_tracing_would
     """fvcore counts a trace, and tracing drops ops whose results are unused (the released discarded branch)."""
     result = profile_config(resolve_config("tiny", "nyud", "pamm", "as_released"), device="cpu", timing=False)
     assert result["flops_counter_rel_diff"] < 0.02
+
+
+class _BroadcastMatmul(nn.Module):
+    """A lead of 1 against a stack of per-task weights: fvcore's stock matmul handle counts it once, not per task."""
+
+    def __init__(self, tasks=5, d=8, e=6):
+        super().__init__()
+        self.backbone = nn.Identity()
+        self.weight = nn.Parameter(torch.randn(tasks, d, e))
+
+    def forward(self, image):  # image (b, 1, l, d) -> (b, tasks, l, e)
+        return {"y": torch.matmul(image, self.weight)}
+
+
+def test_broadcast_matmul_counted_per_output_by_both_counters():
+    model, image = _BroadcastMatmul(), torch.randn(1, 1, 7, 8)
+    expected = 5 * 7 * 8 * 6  # output elements x inner size
+    assert count_flops_fvcore(model, image)["gmacs_fvcore"] * 1e9 == pytest.approx(expected)
+    assert count_flops_ptflops(model, image)["gmacs_ptflops"] * 1e9 == pytest.approx(expected)

@@ -106,10 +106,17 @@ def count_flops_fvcore(model: nn.Module, image: torch.Tensor) -> dict[str, float
     def sdpa_handle(inputs, outputs) -> int:
         return _sdpa_macs(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2]))
 
+    def matmul_handle(inputs, outputs) -> int:
+        """Output elements x inner size. fvcore's own handle multiplies the *first* input's elements by the
+        last dimension, which undercounts when the second input broadcasts over more batch dimensions
+        (a lead of 1 against a stack of task weights: MTMamba's task-batched linear layers)."""
+        return int(math.prod(get_shape(outputs[0]))) * int(get_shape(inputs[0])[-1])
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analysis = FlopCountAnalysis(model, image)
         analysis.set_op_handle("pamm::selective_scan", scan_handle)
+        analysis.set_op_handle("aten::matmul", matmul_handle)
         for op in _SDPA_OPS:
             analysis.set_op_handle(op, sdpa_handle)
         for op in _FVCORE_NON_MATMUL:
