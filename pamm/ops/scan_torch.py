@@ -31,11 +31,19 @@ _DEFAULT_BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 26}
 _SOFTPLUS_THRESHOLD = 20.0  # same as torch.nn.functional.softplus and the mamba-ssm kernel
 
 
+# Fewest positions per block under the default budget. Very wide scans (PASCAL PAMM: 4 directions x 5
+# tasks x 2048 channels x 64 states per position) would otherwise get 1-position blocks: a Python step per
+# token and a saved state per token (10.7 GB at 512x512, which ran a 24 GB machine out of memory).
+_MIN_BLOCK = 32
+
+
 def block_length(length: int, elements_per_step: int, device_type: str) -> int:
-    """Sequence positions per block so that one (b, d, block, n) buffer stays within the budget."""
+    """Sequence positions per block so that one (b, d, block, n) buffer stays within the budget
+    (at least ``_MIN_BLOCK`` positions unless PAMM_SCAN_BLOCK_ELEMENTS sets the budget)."""
     env = os.environ.get("PAMM_SCAN_BLOCK_ELEMENTS")
     budget = int(env) if env else _DEFAULT_BLOCK_ELEMENTS.get(device_type, 1 << 24)
-    return max(1, min(max(length, 1), budget // max(1, elements_per_step)))
+    floor = 1 if env else _MIN_BLOCK
+    return max(1, min(max(length, 1), max(floor, budget // max(1, elements_per_step))))
 
 
 def num_state_slots(length: int, batch: int, channels: int, d_state: int, device_type: str) -> int:
