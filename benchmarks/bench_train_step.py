@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +90,12 @@ def build_case(model_name: str, variant: str, overrides: dict, dataset: str, pro
 
 def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dtype | None, backbone_only: bool):
     """A closure doing one full training step, as pamm.engine.train does it."""
-    from pamm.engine.train import build_optimizer
-    from pamm.losses import MultiTaskLoss
+    from pamm.engine.train import build_criterion, build_optimizer
     from pamm.tasks import dataset_tasks
 
     train_cfg = cfg["train"]
     tasks = list(dataset_tasks(cfg["run"]["dataset"]))
-    criterion = MultiTaskLoss(tasks, cfg["run"]["dataset"], scheme=train_cfg["loss"]["scheme"],
-                              weights=train_cfg["loss"].get("weights"),
-                              edge_pos_weight=float(train_cfg["loss"]["edge_pos_weight"]))
+    criterion = build_criterion(cfg, tasks)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg["optimizer"])
     clip = train_cfg.get("grad_clip")
     device_type = batch["image"].device.type
@@ -121,26 +117,6 @@ def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dty
     return step
 
 
-def time_steps(step, device: torch.device, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            tic = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - tic) * 1e3)
-    return sorted(times)
-
-
 def trace_step(step, device: torch.device, path: Path, top: int = 25) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -155,6 +131,7 @@ def trace_step(step, device: torch.device, path: Path, top: int = 25) -> None:
 
 def run_case(text: str, args, device: torch.device, workdir: Path, backbone_source: dict) -> dict:
     from pamm import ops
+    from pamm.engine.profile import timed_runs
 
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
@@ -178,7 +155,7 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        times = time_steps(step, device, args.warmup, args.iters)
+        times = timed_runs(step, device, args.warmup, args.iters)
         record["step_ms"] = statistics.median(times)
         record["step_p90_ms"] = times[min(len(times) - 1, int(0.9 * len(times)))]
         if device.type == "cuda":

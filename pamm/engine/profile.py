@@ -176,30 +176,34 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_runs(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Sorted wall times in ms of ``repeats`` calls after ``warmup``: CUDA events on GPU, perf_counter on CPU."""
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            tic = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - tic) * 1e3)
+    return sorted(times)
+
+
 def measure_latency(
     model: nn.Module, image: torch.Tensor, warmup: int = 5, repeats: int = 20, dtype: torch.dtype | None = None
 ) -> dict[str, float]:
     """Forward latency in ms (median and p90) after warm-up; CUDA events on GPU, perf_counter on CPU."""
-    device = image.device
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    times = []
+    autocast = torch.autocast(image.device.type, dtype=dtype) if dtype is not None else nullcontext()
     with torch.no_grad(), autocast:
-        for _ in range(warmup):
-            model(image)
-        _synchronize(device)
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(image)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                tic = time.perf_counter()
-                model(image)
-                times.append((time.perf_counter() - tic) * 1e3)
-    times.sort()
+        times = timed_runs(lambda: model(image), image.device, warmup, repeats)
     return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(math.ceil(0.9 * len(times))) - 1)]}
 
 

@@ -95,6 +95,13 @@ def _init_offsets_from_train_split(model: torch.nn.Module, cfg: dict[str, Any], 
     init_output_offsets(model, {"depth": float(stats["depth"][0] / stats["depth"][1].clamp_min(1))})
 
 
+def build_criterion(cfg: dict[str, Any], tasks: list[str]) -> MultiTaskLoss:
+    """The run's multi-task loss (scheme, task weights, edge positive weight from ``train.loss``)."""
+    loss_cfg = cfg["train"]["loss"]
+    return MultiTaskLoss(tasks, cfg["run"]["dataset"], scheme=loss_cfg["scheme"], weights=loss_cfg.get("weights"),
+                         edge_pos_weight=float(loss_cfg["edge_pos_weight"]))
+
+
 def build_optimizer(params, opt_cfg: dict[str, Any]) -> torch.optim.Optimizer:
     name = opt_cfg.get("name", "adam").lower()
     kwargs = {"lr": float(opt_cfg["lr"]), "weight_decay": float(opt_cfg.get("weight_decay", 0.0))}
@@ -233,10 +240,7 @@ def train_run(
         _init_offsets_from_train_split(model, cfg, tasks)
     net = distributed.wrap(model, dist_info, dev)
     model = net.module if dist_info.enabled else net  # SyncBatchNorm conversion returns a new module
-    criterion = MultiTaskLoss(
-        tasks, run["dataset"], scheme=train_cfg["loss"]["scheme"], weights=train_cfg["loss"].get("weights"),
-        edge_pos_weight=float(train_cfg["loss"]["edge_pos_weight"]),
-    )
+    criterion = build_criterion(cfg, tasks)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg["optimizer"])
     scheduler = build_scheduler(optimizer, train_cfg.get("scheduler", {}), iterations)
     amp_dtype = autocast_dtype(str(train_cfg.get("amp", "auto")), dev)
