@@ -214,7 +214,9 @@ def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, ite
     leaves = {k: v.detach().requires_grad_(k in GRAD_NAMES) for k, v in inputs.items()}
     with torch.no_grad():
         out = call(leaves)
-    grad_out = torch.randn_like(out)
+    # the same output gradient for every backend (errors against cuda compare like with like)
+    grad_out = torch.randn(out.shape, generator=torch.Generator(out.device).manual_seed(1234), device=out.device,
+                           dtype=out.dtype)
 
     def forward():
         with torch.no_grad():

@@ -8,11 +8,13 @@
 # Usage: benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   setup        install carried wheels (.whl/*.whl -> /tmp/site), print the machine
 #   build        start the mamba-ssm build in the background (setsid) unless selective_scan_cuda imports;
-#                uses .whl/mamba_ssm-*.tar.gz, or unpacks a carried build from .mamba_build/
+#                uses .whl/mamba_ssm-*.tar.gz, or unpacks a carried build from .mamba_build/ (the parts
+#                that `wait` left in $OUT, copied there: the device tool returns files of <= 16 MiB)
 #   wait         wait for that build (up to BUILD_WAIT_S, default 420 s); pack the built extension
 #   tests        pytest: Triton kernels and the scan ops on the GPU, every model in bf16 on CUDA
 #   gpumodels    tests/test_gpu_models.py alone (after the build, to include the cuda backend)
 #   scan         benchmarks/bench_scan.py (cuda/torch/ref...) and benchmarks/bench_triton_scan.py
+#   tscan        bench_triton_scan.py against cuda only
 #   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
@@ -57,8 +59,8 @@ mamba_ok() { "$PY" -c "import torch, selective_scan_cuda" > /dev/null 2>&1; }
 
 stage_build() {
     if mamba_ok; then stamp "selective_scan_cuda already imports"; return; fi
-    if compgen -G ".mamba_build/*.tar.xz" > /dev/null; then
-        mkdir -p /tmp/site && cat .mamba_build/*.tar.xz | tar -C /tmp/site -xJf - && mamba_ok \
+    if compgen -G ".mamba_build/mamba_build.tar.xz*" > /dev/null; then
+        mkdir -p /tmp/site && cat .mamba_build/mamba_build.tar.xz* | tar -C /tmp/site -xJf - && mamba_ok \
             && { stamp "unpacked the carried mamba-ssm build"; return; }
     fi
     local sdist; sdist="$(ls .whl/mamba_ssm-*.tar.gz 2>/dev/null | head -1)"
@@ -78,8 +80,8 @@ import os, mamba_ssm, selective_scan_cuda
 print(selective_scan_cuda.__file__); print(os.path.dirname(mamba_ssm.__file__))
 PY
         local so pkg; so="$(sed -n 1p "$WORK/mamba_files.txt")"; pkg="$(sed -n 2p "$WORK/mamba_files.txt")"
-        tar -C "$(dirname "$so")" -cJf "$DEST/mamba_build.tar.xz" "$(basename "$so")" -C "$(dirname "$pkg")" "$(basename "$pkg")" \
-            && ls -la "$DEST/mamba_build.tar.xz"
+        tar -C "$(dirname "$so")" -cJf - "$(basename "$so")" -C "$(dirname "$pkg")" "$(basename "$pkg")" \
+            | split -b 15M - "$DEST/mamba_build.tar.xz.part-" && ls -la "$DEST"/mamba_build.tar.xz.part-*
     else
         stamp "mamba-ssm not available after $((SECONDS - t0)) s"; tail -n 30 "$WORK/mamba_build.log" 2>/dev/null
     fi
@@ -87,7 +89,7 @@ PY
 }
 
 stage_tests() {
-    run tests "$PY" -m pytest -q -p no:cacheprovider --timeout 600 tests/test_triton_scan.py tests/test_scan_ops.py \
+    run tests env PAMM_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider --timeout 600 tests/test_triton_scan.py tests/test_scan_ops.py \
         tests/test_scan_dispatch.py tests/test_gpu_models.py
 }
 
@@ -99,6 +101,10 @@ stage_scan() {
     run bench_scan "$PY" benchmarks/bench_scan.py --device cuda --backends torch,cuda,mamba --repeats 10 \
         --csv "$WORK/bench_scan.csv"
     run bench_triton_scan "$PY" benchmarks/bench_triton_scan.py --csv "$WORK/bench_triton_scan.csv"
+}
+
+stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
+    run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv"
 }
 
 stage_step() {
@@ -125,6 +131,7 @@ for stage in "$@"; do
         tests) stage_tests ;;
         gpumodels) stage_gpumodels ;;
         scan) stage_scan ;;
+        tscan) stage_tscan ;;
         step) stage_step ;;
         eff:*) stage_eff "${stage#eff:}" ;;
         sweep) stage_sweep ;;

@@ -6,9 +6,10 @@ and tuple reductions one element at a time in Python; :func:`_fast_interpreter_f
 same left-to-right fold done one slice at a time (identical results, ~100× faster), and
 :func:`test_fast_folds_match_stock_interpreter` checks that claim on the stock interpreter.
 
-Every case covers several features at once (tiny shapes: the interpreter is slow). Chunk and
-segment sizes are forced small through ``_force_plan`` so that ragged last chunks, several chunks
-per segment and several segments per sequence (the long-l regime) all occur.
+Every case covers several features at once (tiny shapes: the interpreter is slow). Checkpoint
+intervals (``chunk``), forward tiles and segments are forced small through ``_force_plan`` so that
+ragged last intervals and tiles, several of them per segment, and several segments per sequence (the
+long-l regime) all occur.
 """
 from __future__ import annotations
 
@@ -221,11 +222,18 @@ def test_triton_available_reports_version():
 SINGLE_CASES = {
     # id: (b, d, L, n, groups, D, z, bias, softplus, plan)
     "grouped-all-features-one-segment": (2, 6, 37, 16, 2, True, True, True, True, dict(chunk=8)),
+    "grouped-all-features-three-tiles": (2, 6, 37, 16, 2, True, True, True, True, dict(chunk=8, tile=16)),
     "grouped-all-features-three-segments": (2, 6, 37, 16, 3, True, True, True, True, dict(chunk=8, seg_chunks=2)),
+    "backward-segments-forward-whole": (2, 6, 37, 16, 3, True, True, True, True,
+                                        dict(chunk=8, seg_chunks=2, fwd_seg_chunks=5, tile=16)),
     "n1-bare-ragged-channels": (2, 5, 11, 1, None, False, False, False, False, dict(chunk=4)),
     "n1-length-one": (1, 3, 1, 1, None, True, True, True, True, {}),
     "n64-softplus-no-bias-segments": (1, 4, 20, 64, 1, True, False, False, True, dict(chunk=8, seg_chunks=1)),
     "gate-only-segments-ragged": (2, 5, 19, 4, None, False, True, False, False, dict(chunk=4, seg_chunks=2)),
+    "gate-only-segments-two-tiles": (2, 5, 19, 4, None, False, True, False, False,
+                                     dict(chunk=4, seg_chunks=2, tile=4)),
+    "forward-segments-backward-whole": (2, 5, 19, 4, None, False, True, False, False,
+                                        dict(chunk=4, fwd_seg_chunks=1)),
 }
 
 
@@ -270,7 +278,8 @@ def _multi_inputs(b, d, L, n, K, G, per_dir, dtype=torch.float32, seed=1):
 
 MULTI_CASES = {
     # id: (b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol)
-    "shared-inputs-sum-one-segment": (2, 4, 13, 16, 4, 2, set(), "sum", dict(chunk=4), torch.float32, FP32_RTOL),
+    "shared-inputs-sum-one-segment": (2, 4, 13, 16, 4, 2, set(), "sum", dict(chunk=4, tile=8), torch.float32,
+                                      FP32_RTOL),
     "per-direction-inputs-mean-segments": (1, 4, 18, 8, 3, 1, {"u", "delta", "A", "B", "C", "Dbias"}, "mean",
                                            dict(chunk=4, seg_chunks=2), torch.float32, FP32_RTOL),
     "mixed-layouts-bf16": (2, 4, 10, 4, 2, 2, {"u", "B", "Dbias"}, "sum", dict(chunk=4, seg_chunks=1),
@@ -384,18 +393,31 @@ def test_plan_splits_long_sequences_only_when_channels_are_few(monkeypatch):
 
     s1 = plan(2, 384, 4800, 16)
     assert s1.n_seg(4800) > 1 and s1.seg_len % s1.chunk == 0 and s1.seg_len >= 4 * s1.chunk
+    # the forward's programs are single channels: 768 of them need no split; its tiles carry the state
+    s1_fwd = s1.forward(4800)
+    assert s1_fwd.n_seg(4800) == 1 and s1_fwd.tile == 1024 and s1_fwd.carries(4800)
+    narrow = plan(1, 8, 4800, 16).forward(4800)
+    assert narrow.n_seg(4800) > 1 and narrow.seg_len % narrow.chunk == 0
     for shape in ((16, 1536, 1008, 16), (128, 1536, 1008, 16), (20, 2048, 1024, 64)):
-        assert plan(*shape).n_seg(shape[2]) == 1, shape
+        full = plan(*shape)
+        assert full.n_seg(shape[2]) == 1 and full.forward(shape[2]).n_seg(shape[2]) == 1, shape
+        assert not full.forward(shape[2]).carries(shape[2]), shape  # one tile: no state carried
 
 
-def test_autotune_configs_are_pruned_to_moderate_tiles():
+def test_autotune_configs_are_pruned_to_moderate_tiles(monkeypatch):
     from pamm.ops import triton_scan
 
-    configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8, 16) for nw in (2, 4, 8)]
-    kept = triton_scan._prune_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=64)
-    assert kept and all(4 <= c.kwargs["BLOCK_D"] * 16 * 64 / (32 * c.num_warps) <= 16 for c in kept)
-    narrow = triton_scan._prune_configs(configs, {}, chans_per_group=1, BLOCK_N=64, CHUNK=32)
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
+
+    configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8, 16, 32) for nw in (1, 2, 4, 8)]
+    fwd = triton_scan._prune_fwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=1024)
+    assert len(fwd) > 1 and all(4 <= c.kwargs["BLOCK_D"] * 1024 / (32 * c.num_warps) <= 16 for c in fwd)
+    bwd = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32)
+    assert len(bwd) > 1 and all(1 <= c.kwargs["BLOCK_D"] * 16 / (32 * c.num_warps) <= 8 for c in bwd)
+    narrow = triton_scan._prune_fwd_configs(configs, {}, chans_per_group=1, BLOCK_N=64, CHUNK=32)
     assert narrow and all(c.kwargs["BLOCK_D"] == 1 for c in narrow)
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")  # one heuristic config, no tuning runs
+    assert len(triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32)) == 1
 
 
 # ---------------------------------------------------------------------------------------------

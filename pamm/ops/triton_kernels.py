@@ -15,23 +15,28 @@ B, C          ``[b, (K), G, n, L]``       channel ``c`` uses group ``c // (d // 
 D, bias       ``[(K), d]``                fp32
 z, out, dout  ``[b, d, L]``               row-major token order
 perm          ``[K, L]`` int32            scan step ``t`` of direction ``k`` visits token ``perm[k, t]``
-ckpt          ``[b, K, n_chunks, d, n]``  fp32 state *before* each chunk, for the backward
+ckpt          ``[b, K, n_ckpt, d, n]``    fp32 state *before* every CKPT-th token, for the backward
+scratch       ``[b·K·n_seg, CKPT, d, n]`` fp32 states of one checkpoint interval (backward only)
 seg_*         ``[b, K, n_seg, d, (n)]``   fp32 carries between segments (long-l regime)
 partials      ``[b, K, n_seg, d, (n)]``   fp32 per-program dA / dD / dbias, summed by the caller
 ============  ==========================  ===============================================
 
-A program owns ``BLOCK_D`` channels of one group (so it reads one B/C row per token), one batch
-element, one direction and one *segment* of the sequence; it walks its segment in chunks of ``CHUNK``
-tokens. Inside a chunk the linear recurrence ``h_t = a_t h_{t-1} + b_t`` is an associative scan over a
-``(BLOCK_D, BLOCK_N, CHUNK)`` register tile; across chunks the state is carried in registers. With one
-segment per sequence this is the many-channels regime; with several, a first pass scans each segment
-from a zero state, :func:`segment_carry_kernel` chains the segment ends, and a second pass rescans each
-segment from its true initial state (the few-channels, long-l regime).
+A program owns ``BLOCK_D`` channels of one group, one batch element, one direction and one *segment*
+of the sequence. With one segment per sequence this is the many-channels regime; with several (few
+channels, long l), a first pass scans each segment from a zero state, :func:`segment_carry_kernel`
+chains the segment ends, and a second pass rescans each segment from its true initial state.
 
-The backward walks chunks in reverse. The adjoint ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` is a forward
-associative scan over tiles *loaded* in reverse token order (``associative_scan(reverse=True)`` is
-avoided on purpose: its compiled semantics for non-commutative combines have had bugs), then
-``tl.flip`` puts it back in token order, next to the states recomputed from the chunk's checkpoint.
+Two structures, each the faster one measured on an H100 (2026-11-23, ``results/gpu/2026-11-23_h100_s3``):
+
+* forward (:func:`scan_fwd_kernel`): a ``(BLOCK_D, CHUNK)`` token tile in registers, parallel over l,
+  one state column ``n`` at a time (one-dimensional associative scans, coalesced token rows), as the
+  CUDA kernel is organised; it also drops the state before every ``CKPT``-th token for the backward;
+* backward (:func:`scan_bwd_kernel`): one token per loop step with the ``(BLOCK_D, n)`` state in
+  registers; per checkpoint interval a forward loop recomputes the states into the program's
+  scratch rows, then a reverse loop carries ``a_t·G_t`` (``G_t`` the adjoint of ``h_t``) and writes
+  every gradient. (A tile-structured backward, whose reverse-order adjoint scan needs a ``tl.flip``
+  per state column, measured 1.4–1.7× slower; ``associative_scan(reverse=True)`` is avoided because
+  its compiled results for non-commutative combines have been wrong, triton-lang/triton#4362.)
 """
 from __future__ import annotations
 
@@ -84,16 +89,48 @@ def _positions(perm_ptr, k, t, mask, seq_len, HAS_PERM: tl.constexpr):
 @triton.jit
 def _load_delta(delta_base, ch, pos, mask2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 seq_len):
-    """Δ after bias and softplus (fp32), zero where masked so masked steps are the identity map; also
-    returns the pre-softplus value for the backward."""
-    raw = tl.load(delta_base + ch[:, None] * seq_len + pos[None, :], mask=mask2, other=0.0).to(tl.float32)
+    """:func:`_delta_at` for a (channels, tokens) tile."""
+    return _delta_at(delta_base + ch[:, None] * seq_len, pos[None, :], mask2, bias[:, None], HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def _token(perm_ptr, k, t, seq_len, HAS_PERM: tl.constexpr):
+    """Row-major token index of scan step ``t`` (a scalar) of direction ``k``."""
+    if HAS_PERM:
+        return tl.load(perm_ptr + k * seq_len + t)
+    else:
+        return t
+
+
+@triton.jit
+def _delta_at(delta_row, pos, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ at ``delta_row + pos`` after bias and softplus (fp32), zero where masked so that masked steps
+    are identity maps; also returns the pre-softplus value for the backward."""
+    raw = tl.load(delta_row + pos, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[:, None]
+        raw = raw + bias
     if SOFTPLUS:
         dt = _softplus(raw)
     else:
         dt = raw
-    return tl.where(mask2, dt, 0.0), raw
+    return tl.where(mask, dt, 0.0), raw
+
+
+@triton.jit
+def _column(tile, nn, n):
+    """Column ``n`` of a (BLOCK_D, BLOCK_N) tile."""
+    return tl.sum(tl.where(nn[None, :] == n, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _with_column(tile, nn, n, values):
+    """The tile with column ``n`` replaced by ``values`` (BLOCK_D,)."""
+    return tl.where(nn[None, :] == n, values[:, None], tile)
+
+
+@triton.jit
+def _last_column(x, cols, CHUNK: tl.constexpr):
+    return tl.sum(tl.where(cols[None, :] == CHUNK - 1, x, 0.0), axis=1)
 
 
 @triton.jit
@@ -106,15 +143,17 @@ def scan_fwd_kernel(
     B_PER_DIR: tl.constexpr, C_PER_DIR: tl.constexpr, DB_PER_DIR: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PERM: tl.constexpr, ATOMIC_OUT: tl.constexpr, LOCAL_PASS: tl.constexpr,
-    MULTI_SEG: tl.constexpr, STORE_CKPT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    MULTI_SEG: tl.constexpr, STORE_CKPT: tl.constexpr, CARRY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
 ):
-    """Forward scan of one (channel block, batch, direction × segment) program.
+    """Forward scan of one (channel block, batch, direction × segment) program, CHUNK tokens a tile.
 
     ``LOCAL_PASS``: scan the segment from a zero state and write only its end state and ΣΔ (first pass
     of the long-l regime). Otherwise start from the segment's initial state (zero, or ``seg_init``
     when ``MULTI_SEG``), write the output (atomically, scaled, when directions are merged) and, if
-    ``STORE_CKPT``, the state before every chunk.
+    ``STORE_CKPT``, the state before every ``CKPT``-th token. ``CARRY`` (a segment spans several tiles,
+    or starts from a carried state): keep the (BLOCK_D, n) state across tiles; without it each tile
+    starts from zero.
     """
     pid_blk = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -128,8 +167,7 @@ def scan_fwd_kernel(
     ch_mask = ch_local < chans_per_group
     ch = grp * chans_per_group + ch_local
     nn = tl.arange(0, BLOCK_N)
-    n_mask = nn < n_state
-    dn_mask = ch_mask[:, None] & n_mask[None, :]
+    dn_mask = ch_mask[:, None] & (nn < n_state)[None, :]
     cols = tl.arange(0, CHUNK)
 
     plane = n_channels * seq_len
@@ -137,8 +175,7 @@ def scan_fwd_kernel(
     delta_base = delta_ptr + _slot(pid_b, k, n_dir, DT_PER_DIR) * plane
     B_base = B_ptr + (_slot(pid_b, k, n_dir, B_PER_DIR) * n_groups + grp) * n_state * seq_len
     C_base = C_ptr + (_slot(pid_b, k, n_dir, C_PER_DIR) * n_groups + grp) * n_state * seq_len
-    A_base = A_ptr + _slot(0, k, 1, A_PER_DIR) * n_channels * n_state
-    A = tl.load(A_base + ch[:, None] * n_state + nn[None, :], mask=dn_mask, other=0.0)
+    A_rows = A_ptr + _slot(0, k, 1, A_PER_DIR) * n_channels * n_state + ch * n_state
     db_base = _slot(0, k, 1, DB_PER_DIR) * n_channels
     if HAS_D:
         D = tl.load(D_ptr + db_base + ch, mask=ch_mask, other=0.0)
@@ -151,40 +188,51 @@ def scan_fwd_kernel(
     seg_off = (dir_slot * n_seg + seg) * n_channels
     state_tile = ch[:, None] * n_state + nn[None, :]
 
-    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    h_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     if MULTI_SEG:
         if not LOCAL_PASS:
-            h = tl.load(seg_init_ptr + seg_off * n_state + state_tile, mask=dn_mask, other=0.0)
+            h_carry = tl.load(seg_init_ptr + seg_off * n_state + state_tile, mask=dn_mask, other=0.0)
     dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     seg_start = seg * seg_len
     seg_end = tl.minimum(seg_start + seg_len, seq_len)
+    ckpt_base = ckpt_ptr + dir_slot * n_chunks * n_channels * n_state
+    if STORE_CKPT:
+        if not LOCAL_PASS:  # the state before the segment's first token (seg_len is a multiple of CKPT)
+            tl.store(ckpt_base + (seg_start // CKPT) * n_channels * n_state + state_tile, h_carry, mask=dn_mask)
     for c_start in range(seg_start, seg_end, CHUNK):
         t = c_start + cols
         t_mask = t < seg_end
         pos = _positions(perm_ptr, k, t, t_mask, seq_len, HAS_PERM)
         m2 = ch_mask[:, None] & t_mask[None, :]
-        nt_mask = n_mask[:, None] & t_mask[None, :]
-
+        # after token t comes the checkpoint of token t + 1 when that starts a CKPT interval
+        ckpt_mask = ch_mask[:, None] & ((((t + 1) % CKPT) == 0) & (t + 1 < seg_end))[None, :]
+        ckpt_ptrs = ckpt_base + ((t[None, :] + 1) // CKPT) * n_channels * n_state + ch[:, None] * n_state
         dt, _raw = _load_delta(delta_base, ch, pos, m2, bias, HAS_BIAS, SOFTPLUS, seq_len)
         u = tl.load(u_base + ch[:, None] * seq_len + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + nn[:, None] * seq_len + pos[None, :], mask=nt_mask, other=0.0).to(tl.float32)
-
-        a = tl.exp(dt[:, None, :] * A[:, :, None])
-        bu = (dt * u)[:, None, :] * Bt[None, :, :]
-        prefix_a, local_h = tl.associative_scan((a, bu), axis=2, combine_fn=_affine_combine)
-        hs = prefix_a * h[:, :, None] + local_h
-
+        dtu = dt * u
         if LOCAL_PASS:
             dt_sum += tl.sum(dt, axis=1)
         else:
-            if STORE_CKPT:
-                ckpt_off = (dir_slot * n_chunks + c_start // CHUNK) * n_channels * n_state
-                tl.store(ckpt_ptr + ckpt_off + state_tile, h, mask=dn_mask)
-            Ct = tl.load(C_base + nn[:, None] * seq_len + pos[None, :], mask=nt_mask, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
             if HAS_D:
-                y += D[:, None] * u
+                y = D[:, None] * u
+            else:
+                y = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        for n in range(0, n_state):
+            A_n = tl.load(A_rows + n, mask=ch_mask, other=0.0)
+            B_n = tl.load(B_base + n * seq_len + pos, mask=t_mask, other=0.0).to(tl.float32)
+            a = tl.exp(dt * A_n[:, None])
+            prefix_a, h = tl.associative_scan((a, dtu * B_n[None, :]), axis=1, combine_fn=_affine_combine)
+            if CARRY:
+                h += prefix_a * _column(h_carry, nn, n)[:, None]
+                # masked steps are identity maps: the last column is the state after the last token
+                h_carry = _with_column(h_carry, nn, n, _last_column(h, cols, CHUNK))
+            if not LOCAL_PASS:
+                C_n = tl.load(C_base + n * seq_len + pos, mask=t_mask, other=0.0).to(tl.float32)
+                y += h * C_n[None, :]
+                if STORE_CKPT:
+                    tl.store(ckpt_ptrs + n, h, mask=ckpt_mask)
+        if not LOCAL_PASS:
             if HAS_Z:
                 zt = tl.load(z_ptr + pid_b * plane + ch[:, None] * seq_len + pos[None, :], mask=m2,
                              other=0.0).to(tl.float32)
@@ -195,11 +243,8 @@ def scan_fwd_kernel(
             else:
                 tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
 
-        # Masked steps are identity maps, so the last column holds the state after the last real token.
-        h = tl.sum(tl.where(cols[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
-
     if LOCAL_PASS:
-        tl.store(seg_state_ptr + seg_off * n_state + state_tile, h, mask=dn_mask)
+        tl.store(seg_state_ptr + seg_off * n_state + state_tile, h_carry, mask=dn_mask)
         tl.store(seg_dtsum_ptr + seg_off + ch, dt_sum, mask=ch_mask)
 
 
@@ -240,7 +285,7 @@ def segment_carry_kernel(
 
 @triton.jit
 def scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, perm_ptr, dout_ptr, ckpt_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, perm_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
     du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dz_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr,
     seg_gstart_ptr, seg_dtsum_ptr, seg_gcarry_ptr,
     n_channels, chans_per_group, n_groups, n_state, seq_len, n_dir, n_seg, seg_len, n_chunks,
@@ -252,13 +297,15 @@ def scan_bwd_kernel(
     LOCAL_PASS: tl.constexpr, MULTI_SEG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """Backward scan of one program, chunks in reverse, states recomputed from the chunk checkpoints.
+    """Backward scan of one program, a token per step, checkpoint intervals (CHUNK tokens) in reverse.
 
-    ``LOCAL_PASS``: only the adjoint scan from a zero carry; write the adjoint at the segment start and
-    ΣΔ of the following tokens (first pass of the long-l regime). Otherwise start from the segment's
-    carried adjoint and write every gradient: du, dΔ, dz directly (or atomically when a shared input
-    feeds several directions), dB and dC atomically (summed over the group's channels), and per-program
-    partial sums of dA, dD and dbias.
+    For each interval a forward loop recomputes the states from its checkpoint into the program's
+    ``scratch`` rows ``[CHUNK, BLOCK_D, n]`` (cache-resident: written and read back by the same
+    program), then a reverse loop carries ``a_t·G_t`` (``G_t`` the adjoint of ``h_t``) and writes du,
+    dΔ, dz directly (or atomically when a shared input feeds several directions), dB and dC
+    atomically (summed over the block's channels), and per-program partial sums of dA, dD and dbias.
+    ``LOCAL_PASS``: only the adjoint from a zero carry; write the adjoint at the segment start and ΣΔ
+    of the following tokens (first pass of the long-l regime).
     """
     pid_blk = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -274,15 +321,15 @@ def scan_bwd_kernel(
     nn = tl.arange(0, BLOCK_N)
     n_mask = nn < n_state
     dn_mask = ch_mask[:, None] & n_mask[None, :]
-    cols = tl.arange(0, CHUNK)
 
     plane = n_channels * seq_len
-    u_off = _slot(pid_b, k, n_dir, U_PER_DIR) * plane
-    delta_off = _slot(pid_b, k, n_dir, DT_PER_DIR) * plane
-    B_off = (_slot(pid_b, k, n_dir, B_PER_DIR) * n_groups + grp) * n_state * seq_len
-    C_off = (_slot(pid_b, k, n_dir, C_PER_DIR) * n_groups + grp) * n_state * seq_len
-    A_base = A_ptr + _slot(0, k, 1, A_PER_DIR) * n_channels * n_state
-    A = tl.load(A_base + ch[:, None] * n_state + nn[None, :], mask=dn_mask, other=0.0)
+    u_off = _slot(pid_b, k, n_dir, U_PER_DIR) * plane + ch * seq_len
+    delta_off = _slot(pid_b, k, n_dir, DT_PER_DIR) * plane + ch * seq_len
+    B_off = (_slot(pid_b, k, n_dir, B_PER_DIR) * n_groups + grp) * n_state * seq_len + nn * seq_len
+    C_off = (_slot(pid_b, k, n_dir, C_PER_DIR) * n_groups + grp) * n_state * seq_len + nn * seq_len
+    row = pid_b * plane + ch * seq_len  # z, dz, dout: (b, d, L) in row-major token order
+    A = tl.load(A_ptr + _slot(0, k, 1, A_PER_DIR) * n_channels * n_state + ch[:, None] * n_state + nn[None, :],
+                mask=dn_mask, other=0.0)
     db_base = _slot(0, k, 1, DB_PER_DIR) * n_channels
     if HAS_D:
         D = tl.load(D_ptr + db_base + ch, mask=ch_mask, other=0.0)
@@ -294,118 +341,104 @@ def scan_bwd_kernel(
     dir_slot = pid_b * n_dir + k
     seg_off = (dir_slot * n_seg + seg) * n_channels
     state_tile = ch[:, None] * n_state + nn[None, :]
-
-    g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    if MULTI_SEG:
-        if not LOCAL_PASS:
-            g = tl.load(seg_gcarry_ptr + seg_off * n_state + state_tile, mask=dn_mask, other=0.0)
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dt_next_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # this program's scratch rows: step j of a chunk at scratch[slot, j, ch, :]
+    scratch_rows = scratch_ptr + (dir_slot * n_seg + seg) * CHUNK * n_channels * n_state + state_tile
 
     seg_start = seg * seg_len
     seg_end = tl.minimum(seg_start + seg_len, seq_len)
+    # a_{t+1} G_{t+1} entering the segment's last token: from the carried adjoint of the next segment.
+    carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dt_next_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if MULTI_SEG:
+        has_next = seg_end < seq_len
+        pos_next = _token(perm_ptr, k, tl.minimum(seg_end, seq_len - 1), seq_len, HAS_PERM)
+        dt_after, _raw_after = _delta_at(delta_ptr + delta_off, pos_next, ch_mask, bias, HAS_BIAS, SOFTPLUS)
+        dt_after = tl.where(has_next, dt_after, 0.0)
+        if LOCAL_PASS:
+            dt_next_sum = dt_after
+        else:
+            g_in = tl.load(seg_gcarry_ptr + seg_off * n_state + state_tile, mask=dn_mask, other=0.0)
+            carry = tl.exp(dt_after[:, None] * A) * g_in
+    G = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
     n_chunks_seg = tl.cdiv(seg_end - seg_start, CHUNK)
     for i in range(0, n_chunks_seg):
         c_start = seg_start + (n_chunks_seg - 1 - i) * CHUNK
-
-        # ---- adjoint scan on a tile loaded in reverse token order: column j is step c_start+CHUNK-1-j.
-        t_rev = c_start + (CHUNK - 1) - cols
-        rev_mask = t_rev < seg_end
-        pos_rev = _positions(perm_ptr, k, t_rev, rev_mask, seq_len, HAS_PERM)
-        t_next = t_rev + 1  # a_{t+1} multiplies g_{t+1}; the next step may lie in the next segment
-        next_mask = t_next < seq_len
-        pos_next = _positions(perm_ptr, k, t_next, next_mask, seq_len, HAS_PERM)
-        m2_rev = ch_mask[:, None] & rev_mask[None, :]
-        dt_next, _raw_next = _load_delta(delta_ptr + delta_off, ch, pos_next, ch_mask[:, None] & next_mask[None, :],
-                                         bias, HAS_BIAS, SOFTPLUS, seq_len)
-        alpha = tl.exp(dt_next[:, None, :] * A[:, :, None])
-        dy_rev = tl.load(dout_ptr + pid_b * plane + ch[:, None] * seq_len + pos_rev[None, :], mask=m2_rev,
-                         other=0.0).to(tl.float32) * out_scale
-        if HAS_Z:
-            z_rev = tl.load(z_ptr + pid_b * plane + ch[:, None] * seq_len + pos_rev[None, :], mask=m2_rev,
-                            other=0.0).to(tl.float32)
-            dy_rev = dy_rev * z_rev * _sigmoid(z_rev)
-        C_rev = tl.load(C_ptr + C_off + nn[:, None] * seq_len + pos_rev[None, :],
-                        mask=n_mask[:, None] & rev_mask[None, :], other=0.0).to(tl.float32)
-        beta = dy_rev[:, None, :] * C_rev[None, :, :]
-        prefix_alpha, local_g = tl.associative_scan((alpha, beta), axis=2, combine_fn=_affine_combine)
-        g_rev = prefix_alpha * g[:, :, None] + local_g
-        g = tl.sum(tl.where(cols[None, None, :] == CHUNK - 1, g_rev, 0.0), axis=2)  # adjoint at c_start
-
-        if LOCAL_PASS:
-            dt_next_sum += tl.sum(tl.where(rev_mask[None, :], dt_next, 0.0), axis=1)
-        else:
-            gf = tl.flip(g_rev, 2)  # back to token order: column j is step c_start + j
-
-            # ---- states of this chunk, recomputed from its checkpoint, in token order.
-            t = c_start + cols
-            t_mask = t < seg_end
-            pos = _positions(perm_ptr, k, t, t_mask, seq_len, HAS_PERM)
-            m2 = ch_mask[:, None] & t_mask[None, :]
-            nt_mask = n_mask[:, None] & t_mask[None, :]
-            dt, dt_raw = _load_delta(delta_ptr + delta_off, ch, pos, m2, bias, HAS_BIAS, SOFTPLUS, seq_len)
-            u = tl.load(u_ptr + u_off + ch[:, None] * seq_len + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-            Bt = tl.load(B_ptr + B_off + nn[:, None] * seq_len + pos[None, :], mask=nt_mask, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + C_off + nn[:, None] * seq_len + pos[None, :], mask=nt_mask, other=0.0).to(tl.float32)
-            dout = tl.load(dout_ptr + pid_b * plane + ch[:, None] * seq_len + pos[None, :], mask=m2,
-                           other=0.0).to(tl.float32) * out_scale
-
-            a = tl.exp(dt[:, None, :] * A[:, :, None])
-            dtu = dt * u
-            bu = dtu[:, None, :] * Bt[None, :, :]
-            prefix_a, local_h = tl.associative_scan((a, bu), axis=2, combine_fn=_affine_combine)
+        c_end = tl.minimum(c_start + CHUNK, seg_end)
+        if not LOCAL_PASS:
             ckpt_off = (dir_slot * n_chunks + c_start // CHUNK) * n_channels * n_state
             h0 = tl.load(ckpt_ptr + ckpt_off + state_tile, mask=dn_mask, other=0.0)
-            hs = prefix_a * h0[:, :, None] + local_h
-            decayed_prev = hs - bu  # a_t * h_{t-1}, as the CUDA kernel forms it
-
+            h = h0
+            tl.debug_barrier()  # the previous chunk's reverse loop is done with the scratch rows
+            for t in range(c_start, c_end):
+                pos = _token(perm_ptr, k, t, seq_len, HAS_PERM)
+                dt, _raw = _delta_at(delta_ptr + delta_off, pos, ch_mask, bias, HAS_BIAS, SOFTPLUS)
+                u = tl.load(u_ptr + u_off + pos, mask=ch_mask, other=0.0).to(tl.float32)
+                Bt = tl.load(B_ptr + B_off + pos, mask=n_mask, other=0.0).to(tl.float32)
+                h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+                tl.store(scratch_rows + (t - c_start) * n_channels * n_state, h, mask=dn_mask)
+            tl.debug_barrier()  # the states are visible to every thread of the program
+            h_t = h
+        for j in range(0, c_end - c_start):
+            t = c_end - 1 - j
+            pos = _token(perm_ptr, k, t, seq_len, HAS_PERM)
+            dt, dt_raw = _delta_at(delta_ptr + delta_off, pos, ch_mask, bias, HAS_BIAS, SOFTPLUS)
+            a = tl.exp(dt[:, None] * A)
+            dout = tl.load(dout_ptr + row + pos, mask=ch_mask, other=0.0).to(tl.float32) * out_scale
             if HAS_Z:
-                zt = tl.load(z_ptr + pid_b * plane + ch[:, None] * seq_len + pos[None, :], mask=m2,
-                             other=0.0).to(tl.float32)
+                zt = tl.load(z_ptr + row + pos, mask=ch_mask, other=0.0).to(tl.float32)
                 sig_z = _sigmoid(zt)
-                y = tl.sum(hs * Ct[None, :, :], axis=1)
-                if HAS_D:
-                    y += D[:, None] * u
-                dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-                tl.store(dz_ptr + pid_b * plane + ch[:, None] * seq_len + pos[None, :],
-                         dz.to(dz_ptr.dtype.element_ty), mask=m2)
                 dy = dout * zt * sig_z
             else:
                 dy = dout
-
-            dC_t = tl.sum(dy[:, None, :] * hs, axis=0)
-            tl.atomic_add(dC_ptr + C_off + nn[:, None] * seq_len + pos[None, :], dC_t, mask=nt_mask)
-            dB_t = tl.sum(gf * dtu[:, None, :], axis=0)
-            tl.atomic_add(dB_ptr + B_off + nn[:, None] * seq_len + pos[None, :], dB_t, mask=nt_mask)
-
-            g_dot_B = tl.sum(gf * Bt[None, :, :], axis=1)
-            g_decayed = gf * decayed_prev
-            du = dt * g_dot_B
-            if HAS_D:
-                du += D[:, None] * dy
-                dD_acc += tl.sum(dy * u, axis=1)
-            ddt = u * g_dot_B + tl.sum(g_decayed * A[:, :, None], axis=1)
-            dA_acc += tl.sum(g_decayed * dt[:, None, :], axis=2)
-            if SOFTPLUS:
-                ddt = ddt * _sigmoid(dt_raw)
-            ddt = tl.where(m2, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=1)
-
-            du_ptrs = du_ptr + u_off + ch[:, None] * seq_len + pos[None, :]
-            if DU_ATOMIC:
-                tl.atomic_add(du_ptrs, du, mask=m2)
+            Ct = tl.load(C_ptr + C_off + pos, mask=n_mask, other=0.0).to(tl.float32)
+            G = dy[:, None] * Ct[None, :] + carry
+            carry = a * G
+            if LOCAL_PASS:
+                dt_next_sum += tl.where(t > seg_start, dt, 0.0)
             else:
-                tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=m2)
-            ddelta_ptrs = ddelta_ptr + delta_off + ch[:, None] * seq_len + pos[None, :]
-            if DDELTA_ATOMIC:
-                tl.atomic_add(ddelta_ptrs, ddt, mask=m2)
-            else:
-                tl.store(ddelta_ptrs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+                u = tl.load(u_ptr + u_off + pos, mask=ch_mask, other=0.0).to(tl.float32)
+                Bt = tl.load(B_ptr + B_off + pos, mask=n_mask, other=0.0).to(tl.float32)
+                # h_{t-1}: the scratch row before t (row 0, written but unused, at the chunk's first token)
+                h_prev = tl.load(scratch_rows + tl.maximum(t - 1 - c_start, 0) * n_channels * n_state,
+                                 mask=dn_mask, other=0.0)
+                h_prev = tl.where(t > c_start, h_prev, h0)
+                if HAS_Z:
+                    y = tl.sum(h_t * Ct[None, :], axis=1)
+                    if HAS_D:
+                        y += D * u
+                    dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
+                    tl.store(dz_ptr + row + pos, dz.to(dz_ptr.dtype.element_ty), mask=ch_mask)
+                tl.atomic_add(dC_ptr + C_off + pos, tl.sum(dy[:, None] * h_t, axis=0), mask=n_mask)
+                dtu = dt * u
+                tl.atomic_add(dB_ptr + B_off + pos, tl.sum(G * dtu[:, None], axis=0), mask=n_mask)
+                g_dot_B = tl.sum(G * Bt[None, :], axis=1)
+                g_decayed = G * a * h_prev  # G_t a_t h_{t-1}
+                du = dt * g_dot_B
+                if HAS_D:
+                    du += D * dy
+                    dD_acc += dy * u
+                ddt = u * g_dot_B + tl.sum(g_decayed * A, axis=1)
+                dA_acc += g_decayed * dt[:, None]
+                if SOFTPLUS:
+                    ddt = ddt * _sigmoid(dt_raw)
+                ddt = tl.where(ch_mask, ddt, 0.0)
+                dbias_acc += ddt
+                if DU_ATOMIC:
+                    tl.atomic_add(du_ptr + u_off + pos, du, mask=ch_mask)
+                else:
+                    tl.store(du_ptr + u_off + pos, du.to(du_ptr.dtype.element_ty), mask=ch_mask)
+                if DDELTA_ATOMIC:
+                    tl.atomic_add(ddelta_ptr + delta_off + pos, ddt, mask=ch_mask)
+                else:
+                    tl.store(ddelta_ptr + delta_off + pos, ddt.to(ddelta_ptr.dtype.element_ty), mask=ch_mask)
+                h_t = h_prev
 
     if LOCAL_PASS:
-        tl.store(seg_gstart_ptr + seg_off * n_state + state_tile, g, mask=dn_mask)
+        tl.store(seg_gstart_ptr + seg_off * n_state + state_tile, G, mask=dn_mask)
         tl.store(seg_dtsum_ptr + seg_off + ch, dt_next_sum, mask=ch_mask)
     else:
         tl.store(dA_part_ptr + seg_off * n_state + state_tile, dA_acc, mask=dn_mask)

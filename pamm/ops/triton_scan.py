@@ -14,8 +14,9 @@ Kernels live in :mod:`pamm.ops.triton_kernels` (imported lazily, so importing th
 needs triton). They run compiled on CUDA tensors, or on CPU tensors under the Triton interpreter when
 ``TRITON_INTERPRET=1`` was set before the kernels were first used (that is how the tests run).
 
-Memory: the forward saves only the inputs plus the state at the start of every chunk of ``CHUNK``
-tokens, ``b·K·d·n·ceil(l/CHUNK)`` fp32 values; the backward recomputes the states chunk by chunk.
+Memory: the forward saves only the inputs plus the state before every ``chunk``-th token,
+``b·K·d·n·ceil(l/chunk)`` fp32 values; the backward recomputes the states one interval at a time into
+a scratch of ``b·K·d·n·chunk`` values (``chunk`` ≈ sqrt(l): 32 at PAMM's l ≈ 1000).
 Gradients of B and C are accumulated with fp32 atomics, so they (and merged outputs) are not bitwise
 deterministic, as with the mamba-ssm kernel.
 """
@@ -64,33 +65,48 @@ def _kernels():
     if interpreted:
         fwd = bwd = None
     else:
-        configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8, 16) for nw in (2, 4, 8)]
-        tuned = functools.partial(
-            triton.autotune,
-            configs=configs,
-            key=["n_channels", "chans_per_group", "n_state", "seq_len", "n_seg", "LOCAL_PASS", "HAS_PERM"],
-            prune_configs_by={"early_config_prune": _prune_configs},
-        )
-        fwd = tuned(reset_to_zero=["out_ptr"])(tk.scan_fwd_kernel)
-        bwd = tuned(reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"])(tk.scan_bwd_kernel)
+        key = ["n_channels", "chans_per_group", "n_state", "seq_len", "n_seg", "LOCAL_PASS", "HAS_PERM", "CHUNK"]
+        fwd = triton.autotune(
+            configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4) for nw in (2, 4, 8)],
+            key=key, prune_configs_by={"early_config_prune": _prune_fwd_configs}, reset_to_zero=["out_ptr"],
+        )(tk.scan_fwd_kernel)
+        bwd = triton.autotune(
+            configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (2, 4, 8, 16, 32) for nw in (1, 2, 4)],
+            key=key, prune_configs_by={"early_config_prune": _prune_bwd_configs},
+            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"],
+        )(tk.scan_bwd_kernel)
     return {"module": tk, "interpreted": interpreted, "fwd_tuned": fwd, "bwd_tuned": bwd}
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    """Keep 4–16 fp32 values per thread in each (BLOCK_D, BLOCK_N, CHUNK) tile and channel blocks no
-    wider than a group. (Compiled for sm_90 without a GPU, the backward already needs ~250 registers
-    at 8 values per thread and spills beyond 16; the autotuner times whatever is left.)"""
-    args = {**named_args, **kwargs}
-    widest = max(1, triton.next_power_of_2(int(args["chans_per_group"])))
-    tile = int(args["BLOCK_N"]) * int(args["CHUNK"])
+def _autotuning() -> bool:
+    """``PAMM_TRITON_AUTOTUNE=0`` keeps one heuristic config per kernel: no tuning runs, fast first calls
+    (the GPU tests use it; timings should not)."""
+    return os.environ.get("PAMM_TRITON_AUTOTUNE", "1").lower() not in ("0", "false", "no", "off")
 
-    def per_thread(c) -> float:
-        return c.kwargs["BLOCK_D"] * tile / (32 * c.num_warps)
 
-    kept = [c for c in configs if c.kwargs["BLOCK_D"] <= widest and 4 <= per_thread(c) <= 16]
-    if kept:
+def _pruned(configs, args: dict, per_thread, lo: float, hi: float, best: float, widest_min: int):
+    """Configs whose channel block fits a group and whose tile gives ``lo..hi`` values per thread;
+    only the one nearest ``best`` values per thread when autotuning is off."""
+    widest = max(widest_min, triton.next_power_of_2(int(args["chans_per_group"])))
+    fitting = [c for c in configs if c.kwargs["BLOCK_D"] <= widest] or configs
+    kept = [c for c in fitting if lo <= per_thread(c) <= hi]
+    if kept and _autotuning():
         return kept
-    return [min(configs, key=lambda c: (abs(per_thread(c) - 8), c.kwargs["BLOCK_D"]))]
+    return [min(kept or fitting, key=lambda c: (abs(per_thread(c) - best), c.kwargs["BLOCK_D"]))]
+
+
+def _prune_fwd_configs(configs, named_args, **kwargs):
+    """The forward holds (BLOCK_D, CHUNK) token tiles: 4–16 values per thread."""
+    args = {**named_args, **kwargs}
+    return _pruned(configs, args, lambda c: c.kwargs["BLOCK_D"] * int(args["CHUNK"]) / (32 * c.num_warps),
+                   4, 16, 8, 1)
+
+
+def _prune_bwd_configs(configs, named_args, **kwargs):
+    """The backward holds (BLOCK_D, n) state tiles: 1–8 values per thread."""
+    args = {**named_args, **kwargs}
+    return _pruned(configs, args, lambda c: c.kwargs["BLOCK_D"] * int(args["BLOCK_N"]) / (32 * c.num_warps),
+                   1, 8, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,12 +142,16 @@ class _Problem:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How the sequence is cut: CHUNK tokens per register tile, seg_len tokens per program."""
+    """How the sequence is cut: ``seg_len`` tokens per program, a checkpoint (and a backward scratch
+    interval) every ``chunk`` tokens. The forward may cut segments of its own (``fwd_seg_len``: its
+    programs are single channels, so it needs fewer) and walks them in tiles of ``tile`` tokens."""
 
     chunk: int
     seg_len: int
     block_d: int | None  # None: autotuned
     num_warps: int
+    tile: int = 0  # 0: the forward segment, up to _MAX_TILE tokens
+    fwd_seg_len: int = 0  # 0: seg_len
 
     def n_chunks(self, seq_len: int) -> int:
         return -(-seq_len // self.chunk)
@@ -139,13 +159,24 @@ class _Plan:
     def n_seg(self, seq_len: int) -> int:
         return -(-seq_len // self.seg_len)
 
+    def forward(self, seq_len: int) -> "_Plan":
+        """The plan the forward kernel runs with (its segments and tile)."""
+        seg_len = self.fwd_seg_len or self.seg_len
+        tile = self.tile or min(_MAX_TILE, max(2, _next_pow2(min(seg_len, seq_len))))
+        return replace(self, seg_len=seg_len, tile=tile, fwd_seg_len=seg_len)
+
+    def carries(self, seq_len: int) -> bool:
+        """Whether the forward carries a state between tiles (several tiles or segments)."""
+        return self.seg_len > self.tile or self.n_seg(seq_len) > 1
+
 
 _PLAN_OVERRIDE: dict | None = None
 
 
 @contextlib.contextmanager
 def _force_plan(**fields) -> Iterator[None]:
-    """Testing hook: fix ``chunk``, ``seg_chunks`` (chunks per segment), ``block_d``, ``num_warps``."""
+    """Testing hook: fix ``chunk``, ``seg_chunks`` (chunks per segment), ``fwd_seg_chunks`` (the same for
+    the forward alone), ``tile``, ``block_d``, ``num_warps``."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
     try:
@@ -162,28 +193,36 @@ def _block_n(n_state: int) -> int:
     return max(2, _next_pow2(n_state))
 
 
+_MAX_TILE = 1024
+
+
+def _segment_chunks(n_chunks: int, programs: int, target: int) -> int:
+    """Checkpoint intervals per segment: the whole sequence, unless there are fewer than ``target``
+    programs; then enough segments for about ``target`` programs, each at least four intervals long."""
+    if programs >= target or n_chunks < 8:
+        return n_chunks
+    wanted = max(1, min(-(-target // programs), n_chunks // 4))
+    return -(-n_chunks // wanted)
+
+
 @functools.lru_cache(maxsize=256)
 def _auto_plan(problem: _Problem, device: torch.device) -> _Plan:
     """Many channels: one segment per sequence. Few channels and long l: split l so that there are
-    about four programs per SM, each segment still at least four chunks long.
+    about four programs per SM (the backward's programs hold ~8 channels, the forward's one).
 
-    CHUNK (H100, 2026-11-23, fwd+bwd ms at CHUNK 16 / 32 / 64): a plain scan at n <= 16 is fastest at
-    32 (S2 fp32 8.8 / 6.6 / 12.0; S3 bf16 60.4 / 56.4 / 93.8); the fused multi-direction call, whose
-    atomics favour longer chunks, at 64 (S2 28.8 / 23.4 / 20.1); at n = 64, 32 (S4 68.2 / 62.8 / -).
-    The long-l regime (S1) was measured at 64 only, so it keeps 64."""
-    programs = problem.batch * problem.n_dir * problem.n_groups * -(-problem.chans_per_group // 8)
+    ``chunk`` is the checkpoint interval: checkpoints take b·d·n·l/chunk fp32 values and the
+    backward's scratch b·d·n·chunk, so about sqrt(l) tokens keep both small (32 at l ≈ 1000)."""
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
-    long_l = programs < target
-    chunk = 64 if _block_n(problem.n_state) <= 16 and (problem.has_perm or long_l) else 32
+    sequences = problem.batch * problem.n_dir
+    chunk = min(64, max(8, _next_pow2(int(math.sqrt(problem.seq_len)))))
     chunk = min(chunk, max(2, _next_pow2(problem.seq_len)))
     n_chunks = -(-problem.seq_len // chunk)
-    seg_chunks = n_chunks
-    if long_l and n_chunks >= 8:
-        wanted = max(1, min(-(-target // programs), n_chunks // 4))
-        seg_chunks = -(-n_chunks // wanted)
+    bwd_programs = sequences * problem.n_groups * -(-problem.chans_per_group // 8)
+    seg_chunks = _segment_chunks(n_chunks, bwd_programs, target)
+    fwd_seg_chunks = _segment_chunks(n_chunks, sequences * problem.n_channels, target)
     interpreted = _kernels()["interpreted"]
     return _Plan(chunk=chunk, seg_len=seg_chunks * chunk, block_d=4 if interpreted else None,
-                 num_warps=1 if interpreted else 4)
+                 num_warps=1 if interpreted else 4, fwd_seg_len=fwd_seg_chunks * chunk)
 
 
 def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
@@ -193,7 +232,10 @@ def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
         chunk = fields.pop("chunk", plan.chunk)
         seg_chunks = fields.pop("seg_chunks", None)
         seg_len = chunk * seg_chunks if seg_chunks else chunk * -(-problem.seq_len // chunk)
-        plan = replace(plan, chunk=chunk, seg_len=seg_len, **fields)
+        fwd_seg_chunks = fields.pop("fwd_seg_chunks", None)
+        fwd_seg_len = chunk * fwd_seg_chunks if fwd_seg_chunks else 0
+        tile = fields.pop("tile", 0)
+        plan = replace(plan, chunk=chunk, seg_len=seg_len, fwd_seg_len=fwd_seg_len, tile=tile, **fields)
     return plan
 
 
@@ -255,9 +297,10 @@ def _launch_carry(problem: _Problem, A: torch.Tensor, local: torch.Tensor, dt_su
 
 
 def _scan_forward(problem: _Problem, plan: _Plan, u, delta, A, B, C, D, z, bias, perm, store_ckpt: bool):
-    """Output (b, d, L) in u's dtype, and the chunk checkpoints when a backward will follow."""
+    """Output (b, d, L) in u's dtype, and the checkpoints when a backward will follow."""
     device = u.device
     b, d, n, L, K = problem.batch, problem.n_channels, problem.n_state, problem.seq_len, problem.n_dir
+    plan = plan.forward(L)
     n_seg, n_chunks = plan.n_seg(L), plan.n_chunks(L)
     f32 = dict(device=device, dtype=torch.float32)
     dummy = torch.empty(1, **f32)
@@ -268,7 +311,8 @@ def _scan_forward(problem: _Problem, plan: _Plan, u, delta, A, B, C, D, z, bias,
                 D_ptr=D if D is not None else dummy, z_ptr=z if z is not None else dummy,
                 bias_ptr=bias if bias is not None else dummy, perm_ptr=perm if perm is not None else dummy,
                 out_ptr=out, ckpt_ptr=ckpt, **_common_args(problem, plan),
-                ATOMIC_OUT=atomic_out, MULTI_SEG=n_seg > 1, STORE_CKPT=store_ckpt)
+                ATOMIC_OUT=atomic_out, MULTI_SEG=n_seg > 1, STORE_CKPT=store_ckpt, CARRY=plan.carries(L))
+    args.update(CHUNK=plan.tile, CKPT=plan.chunk)  # the forward walks tiles and drops checkpoints
     if n_seg > 1:
         seg_state = torch.empty(b, K, n_seg, d, n, **f32)
         seg_dtsum = torch.empty(b, K, n_seg, d, **f32)
@@ -310,6 +354,7 @@ def _scan_backward(problem: _Problem, plan: _Plan, dout, ckpt, u, delta, A, B, C
                 dbias_part_ptr=dbias_part if dbias_part is not None else dummy,
                 **_common_args(problem, plan), DU_ATOMIC=du_atomic, DDELTA_ATOMIC=ddelta_atomic,
                 MULTI_SEG=n_seg > 1)
+    args["scratch_ptr"] = torch.empty(b * K * n_seg, plan.chunk, d, n, **f32)
     if n_seg > 1:
         seg_gstart = torch.empty(b, K, n_seg, d, n, **f32)
         seg_dtsum = torch.empty(b, K, n_seg, d, **f32)
