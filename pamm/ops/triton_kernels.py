@@ -35,7 +35,7 @@ Two structures, each the faster one measured on an H100 (2026-11-23, ``results/g
   registers; per checkpoint interval a forward loop recomputes the states into the program's
   scratch rows, then a reverse loop carries ``a_t·G_t`` (``G_t`` the adjoint of ``h_t``) and writes
   every gradient. (A tile-structured backward, whose reverse-order adjoint scan needs a ``tl.flip``
-  per state column, measured 1.4–1.7× slower; ``associative_scan(reverse=True)`` is avoided because
+  per state column, measured 1.5–1.8× slower; ``associative_scan(reverse=True)`` is avoided because
   its compiled results for non-commutative combines have been wrong, triton-lang/triton#4362.)
 """
 from __future__ import annotations
