@@ -195,18 +195,10 @@ def multi_call(backend: str, perm: torch.Tensor, inverse: torch.Tensor) -> Calla
 # Measurement
 # ---------------------------------------------------------------------------------------------
 def median_ms(fn: Callable[[], object], warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median CUDA-event time (the suite's one timing loop, pamm.engine.profile.timed_runs)."""
+    from pamm.engine.profile import timed_runs
+
+    return statistics.median(timed_runs(fn, torch.device("cuda", torch.cuda.current_device()), warmup, iters))
 
 
 def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, iters: int) -> Row:
