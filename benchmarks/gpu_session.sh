@@ -16,6 +16,7 @@
 #   scan         benchmarks/bench_scan.py (cuda/torch/ref...) and benchmarks/bench_triton_scan.py
 #   tscan        bench_triton_scan.py against cuda only
 #   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
+#   experts      benchmarks/bench_experts.py: the fused B/C expert convolutions against one at a time
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
@@ -111,6 +112,10 @@ stage_step() {
     run train_step "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step.csv" --trace "$WORK/traces"
 }
 
+stage_experts() {
+    run bench_experts "$PY" benchmarks/bench_experts.py --device cuda --out "$WORK/bench_experts.csv"
+}
+
 stage_eff() {
     local datasets="${1//,/ }"
     run "efficiency_${1//,/_}" "$PY" scripts/efficiency_table.py --datasets $datasets \
@@ -133,6 +138,7 @@ for stage in "$@"; do
         scan) stage_scan ;;
         tscan) stage_tscan ;;
         step) stage_step ;;
+        experts) stage_experts ;;
         eff:*) stage_eff "${stage#eff:}" ;;
         sweep) stage_sweep ;;
         *) echo "gpu_session.sh: unknown stage '$stage' (see the header)" >&2; exit 2 ;;

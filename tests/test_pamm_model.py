@@ -2,6 +2,7 @@
 exactly what they claim, and the batched scan equals the released per-task/per-direction structure."""
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -11,7 +12,7 @@ import torch
 import pamm.ops
 from pamm.config import list_variants, resolve_config
 from pamm.models import create_model
-from pamm.models.experts import ParameterExpert, noisy_top_k
+from pamm.models.experts import ParameterExpert, expert_reference, noisy_top_k, run_parameter_experts
 from pamm.tasks import dataset_tasks
 
 PAMM_VARIANTS = list_variants("pamm")
@@ -304,6 +305,75 @@ def test_batched_expert_pool_equals_separate_low_rank_experts():
         )
         expected = expert.norm(total)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("interaction", [True, False])
+@pytest.mark.parametrize("detach_general", [True, False])
+def test_fused_expert_pair_equals_each_expert_alone(interaction: bool, detach_general: bool):
+    """B and C experts run with their same-input convolutions fused give the outputs and every gradient
+    (input and parameters, the detached general projection included) of one convolution at a time."""
+    torch.manual_seed(0)
+    t, c, n, e, r, k = 2, 6, 3, 3, 2, 3
+    kwargs = dict(top_k=2, interaction=interaction, detach_general=detach_general, router_noise=False)
+    fused = [ParameterExpert(t, c, n, k, e, r, **kwargs).train() for _ in range(2)]
+    with torch.no_grad():
+        for expert in fused:
+            for p in expert.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # non-zero biases everywhere
+    separate = copy.deepcopy(fused)
+    x = torch.randn(2, t * c, 5, 4)
+    x_fused, x_sep = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = run_parameter_experts(fused, x_fused)
+    expected = [expert_reference(expert, x_sep) for expert in separate]
+    weights = [torch.randn_like(y) for y in expected]
+    sum((y * wt).sum() for y, wt in zip(got, weights)).backward()
+    sum((y * wt).sum() for y, wt in zip(expected, weights)).backward()
+    for g, ex in zip(got, expected):
+        torch.testing.assert_close(g, ex, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_fused.grad, x_sep.grad, rtol=1e-5, atol=1e-5)
+    for mine, ref in zip(fused, separate):
+        for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
+            assert p.grad is not None, name
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_detached_general_projection_sends_no_gradient_to_the_input():
+    """``detach_general`` changes the input gradient (and only by the general projection's share)."""
+    torch.manual_seed(0)
+    attached = ParameterExpert(2, 4, 3, 3, 2, 2, top_k=1, interaction=False, detach_general=False, router_noise=False)
+    detached = copy.deepcopy(attached)
+    detached.detach_general = True
+    x = torch.randn(2, 8, 4, 4)
+    grads = []
+    for expert in (attached, detached):
+        xi = x.clone().requires_grad_()
+        expert(xi).square().sum().backward()
+        grads.append(xi.grad)
+    assert not torch.allclose(grads[0], grads[1])
+    torch.testing.assert_close(attached.general.weight.grad, detached.general.weight.grad)
+
+
+def test_fused_experts_under_bf16_autocast_keep_fp32_gradients():
+    torch.manual_seed(0)
+    # eval: BatchNorm on running statistics, so no gradient is cancelled down to rounding noise
+    experts = [ParameterExpert(2, 6, 3, 3, 3, 2, top_k=2, router_noise=False).eval() for _ in range(2)]
+    reference = copy.deepcopy(experts)
+    x = torch.randn(2, 12, 5, 4, requires_grad=True)
+    weights = [torch.randn(2, 6, 5, 4) for _ in experts]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = run_parameter_experts(experts, x)
+    sum((y.float() * wt).sum() for y, wt in zip(outputs, weights)).backward()
+    sum((y * wt).sum() for y, wt in zip(run_parameter_experts(reference, x.detach()), weights)).backward()
+    got, expected = [], []
+    for mine, ref in zip(experts, reference):
+        for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
+            assert p.grad is not None and p.grad.dtype == torch.float32, name
+            got.append(p.grad.flatten())
+            expected.append(q.grad.flatten())
+    # bf16 rounding: compare all gradients together (some, like the router's softmax bias, are ~0 in fp32)
+    got, expected = torch.cat(got), torch.cat(expected)
+    assert (got - expected).norm() < 0.02 * expected.norm()
+    assert x.grad.dtype == torch.float32
 
 
 def test_backbone_dim_mismatch_is_a_clear_error():

@@ -14,6 +14,7 @@ per-task BatchNorm.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -214,22 +215,138 @@ class ParameterExpert(nn.Module):
         return noisy_top_k(logits, noise_std, self.top_k, add_noise=self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        t, c, out = self.num_tasks, self.in_channels, self.out_channels
-        routes = self.router(x.reshape(b, t, c, h * w), (h, w))
+        return run_parameter_experts([self], x)[0]
+
+
+class _ConvDetachedTail(torch.autograd.Function):
+    """``conv2d(x, weight, bias)`` whose output channels from ``grad_channels`` on send no gradient to ``x``.
+
+    The same math as concatenating ``conv(x, w[:g])`` and ``conv(x.detach(), w[g:])``, in one
+    convolution: the detached general projections share their input with the routed pool's
+    down-projections, and one wide convolution runs far better than several narrow ones (cuDNN's
+    implicit GEMM with 16 output channels leaves most of a tensor core idle). The weight gets the
+    gradient of every output channel, ``x`` only that of the first ``grad_channels``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, grad_channels: int, padding: int):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # cast as autocast would, so the backward sees one dtype
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast(device, enabled=False):
+            out = F.conv2d(x, weight, bias, padding=padding)
+        ctx.save_for_backward(x, weight)
+        ctx.grad_channels, ctx.padding, ctx.has_bias = grad_channels, padding, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        g, pad = ctx.grad_channels, ctx.padding
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(x.shape, weight[:g], grad_out[:, :g], padding=pad)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, padding=pad)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _conv_detached_tail(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_channels: int,
+                        padding: int) -> torch.Tensor:
+    """One convolution; only its first ``grad_channels`` outputs back-propagate into ``x``."""
+    if grad_channels == 0:
+        return F.conv2d(x.detach(), weight, bias, padding=padding)
+    if grad_channels == weight.shape[0] or not (torch.is_grad_enabled() and x.requires_grad):
+        return F.conv2d(x, weight, bias, padding=padding)
+    return _ConvDetachedTail.apply(x, weight, bias, grad_channels, padding)
+
+
+def run_parameter_experts(experts: Sequence[ParameterExpert], x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of several parameter experts that read the same input (PAMM's B and C experts).
+
+    Same math as calling each expert alone, with the same-input k x k convolutions fused: every
+    expert's pool down-projection and general projection are one convolution over the per-task
+    samples (the general ones on a detached input, through :class:`_ConvDetachedTail`), and every
+    expert's task down-projection is one grouped convolution. In PAMM's training step the 9 x 9
+    expert convolutions are most of the GPU time (results/gpu/2026-11-23_h100), spent in narrow
+    (16- and 60-channel) convolutions. The routers, the 1x1 up-projections and the norms stay per
+    expert. Parameters keep their names and shapes, so checkpoints and FLOP counts are unchanged.
+    """
+    first = experts[0]
+    for other in experts[1:]:
+        same = (other.num_tasks, other.in_channels, other.general.kernel_size)
+        if same != (first.num_tasks, first.in_channels, first.general.kernel_size):
+            raise ValueError("fused parameter experts must share tasks, input channels and kernel size")
+    b, _, h, w = x.shape
+    t, c = first.num_tasks, first.in_channels
+    pad = first.general.padding[0]
+    per_task = x.reshape(b * t, c, h, w)  # every task's input as its own sample: shared weights, one call
+
+    # One convolution over the per-task samples: input-gradient channels first, detached general ones last.
+    shared = [(i, "pool_down", e.pool_down) for i, e in enumerate(experts) if e.interaction]
+    shared += [(i, "general", e.general) for i, e in enumerate(experts) if not e.detach_general]
+    grad_channels = sum(conv.out_channels for _, _, conv in shared)
+    shared += [(i, "general", e.general) for i, e in enumerate(experts) if e.detach_general]
+    weight = torch.cat([conv.weight for _, _, conv in shared])
+    bias = torch.cat([conv.bias for _, _, conv in shared])
+    fused = _conv_detached_tail(per_task, weight, bias, grad_channels, pad)
+    parts: dict[tuple[int, str], torch.Tensor] = {}
+    offset = 0
+    for i, name, conv in shared:
+        parts[i, name] = fused[:, offset : offset + conv.out_channels]
+        offset += conv.out_channels
+
+    # One grouped convolution for every expert's task down-projection (per group: expert 0's r, expert 1's...).
+    ranks = [e.task_down.out_channels // t for e in experts]
+    down_w = torch.cat([e.task_down.weight.view(t, r, *e.task_down.weight.shape[1:]) for e, r in zip(experts, ranks)], 1)
+    down_b = torch.cat([e.task_down.bias.view(t, r) for e, r in zip(experts, ranks)], 1)
+    task_down = F.conv2d(x, down_w.flatten(0, 1), down_b.flatten(), padding=pad, groups=t)
+    task_down = task_down.view(b, t, sum(ranks), h, w).split(ranks, dim=2)
+
+    outputs = []
+    for i, expert in enumerate(experts):
+        out = expert.out_channels
+        routes = expert.router(x.reshape(b, t, c, h * w), (h, w))
         mix = routes[..., -1]  # (b, T): the task expert's mixing scalar
-        per_task = x.reshape(b * t, c, h, w)  # every task's input as its own sample: shared weights, one call
-        task_part = self.task_up(self.task_down(x)).view(b, t, out, h, w) * mix[:, :, None, None, None]
-        general_in = per_task.detach() if self.detach_general else per_task
-        total = task_part.view(b, t * out, h, w) + self.general(general_in).view(b, t * out, h, w)
-        if self.interaction:
-            weights = self.routing_weights(routes).reshape(b * t, self.num_experts)
-            hidden = self.pool_down(per_task).view(b * t, self.num_experts, self.rank, h, w)
-            hidden = hidden * weights[:, :, None, None, None]
-            mixed = self.pool_up(hidden.view(b * t, self.num_experts * self.rank, h, w))
-            mixed = mixed + (weights @ self.pool_up_bias)[:, :, None, None]
-            total = total + self.pool_norm(mixed.view(b, t * out, h, w))
-        return self.norm(total)
+        task_part = expert.task_up(task_down[i].reshape(b, t * ranks[i], h, w)).view(b, t, out, h, w)
+        task_part = task_part * mix[:, :, None, None, None]
+        total = task_part.view(b, t * out, h, w) + parts[i, "general"].reshape(b, t * out, h, w)
+        if expert.interaction:
+            e, r = expert.num_experts, expert.rank
+            weights = expert.routing_weights(routes).reshape(b * t, e)
+            hidden = parts[i, "pool_down"].reshape(b * t, e, r, h, w) * weights[:, :, None, None, None]
+            mixed = expert.pool_up(hidden.view(b * t, e * r, h, w))
+            mixed = mixed + (weights @ expert.pool_up_bias)[:, :, None, None]
+            total = total + expert.pool_norm(mixed.view(b, t * out, h, w))
+        outputs.append(expert.norm(total))
+    return outputs
+
+
+def expert_reference(expert: ParameterExpert, x: torch.Tensor) -> torch.Tensor:
+    """One expert with every convolution on its own and the general one on ``x.detach()``: the plain
+    reading of the module, kept as the reference that :func:`run_parameter_experts` is tested and
+    benchmarked against (as mamba-ssm keeps ``selective_scan_ref`` beside its kernel)."""
+    b, _, h, w = x.shape
+    t, c, out, pad = expert.num_tasks, expert.in_channels, expert.out_channels, expert.general.padding[0]
+    routes = expert.router(x.reshape(b, t, c, h * w), (h, w))
+    per_task = x.reshape(b * t, c, h, w)
+    down = F.conv2d(x, expert.task_down.weight, expert.task_down.bias, padding=pad, groups=t)
+    task_part = F.conv2d(down, expert.task_up.weight, expert.task_up.bias, groups=t).view(b, t, out, h, w)
+    task_part = task_part * routes[..., -1][:, :, None, None, None]
+    general_in = per_task.detach() if expert.detach_general else per_task
+    general = F.conv2d(general_in, expert.general.weight, expert.general.bias, padding=pad)
+    total = task_part.reshape(b, t * out, h, w) + general.reshape(b, t * out, h, w)
+    if expert.interaction:
+        weights = expert.routing_weights(routes).reshape(b * t, expert.num_experts)
+        hidden = F.conv2d(per_task, expert.pool_down.weight, expert.pool_down.bias, padding=pad)
+        hidden = hidden.view(b * t, expert.num_experts, expert.rank, h, w) * weights[:, :, None, None, None]
+        mixed = F.conv2d(hidden.flatten(1, 2), expert.pool_up.weight) + (weights @ expert.pool_up_bias)[:, :, None, None]
+        total = total + expert.pool_norm(mixed.view(b, t * out, h, w))
+    return expert.norm(total)
 
 
 class PlainTaskProjection(nn.Module):

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pamm.ops as scan_ops
-from pamm.models.experts import ParameterExpert, PlainTaskProjection
+from pamm.models.experts import ParameterExpert, PlainTaskProjection, run_parameter_experts
 
 FIDELITY_MODES = ("as_described", "as_released")
 SCAN_ORDERS = ("raster", "snake", "zorder", "hilbert_cropped", "hilbert")
@@ -234,8 +234,11 @@ class PAMEStage(nn.Module):
         discarded = self.dead_branch(normed) if self.opts.released else None  # computed and thrown away, as released
         u = self.in_proj(F.silu(normed))  # (b, T*di, h, w)
         delta = self.dt_up(self.dt_down(u))
-        B = self.B_expert(u).reshape(b, t, n, h * w)
-        C = self.C_expert(u).reshape(b, t, n, h * w)
+        if self.opts.parameter_experts:  # both read u: their k x k convolutions run fused
+            B, C = run_parameter_experts([self.B_expert, self.C_expert], u)
+        else:
+            B, C = self.B_expert(u), self.C_expert(u)
+        B, C = B.reshape(b, t, n, h * w), C.reshape(b, t, n, h * w)
         if self.opts.task_prior:
             B = B + self.prior_B[None, :, :, None]
             C = C + self.prior_C[None, :, :, None]
