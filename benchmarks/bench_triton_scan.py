@@ -72,15 +72,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--triton-chunks", type=int, nargs="*", default=[],
                         help="also time the triton backend with CHUNK forced to each value (backend 'triton@C'); "
                              "single-segment plans only, so use with S2-S4")
+    parser.add_argument("--triton-bwd-variants", nargs="*", default=[], choices=list(BWD_VARIANTS),
+                        help="also time the triton backend with its backward kernel held to one variant "
+                             "(backend 'triton@bwd=V'; plain 'triton' lets the autotuner choose among all four)")
     return parser.parse_args(argv)
 
 
-def forced_chunk(call: Callable[[dict], torch.Tensor], chunk: int) -> Callable[[dict], torch.Tensor]:
-    """Run ``call`` with the Triton plan's CHUNK fixed (the backward reuses the plan saved by the forward)."""
+# scan_bwd_kernel's (PREFETCH, BATCH_IO) pairs, by name
+BWD_VARIANTS = {"plain": (False, False), "prefetch": (True, False), "batched": (False, True), "both": (True, True)}
+
+
+def forced_plan(call: Callable[[dict], torch.Tensor], spec: str) -> Callable[[dict], torch.Tensor]:
+    """Run ``call`` with part of the Triton plan fixed: ``spec`` is a CHUNK ('32') or 'bwd=<variant>'
+    (the backward reuses the plan saved by the forward)."""
     from pamm.ops.triton_scan import _force_plan
 
+    if spec.startswith("bwd="):
+        prefetch, batch_io = BWD_VARIANTS[spec.removeprefix("bwd=")]
+        fields = dict(bwd_prefetch=prefetch, bwd_batch_io=batch_io)
+    else:
+        fields = dict(chunk=int(spec))
+
     def run(x: dict) -> torch.Tensor:
-        with _force_plan(chunk=chunk):
+        with _force_plan(**fields):
             return call(x)
 
     return run
@@ -116,7 +130,7 @@ def single_call(backend: str) -> Callable[[dict], torch.Tensor]:
     import pamm.ops as ops
 
     if backend.startswith("triton@"):
-        return forced_chunk(single_call("triton"), int(backend.split("@")[1]))
+        return forced_plan(single_call("triton"), backend.split("@", 1)[1])
     if backend == "triton":
         from pamm.ops.triton_scan import selective_scan_triton
 
@@ -159,7 +173,7 @@ def multi_call(backend: str, perm: torch.Tensor, inverse: torch.Tensor) -> Calla
     import pamm.ops as ops
 
     if backend.startswith("triton@"):
-        return forced_chunk(multi_call("triton", perm, inverse), int(backend.split("@")[1]))
+        return forced_plan(multi_call("triton", perm, inverse), backend.split("@", 1)[1])
     if backend == "triton":
         from pamm.ops.triton_scan import multi_direction_scan_triton
 
@@ -296,6 +310,17 @@ def print_table(records: list[dict]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
 
 
+def print_autotuned_configs() -> None:
+    """What the autotuner chose per problem key (block, warps and, for the backward, the variant)."""
+    from pamm.ops.triton_scan import _kernels
+
+    kernels = _kernels()
+    for kind in ("fwd", "bwd"):
+        tuned = kernels[f"{kind}_tuned"]
+        for key, config in sorted(getattr(tuned, "cache", {}).items(), key=str):
+            print(f"autotuned {kind}: key={key} -> {config}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
@@ -310,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes:
         spec = SHAPES[shape]
         inputs = make_inputs(spec, args.seed, device)
-        chunked = [f"triton@{c}" for c in args.triton_chunks]
+        chunked = [f"triton@{c}" for c in args.triton_chunks] + [f"triton@bwd={v}" for v in args.triton_bwd_variants]
         rows += run_case("single", shape, spec, list(args.backends) + chunked, single_call, inputs, args)
         del inputs
         if spec["grid"] is not None and not args.no_multi:
@@ -321,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     records = [as_record(r, rows) for r in rows]
     print_table(records)
+    print_autotuned_configs()
     if args.csv:
         handle = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="")
         try:

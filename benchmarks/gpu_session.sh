@@ -105,7 +105,8 @@ stage_scan() {
 }
 
 stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
-    run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv"
+    run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
+        --triton-bwd-variants plain prefetch batched both
 }
 
 stage_step() {

@@ -244,6 +244,22 @@ def test_selective_scan_fp32_matches_float64_reference(case):
     _check_against_reference(ins, softplus, plan, FP32_RTOL)
 
 
+BACKWARD_VARIANTS = {  # scan_bwd_kernel's (PREFETCH, BATCH_IO); the default plan under the interpreter runs (True, True)
+    "plain": dict(bwd_prefetch=False, bwd_batch_io=False),
+    "prefetch": dict(bwd_prefetch=True, bwd_batch_io=False),
+    "batched-writes": dict(bwd_prefetch=False, bwd_batch_io=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
+def test_every_backward_variant_matches_float64_reference(variant):
+    """The autotuner may pick any backward variant: each gives the same gradients (segments, ragged
+    intervals, gate, D, bias, grouped B/C)."""
+    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES["grouped-all-features-three-segments"]
+    ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
+    _check_against_reference(ins, softplus, {**plan, **BACKWARD_VARIANTS[variant]}, FP32_RTOL)
+
+
 def test_selective_scan_bf16_inputs_loose_tolerance():
     ins = _make_inputs(2, 4, 21, 16, 2, D=True, z=True, bias=True, dtype=torch.bfloat16)
     _check_against_reference(ins, True, dict(chunk=8, seg_chunks=2), rtol=3e-2)
@@ -303,6 +319,23 @@ def test_fused_multi_direction_matches_gather_scan_merge(case):
     assert_matches(out, ref, "out", rtol)
     for name, grad, ref_grad in zip(names, grads, ref_grads):
         assert grad.shape == ins[name].shape and grad.dtype == ins[name].dtype, name
+        assert_matches(grad, ref_grad, f"d{name}", rtol)
+
+
+@pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
+def test_fused_multi_direction_every_backward_variant(variant):
+    """Shared inputs over permuted directions: atomic du/dΔ and scattered positions in every variant."""
+    b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol = MULTI_CASES["shared-inputs-sum-one-segment"]
+    ins, perm, inverse = _multi_inputs(b, d, L, n, K, G, per_dir, dtype)
+    names = list(ins)
+    with _force_plan(**plan, **BACKWARD_VARIANTS[variant]):
+        out = multi_direction_scan_triton(**ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+        grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
+    ref_ins = {k: v.detach().double().requires_grad_(True) for k, v in ins.items()}
+    ref = reference_multi_direction(**ref_ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
+    ref_grads = torch.autograd.grad(ref, [ref_ins[k] for k in names], grad_out.double())
+    for name, grad, ref_grad in zip(names, grads, ref_grads):
         assert_matches(grad, ref_grad, f"d{name}", rtol)
 
 
@@ -418,6 +451,30 @@ def test_autotune_configs_are_pruned_to_moderate_tiles(monkeypatch):
     assert narrow and all(c.kwargs["BLOCK_D"] == 1 for c in narrow)
     monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")  # one heuristic config, no tuning runs
     assert len(triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32)) == 1
+
+
+def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch):
+    from pamm.ops import triton_scan
+
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
+    configs = [triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
+               for bd in (2, 4, 8, 16, 32) for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)]
+
+    def variants(kept):
+        return {(c.kwargs["PREFETCH"], c.kwargs["BATCH_IO"]) for c in kept}
+
+    every = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4))
+    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=64, CHUNK=32, variants=every)
+    assert variants(kept) == {(False, False), (False, True), (True, False), (True, True)}
+    # batched writes hold (n, CHUNK) rows: at n = 64 one warp would need 128 registers a thread for them
+    assert all(c.num_warps > 1 for c in kept if c.kwargs["BATCH_IO"])
+    forced = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4,
+                                                         bwd_prefetch=True, bwd_batch_io=False))
+    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=forced)
+    assert kept and variants(kept) == {(True, False)}
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
+    (one,) = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=every)
+    assert (one.kwargs["PREFETCH"], one.kwargs["BATCH_IO"]) == (True, True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ Two structures, each the faster one measured on an H100 (2026-11-23, ``results/g
   every gradient. (A tile-structured backward, whose reverse-order adjoint scan needs a ``tl.flip``
   per state column, measured 1.5–1.8× slower; ``associative_scan(reverse=True)`` is avoided because
   its compiled results for non-commutative combines have been wrong, triton-lang/triton#4362.)
+  The backward comes in four variants that the autotuner chooses among (prefetching the next step's
+  inputs; writing each interval's gradients in one coalesced pass): written 2026-11-23 without a
+  GPU at hand, tested under the interpreter only; ``benchmarks/bench_triton_scan.py
+  --triton-bwd-variants`` times each against the kernel.
 """
 from __future__ import annotations
 
@@ -284,28 +288,90 @@ def segment_carry_kernel(
 
 
 @triton.jit
+def _step_mask(mask, t, lo, hi):
+    """``mask`` where step ``t`` lies in [lo, hi), else all False. Built as a vector comparison: the
+    interpreter cannot ``&`` a scalar condition with a vector mask."""
+    steps = mask.to(tl.int32) * 0 + t
+    return mask & (steps >= lo) & (steps < hi)
+
+
+@triton.jit
+def _recompute_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B_col, ch_mask, n_mask, bias,
+                      HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """What the interval's forward recompute reads at step ``t`` (Δ after bias/softplus, u, B_t); zeros
+    when ``t`` is outside [c_start, c_end) (a prefetch past the interval)."""
+    pos = _token(perm_ptr, k, tl.minimum(t, seq_len - 1), seq_len, HAS_PERM)
+    m_d = _step_mask(ch_mask, t, c_start, c_end)
+    dt, _raw = _delta_at(delta_row, pos, m_d, bias, HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_row + pos, mask=m_d, other=0.0).to(tl.float32)
+    Bt = tl.load(B_col + pos, mask=_step_mask(n_mask, t, c_start, c_end), other=0.0).to(tl.float32)
+    return dt, u, Bt
+
+
+@triton.jit
+def _reverse_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B_col, C_col, dout_row, z_row,
+                    scratch_rows, row_stride, h0, ch_mask, n_mask, dn_mask, bias, out_scale,
+                    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+                    LOCAL_PASS: tl.constexpr):
+    """What the reverse step of token ``t`` reads: its position, Δ (and the pre-softplus value), the
+    scaled output gradient, z, C_t and, outside the local pass, u, B_t and h_{t-1} (the scratch row
+    before t, or the interval's checkpoint ``h0`` at its first token). Zeros when ``t`` is outside
+    [c_start, c_end) (a prefetch past the interval)."""
+    pos = _token(perm_ptr, k, tl.maximum(tl.minimum(t, seq_len - 1), 0), seq_len, HAS_PERM)
+    m_d = _step_mask(ch_mask, t, c_start, c_end)
+    m_n = _step_mask(n_mask, t, c_start, c_end)
+    dt, dt_raw = _delta_at(delta_row, pos, m_d, bias, HAS_BIAS, SOFTPLUS)
+    dout = tl.load(dout_row + pos, mask=m_d, other=0.0).to(tl.float32) * out_scale
+    if HAS_Z:
+        zt = tl.load(z_row + pos, mask=m_d, other=0.0).to(tl.float32)
+    else:
+        zt = tl.zeros_like(dout)
+    Ct = tl.load(C_col + pos, mask=m_n, other=0.0).to(tl.float32)
+    if LOCAL_PASS:
+        u = tl.zeros_like(dout)
+        Bt = tl.zeros_like(Ct)
+        h_prev = tl.zeros_like(h0)
+    else:
+        u = tl.load(u_row + pos, mask=m_d, other=0.0).to(tl.float32)
+        Bt = tl.load(B_col + pos, mask=m_n, other=0.0).to(tl.float32)
+        h_prev = tl.load(scratch_rows + tl.maximum(t - 1 - c_start, 0) * row_stride,
+                         mask=_step_mask(dn_mask, t, c_start + 1, c_end), other=0.0)
+        h_prev = tl.where(t > c_start, h_prev, h0)
+    return pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev
+
+
+@triton.jit
 def scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, perm_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
     du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dz_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr,
     seg_gstart_ptr, seg_dtsum_ptr, seg_gcarry_ptr,
     n_channels, chans_per_group, n_groups, n_state, seq_len, n_dir, n_seg, seg_len, n_chunks,
-    out_scale,
+    out_scale, variants,
     U_PER_DIR: tl.constexpr, DT_PER_DIR: tl.constexpr, A_PER_DIR: tl.constexpr,
     B_PER_DIR: tl.constexpr, C_PER_DIR: tl.constexpr, DB_PER_DIR: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PERM: tl.constexpr, DU_ATOMIC: tl.constexpr, DDELTA_ATOMIC: tl.constexpr,
     LOCAL_PASS: tl.constexpr, MULTI_SEG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PREFETCH: tl.constexpr, BATCH_IO: tl.constexpr,
 ):
     """Backward scan of one program, a token per step, checkpoint intervals (CHUNK tokens) in reverse.
 
     For each interval a forward loop recomputes the states from its checkpoint into the program's
     ``scratch`` rows ``[CHUNK, BLOCK_D, n]`` (cache-resident: written and read back by the same
-    program), then a reverse loop carries ``a_t·G_t`` (``G_t`` the adjoint of ``h_t``) and writes du,
-    dΔ, dz directly (or atomically when a shared input feeds several directions), dB and dC
-    atomically (summed over the block's channels), and per-program partial sums of dA, dD and dbias.
+    program), then a reverse loop carries ``a_t·G_t`` (``G_t`` the adjoint of ``h_t``) and produces du,
+    dΔ, dz (written directly, or atomically when a shared input feeds several directions), dB and dC
+    (atomic adds, summed over the block's channels), and per-program partial sums of dA, dD and dbias.
     ``LOCAL_PASS``: only the adjoint from a zero carry; write the adjoint at the segment start and ΣΔ
     of the following tokens (first pass of the long-l regime).
+
+    Two ways of running the same loops, chosen by the autotuner (``variants``, unused in the body, keys
+    the autotuning cache by which of them the caller allows):
+    ``PREFETCH``: both loops load step t±1's inputs before computing step t, so a load's latency is
+    spent on a step of arithmetic instead of stalling the next one.
+    ``BATCH_IO``: the reverse loop collects each interval's dB, dC rows (n, CHUNK) and du, dΔ, dz rows
+    (BLOCK_D, CHUNK) in registers and writes them once per interval, token-contiguous (coalesced
+    atomics and stores) instead of n scattered atomics and BLOCK_D strided stores per token.
     """
     pid_blk = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -321,6 +387,7 @@ def scan_bwd_kernel(
     nn = tl.arange(0, BLOCK_N)
     n_mask = nn < n_state
     dn_mask = ch_mask[:, None] & n_mask[None, :]
+    cols = tl.arange(0, CHUNK)
 
     plane = n_channels * seq_len
     u_off = _slot(pid_b, k, n_dir, U_PER_DIR) * plane + ch * seq_len
@@ -341,8 +408,9 @@ def scan_bwd_kernel(
     dir_slot = pid_b * n_dir + k
     seg_off = (dir_slot * n_seg + seg) * n_channels
     state_tile = ch[:, None] * n_state + nn[None, :]
+    row_stride = n_channels * n_state
     # this program's scratch rows: step j of a chunk at scratch[slot, j, ch, :]
-    scratch_rows = scratch_ptr + (dir_slot * n_seg + seg) * CHUNK * n_channels * n_state + state_tile
+    scratch_rows = scratch_ptr + (dir_slot * n_seg + seg) * CHUNK * row_stride + state_tile
 
     seg_start = seg * seg_len
     seg_end = tl.minimum(seg_start + seg_len, seq_len)
@@ -368,53 +436,75 @@ def scan_bwd_kernel(
     for i in range(0, n_chunks_seg):
         c_start = seg_start + (n_chunks_seg - 1 - i) * CHUNK
         c_end = tl.minimum(c_start + CHUNK, seg_end)
+        n_tok = c_end - c_start
+        h0 = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        h_t = h0
         if not LOCAL_PASS:
-            ckpt_off = (dir_slot * n_chunks + c_start // CHUNK) * n_channels * n_state
+            ckpt_off = (dir_slot * n_chunks + c_start // CHUNK) * row_stride
             h0 = tl.load(ckpt_ptr + ckpt_off + state_tile, mask=dn_mask, other=0.0)
             h = h0
             tl.debug_barrier()  # the previous chunk's reverse loop is done with the scratch rows
+            if PREFETCH:
+                dt, u, Bt = _recompute_inputs(perm_ptr, k, c_start, c_start, c_end, seq_len, delta_ptr + delta_off,
+                                              u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
+                                              HAS_PERM, HAS_BIAS, SOFTPLUS)
             for t in range(c_start, c_end):
-                pos = _token(perm_ptr, k, t, seq_len, HAS_PERM)
-                dt, _raw = _delta_at(delta_ptr + delta_off, pos, ch_mask, bias, HAS_BIAS, SOFTPLUS)
-                u = tl.load(u_ptr + u_off + pos, mask=ch_mask, other=0.0).to(tl.float32)
-                Bt = tl.load(B_ptr + B_off + pos, mask=n_mask, other=0.0).to(tl.float32)
+                if PREFETCH:
+                    dt_n, u_n, Bt_n = _recompute_inputs(perm_ptr, k, t + 1, c_start, c_end, seq_len,
+                                                        delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
+                                                        ch_mask, n_mask, bias, HAS_PERM, HAS_BIAS, SOFTPLUS)
+                else:
+                    dt, u, Bt = _recompute_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off,
+                                                  u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
+                                                  HAS_PERM, HAS_BIAS, SOFTPLUS)
                 h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
-                tl.store(scratch_rows + (t - c_start) * n_channels * n_state, h, mask=dn_mask)
+                tl.store(scratch_rows + (t - c_start) * row_stride, h, mask=dn_mask)
+                if PREFETCH:
+                    dt, u, Bt = dt_n, u_n, Bt_n
             tl.debug_barrier()  # the states are visible to every thread of the program
             h_t = h
-        for j in range(0, c_end - c_start):
+        if BATCH_IO:
+            dB_rows = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
+            dC_rows = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
+            du_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+            ddt_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+            dz_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        if PREFETCH:
+            pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
+                perm_ptr, k, c_end - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
+                C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0, ch_mask, n_mask, dn_mask,
+                bias, out_scale, HAS_PERM, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
+        for j in range(0, n_tok):
             t = c_end - 1 - j
-            pos = _token(perm_ptr, k, t, seq_len, HAS_PERM)
-            dt, dt_raw = _delta_at(delta_ptr + delta_off, pos, ch_mask, bias, HAS_BIAS, SOFTPLUS)
+            if PREFETCH:
+                pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n = _reverse_inputs(
+                    perm_ptr, k, t - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off,
+                    B_ptr + B_off, C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0,
+                    ch_mask, n_mask, dn_mask, bias, out_scale, HAS_PERM, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
+            else:
+                pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
+                    perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
+                    C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0, ch_mask, n_mask,
+                    dn_mask, bias, out_scale, HAS_PERM, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
             a = tl.exp(dt[:, None] * A)
-            dout = tl.load(dout_ptr + row + pos, mask=ch_mask, other=0.0).to(tl.float32) * out_scale
             if HAS_Z:
-                zt = tl.load(z_ptr + row + pos, mask=ch_mask, other=0.0).to(tl.float32)
                 sig_z = _sigmoid(zt)
                 dy = dout * zt * sig_z
             else:
                 dy = dout
-            Ct = tl.load(C_ptr + C_off + pos, mask=n_mask, other=0.0).to(tl.float32)
             G = dy[:, None] * Ct[None, :] + carry
             carry = a * G
             if LOCAL_PASS:
                 dt_next_sum += tl.where(t > seg_start, dt, 0.0)
             else:
-                u = tl.load(u_ptr + u_off + pos, mask=ch_mask, other=0.0).to(tl.float32)
-                Bt = tl.load(B_ptr + B_off + pos, mask=n_mask, other=0.0).to(tl.float32)
-                # h_{t-1}: the scratch row before t (row 0, written but unused, at the chunk's first token)
-                h_prev = tl.load(scratch_rows + tl.maximum(t - 1 - c_start, 0) * n_channels * n_state,
-                                 mask=dn_mask, other=0.0)
-                h_prev = tl.where(t > c_start, h_prev, h0)
                 if HAS_Z:
                     y = tl.sum(h_t * Ct[None, :], axis=1)
                     if HAS_D:
                         y += D * u
                     dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-                    tl.store(dz_ptr + row + pos, dz.to(dz_ptr.dtype.element_ty), mask=ch_mask)
-                tl.atomic_add(dC_ptr + C_off + pos, tl.sum(dy[:, None] * h_t, axis=0), mask=n_mask)
+                dC_t = tl.sum(dy[:, None] * h_t, axis=0)
                 dtu = dt * u
-                tl.atomic_add(dB_ptr + B_off + pos, tl.sum(G * dtu[:, None], axis=0), mask=n_mask)
+                dB_t = tl.sum(G * dtu[:, None], axis=0)
                 g_dot_B = tl.sum(G * Bt[None, :], axis=1)
                 g_decayed = G * a * h_prev  # G_t a_t h_{t-1}
                 du = dt * g_dot_B
@@ -427,15 +517,49 @@ def scan_bwd_kernel(
                     ddt = ddt * _sigmoid(dt_raw)
                 ddt = tl.where(ch_mask, ddt, 0.0)
                 dbias_acc += ddt
-                if DU_ATOMIC:
-                    tl.atomic_add(du_ptr + u_off + pos, du, mask=ch_mask)
+                if BATCH_IO:
+                    at_t = cols[None, :] == t - c_start
+                    dC_rows = tl.where(at_t, dC_t[:, None], dC_rows)
+                    dB_rows = tl.where(at_t, dB_t[:, None], dB_rows)
+                    du_rows = tl.where(at_t, du[:, None], du_rows)
+                    ddt_rows = tl.where(at_t, ddt[:, None], ddt_rows)
+                    if HAS_Z:
+                        dz_rows = tl.where(at_t, dz[:, None], dz_rows)
                 else:
-                    tl.store(du_ptr + u_off + pos, du.to(du_ptr.dtype.element_ty), mask=ch_mask)
-                if DDELTA_ATOMIC:
-                    tl.atomic_add(ddelta_ptr + delta_off + pos, ddt, mask=ch_mask)
-                else:
-                    tl.store(ddelta_ptr + delta_off + pos, ddt.to(ddelta_ptr.dtype.element_ty), mask=ch_mask)
+                    tl.atomic_add(dC_ptr + C_off + pos, dC_t, mask=n_mask)
+                    tl.atomic_add(dB_ptr + B_off + pos, dB_t, mask=n_mask)
+                    if HAS_Z:
+                        tl.store(dz_ptr + row + pos, dz.to(dz_ptr.dtype.element_ty), mask=ch_mask)
+                    if DU_ATOMIC:
+                        tl.atomic_add(du_ptr + u_off + pos, du, mask=ch_mask)
+                    else:
+                        tl.store(du_ptr + u_off + pos, du.to(du_ptr.dtype.element_ty), mask=ch_mask)
+                    if DDELTA_ATOMIC:
+                        tl.atomic_add(ddelta_ptr + delta_off + pos, ddt, mask=ch_mask)
+                    else:
+                        tl.store(ddelta_ptr + delta_off + pos, ddt.to(ddelta_ptr.dtype.element_ty), mask=ch_mask)
                 h_t = h_prev
+            if PREFETCH:
+                pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n
+        if BATCH_IO:
+            if not LOCAL_PASS:  # the interval's gradients, token-contiguous
+                in_chunk = cols < n_tok
+                tok = _positions(perm_ptr, k, c_start + cols, in_chunk, seq_len, HAS_PERM)
+                nt_mask = n_mask[:, None] & in_chunk[None, :]
+                tl.atomic_add(dC_ptr + C_off[:, None] + tok[None, :], dC_rows, mask=nt_mask)
+                tl.atomic_add(dB_ptr + B_off[:, None] + tok[None, :], dB_rows, mask=nt_mask)
+                dt_mask = ch_mask[:, None] & in_chunk[None, :]
+                if HAS_Z:
+                    tl.store(dz_ptr + row[:, None] + tok[None, :], dz_rows.to(dz_ptr.dtype.element_ty), mask=dt_mask)
+                if DU_ATOMIC:
+                    tl.atomic_add(du_ptr + u_off[:, None] + tok[None, :], du_rows, mask=dt_mask)
+                else:
+                    tl.store(du_ptr + u_off[:, None] + tok[None, :], du_rows.to(du_ptr.dtype.element_ty), mask=dt_mask)
+                if DDELTA_ATOMIC:
+                    tl.atomic_add(ddelta_ptr + delta_off[:, None] + tok[None, :], ddt_rows, mask=dt_mask)
+                else:
+                    tl.store(ddelta_ptr + delta_off[:, None] + tok[None, :],
+                             ddt_rows.to(ddelta_ptr.dtype.element_ty), mask=dt_mask)
 
     if LOCAL_PASS:
         tl.store(seg_gstart_ptr + seg_off * n_state + state_tile, G, mask=dn_mask)

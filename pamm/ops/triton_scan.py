@@ -71,8 +71,9 @@ def _kernels():
             key=key, prune_configs_by={"early_config_prune": _prune_fwd_configs}, reset_to_zero=["out_ptr"],
         )(tk.scan_fwd_kernel)
         bwd = triton.autotune(
-            configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (2, 4, 8, 16, 32) for nw in (1, 2, 4)],
-            key=key, prune_configs_by={"early_config_prune": _prune_bwd_configs},
+            configs=[triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
+                     for bd in (2, 4, 8, 16, 32) for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)],
+            key=key + ["variants"], prune_configs_by={"early_config_prune": _prune_bwd_configs},
             reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"],
         )(tk.scan_bwd_kernel)
     return {"module": tk, "interpreted": interpreted, "fwd_tuned": fwd, "bwd_tuned": bwd}
@@ -102,11 +103,38 @@ def _prune_fwd_configs(configs, named_args, **kwargs):
                    4, 16, 8, 1)
 
 
+def _variant_bit(prefetch: bool, batch_io: bool) -> int:
+    """Bit of one backward variant in the kernel's ``variants`` mask."""
+    return 1 << (2 * int(prefetch) + int(batch_io))
+
+
+def _variant_mask(plan: "_Plan") -> int:
+    """The backward variants a plan allows: the forced one, or all four (the autotuner picks)."""
+    prefetch = (plan.bwd_prefetch,) if plan.bwd_prefetch is not None else (False, True)
+    batch_io = (plan.bwd_batch_io,) if plan.bwd_batch_io is not None else (False, True)
+    return sum(_variant_bit(p, b) for p in prefetch for b in batch_io)
+
+
 def _prune_bwd_configs(configs, named_args, **kwargs):
-    """The backward holds (BLOCK_D, n) state tiles: 1–8 values per thread."""
+    """The backward holds (BLOCK_D, n) state tiles: 1–8 values per thread; with ``BATCH_IO`` also an
+    interval's (n, CHUNK) dB/dC rows and (BLOCK_D, CHUNK) du/dΔ/dz rows: at most 64 values per thread.
+    Only the variants the caller allows; with autotuning off, one config of the last allowed variant
+    (prefetch and batched writes, when allowed)."""
     args = {**named_args, **kwargs}
-    return _pruned(configs, args, lambda c: c.kwargs["BLOCK_D"] * int(args["BLOCK_N"]) / (32 * c.num_warps),
-                   1, 8, 2, 2)
+    mask = int(args.get("variants", 0b1111))
+    allowed = [c for c in configs if mask & _variant_bit(c.kwargs.get("PREFETCH", False), c.kwargs.get("BATCH_IO", False))]
+    n, chunk = int(args["BLOCK_N"]), int(args["CHUNK"])
+
+    def rows_fit(c) -> bool:
+        rows = (2 * n + 3 * c.kwargs["BLOCK_D"]) * chunk / (32 * c.num_warps)
+        return not c.kwargs.get("BATCH_IO", False) or rows <= 64
+
+    allowed = [c for c in allowed if rows_fit(c)] or allowed
+    if not _autotuning():
+        last = max(allowed, key=lambda c: _variant_bit(c.kwargs.get("PREFETCH", False), c.kwargs.get("BATCH_IO", False)))
+        allowed = [c for c in allowed if (c.kwargs.get("PREFETCH"), c.kwargs.get("BATCH_IO"))
+                   == (last.kwargs.get("PREFETCH"), last.kwargs.get("BATCH_IO"))]
+    return _pruned(allowed, args, lambda c: c.kwargs["BLOCK_D"] * n / (32 * c.num_warps), 1, 8, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +180,8 @@ class _Plan:
     num_warps: int
     tile: int = 0  # 0: the forward segment, up to _MAX_TILE tokens
     fwd_seg_len: int = 0  # 0: seg_len
+    bwd_prefetch: bool | None = None  # backward variant (scan_bwd_kernel's PREFETCH); None: autotuned
+    bwd_batch_io: bool | None = None  # backward variant (BATCH_IO); None: autotuned
 
     def n_chunks(self, seq_len: int) -> int:
         return -(-seq_len // self.chunk)
@@ -175,8 +205,9 @@ _PLAN_OVERRIDE: dict | None = None
 
 @contextlib.contextmanager
 def _force_plan(**fields) -> Iterator[None]:
-    """Testing hook: fix ``chunk``, ``seg_chunks`` (chunks per segment), ``fwd_seg_chunks`` (the same for
-    the forward alone), ``tile``, ``block_d``, ``num_warps``."""
+    """Testing (and benchmarking) hook: fix ``chunk``, ``seg_chunks`` (chunks per segment),
+    ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps`` and the
+    backward variant, ``bwd_prefetch`` / ``bwd_batch_io``."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
     try:
@@ -280,7 +311,11 @@ def _launch(kind: str, problem: _Problem, plan: _Plan, args: dict) -> None:
     else:
         block_d = plan.block_d or 4
         raw = getattr(kernels["module"], f"scan_{kind}_kernel")
-        raw[(blocks(block_d), problem.batch, problem.n_dir * n_seg)](**args, BLOCK_D=block_d,
+        variant = {}
+        if kind == "bwd":  # untuned: the forced variant, else prefetch and batched writes
+            variant = dict(PREFETCH=True if plan.bwd_prefetch is None else plan.bwd_prefetch,
+                           BATCH_IO=True if plan.bwd_batch_io is None else plan.bwd_batch_io)
+        raw[(blocks(block_d), problem.batch, problem.n_dir * n_seg)](**args, **variant, BLOCK_D=block_d,
                                                                     num_warps=plan.num_warps)
 
 
@@ -353,7 +388,7 @@ def _scan_backward(problem: _Problem, plan: _Plan, dout, ckpt, u, delta, A, B, C
                 dD_part_ptr=dD_part if dD_part is not None else dummy,
                 dbias_part_ptr=dbias_part if dbias_part is not None else dummy,
                 **_common_args(problem, plan), DU_ATOMIC=du_atomic, DDELTA_ATOMIC=ddelta_atomic,
-                MULTI_SEG=n_seg > 1)
+                MULTI_SEG=n_seg > 1, variants=_variant_mask(plan))
     args["scratch_ptr"] = torch.empty(b * K * n_seg, plan.chunk, d, n, **f32)
     if n_seg > 1:
         seg_gstart = torch.empty(b, K, n_seg, d, n, **f32)
