@@ -8,8 +8,8 @@ the sequential loop ("ref"). fwd+bwd takes the gradients of u, delta, A, B, C an
 Backends:
   ref        the sequential loop (pamm.ops.selective_scan_ref) with plain autograd
   torch      pamm.ops.selective_scan(backend="torch")
-  cuda       pamm.ops.selective_scan(backend="cuda") (mamba-ssm kernel; our op recomputes the
-             forward in its backward)
+  cuda       pamm.ops.selective_scan(backend="cuda") (mamba-ssm kernel; in training it calls
+             selective_scan_fn directly, untraced: see pamm/ops/selective_scan.py)
   mamba      mamba-ssm's selective_scan_fn called directly (to see what the op wrapper costs)
   blelloch   a Blelloch (up-sweep/down-sweep) parallel scan written here, with a reverse-scan backward
   mambapy    mambapy 1.2.0's pscan, if installed (not a project dependency)

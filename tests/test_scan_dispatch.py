@@ -37,3 +37,75 @@ def test_forcing_a_backend_that_cannot_run_says_why(monkeypatch):
     monkeypatch.setitem(backends._BACKENDS, "triton", unavailable)
     with pytest.raises(RuntimeError, match="'triton' cannot run here: triton not importable"):
         backends.resolve_backend("triton", "cpu")
+
+
+def _fake_kernel(monkeypatch) -> list[str]:
+    """Make ``cuda`` runnable on CPU: mamba-ssm's selective_scan_fn faked by the reference loop, each
+    call logged with whether autograd recorded it."""
+    from pamm.ops.scan_ref import selective_scan_ref
+
+    calls: list[str] = []
+
+    def fake_selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                               return_last_state=False):
+        calls.append("with graph" if torch.is_grad_enabled() and u.requires_grad else "no graph")
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    monkeypatch.setattr(backends, "_MAMBA_STATUS", {"available": True, "fn": fake_selective_scan_fn,
+                                                    "version": "fake", "error": None})
+    cuda = dataclasses.replace(backends.get_backend("cuda"), supports=lambda *a: None)
+    monkeypatch.setitem(backends._BACKENDS, "cuda", cuda)
+    return calls
+
+
+def _scan_inputs(requires_grad: bool):
+    gen = torch.Generator().manual_seed(0)
+    b, d, n, L = 2, 4, 3, 9
+    u, delta = torch.randn(b, d, L, generator=gen), torch.randn(b, d, L, generator=gen) * 0.3
+    A, B, C = -torch.rand(d, n, generator=gen) - 0.5, torch.randn(b, n, L, generator=gen), torch.randn(b, n, L, generator=gen)
+    D = torch.randn(d, generator=gen)
+    return [t.requires_grad_(requires_grad) for t in (u, delta, A, B, C, D)]
+
+
+def test_training_calls_the_kernels_autograd_once_instead_of_recomputing(monkeypatch):
+    """In eager training the cuda backend runs mamba-ssm's own autograd Function (which keeps its chunk
+    states): one forward call, not a forward plus a recomputing one in the op's backward."""
+    import pamm.ops as ops
+
+    calls = _fake_kernel(monkeypatch)
+    inputs = _scan_inputs(requires_grad=True)
+    out = ops.selective_scan(*inputs[:5], D=inputs[5], delta_softplus=True, backend="cuda")
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    assert calls == ["with graph"]
+    reference_inputs = _scan_inputs(requires_grad=True)
+    reference = ops.selective_scan(*reference_inputs[:5], D=reference_inputs[5], delta_softplus=True, backend="ref")
+    for got, expected in zip(grads, torch.autograd.grad(reference.square().sum(), reference_inputs)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_inference_and_tracing_go_through_the_op(monkeypatch):
+    """Without gradients (and under jit tracing, for fvcore) the call stays one pamm::selective_scan node."""
+    import pamm.ops as ops
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpLog(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    calls = _fake_kernel(monkeypatch)
+    with torch.no_grad(), OpLog() as log:
+        ops.selective_scan(*_scan_inputs(requires_grad=False), backend="cuda")
+    assert calls == ["no graph"] and "pamm.selective_scan.default" in log.ops
+    with OpLog() as log:  # a dispatch-level counter (like FlopCounterMode) during training sees the op too
+        inputs = _scan_inputs(requires_grad=True)
+        ops.selective_scan(*inputs[:5], backend="cuda").sum().backward()
+    assert "pamm.selective_scan.default" in log.ops
+    inputs = _scan_inputs(requires_grad=False)
+    u = inputs[0].requires_grad_()  # a training input, but traced: the op keeps the graph one node
+    graph = torch.jit.trace(lambda x: ops.selective_scan(x, *inputs[1:5], backend="cuda"), u, check_trace=False)
+    assert "pamm::selective_scan" in str(graph.graph)

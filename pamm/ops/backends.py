@@ -42,6 +42,7 @@ class ScanBackend:
     (b, d, n); ``backward`` (optional) has the signature of :func:`pamm.ops.scan_torch.scan_backward`.
     ``supports(device, dtype, d_state)`` returns None when usable, else the reason it is not.
     ``state_slots(b, d, l, n, device_type)`` gives the size of the states' third axis.
+    ``own_autograd``: see the field.
     """
 
     name: str
@@ -50,6 +51,9 @@ class ScanBackend:
     supports: Callable[[torch.device, torch.dtype, int], Optional[str]] = field(default=lambda *_: None)
     state_slots: Callable[[int, int, int, int, str], int] = field(default=lambda *_: 1)
     description: str = ""
+    # The forward is an autograd.Function whose backward keeps what it needs (the kernel's chunk states,
+    # the Triton checkpoints): eager training calls it directly, since the op's backward would re-run it.
+    own_autograd: bool = False
 
 
 _BACKENDS: dict[str, ScanBackend] = {}
@@ -186,7 +190,9 @@ register_backend(
         name="cuda",
         forward=_cuda_forward,
         supports=_cuda_supports,
-        description="mamba-ssm selective_scan_fn (CUDA kernel); backward recomputes the forward",
+        own_autograd=True,
+        description="mamba-ssm selective_scan_fn (CUDA kernel); in eager training its own autograd "
+                    "Function (chunk states kept), under the op (tracing, compile) a recomputing backward",
     )
 )
 
@@ -219,6 +225,7 @@ register_backend(
         name="triton",
         forward=_triton_forward,
         supports=_triton_supports,
+        own_autograd=True,
         state_slots=lambda *_: 0,
         description="Triton kernels (no compilation step); fused scan orders in multi_direction_scan",
     )
