@@ -94,3 +94,24 @@ def test_gpu_backends_match_the_torch_backend_output_and_gradients(dtype: torch.
         for name, grad in grads.items():
             err = (grad - ref_grads[name]).norm() / ref_grads[name].norm()
             assert err < tol * (10 if dtype == torch.bfloat16 else 1), (backend, name, err.item())
+
+
+def test_adam_on_cuda_parameters_is_fused_and_matches_foreach() -> None:
+    from pamm.engine.train import build_optimizer
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(64, 32, generator=gen), torch.randn(32, generator=gen)]
+    grads = [[torch.randn(t.shape, generator=gen) for t in start] for _ in range(3)]
+    finals = []
+    for make in (lambda ps: build_optimizer(ps, {"name": "adamw", "lr": 1e-2, "weight_decay": 0.01}),
+                 lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.01, foreach=True)):
+        params = [t.clone().cuda().requires_grad_() for t in start]
+        optimizer = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.cuda()
+            optimizer.step()
+        finals.append((optimizer, [p.detach() for p in params]))
+    assert finals[0][0].defaults["fused"] and not finals[1][0].defaults.get("fused")
+    for fused, foreach in zip(finals[0][1], finals[1][1]):
+        torch.testing.assert_close(fused, foreach, rtol=1e-5, atol=1e-6)

@@ -103,12 +103,16 @@ def build_criterion(cfg: dict[str, Any], tasks: list[str]) -> MultiTaskLoss:
 
 
 def build_optimizer(params, opt_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The run's optimizer. Adam/AdamW on CUDA parameters use torch's fused kernel (one launch for every
+    tensor; same update up to rounding): the foreach version took 20 ms of PAMM's 504 ms NYUD step."""
+    params = list(params)
     name = opt_cfg.get("name", "adam").lower()
     kwargs = {"lr": float(opt_cfg["lr"]), "weight_decay": float(opt_cfg.get("weight_decay", 0.0))}
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if name == "adam":
-        return torch.optim.Adam(params, **kwargs)
+        return torch.optim.Adam(params, **kwargs, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
+        return torch.optim.AdamW(params, **kwargs, **fused)
     if name == "sgd":
         return torch.optim.SGD(params, momentum=float(opt_cfg.get("momentum", 0.9)), **kwargs)
     raise TrainingError(f"train.optimizer.name {name!r} is not one of adam, adamw, sgd")
