@@ -73,13 +73,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time the triton backend with CHUNK forced to each value (backend 'triton@C'); "
                              "single-segment plans only, so use with S2-S4")
     parser.add_argument("--triton-bwd-variants", nargs="*", default=[], choices=list(BWD_VARIANTS),
-                        help="also time the triton backend with its backward kernel held to one variant "
-                             "(backend 'triton@bwd=V'; plain 'triton' lets the autotuner choose among all four)")
+                        help="also time the triton backend with its backward held to one variant (backend "
+                             "'triton@bwd=V'): the token kernel's four (plain 'triton' lets the autotuner choose "
+                             "among them) or the tile kernel ($PAMM_TRITON_BWD=tile)")
     return parser.parse_args(argv)
 
 
-# scan_bwd_kernel's (PREFETCH, BATCH_IO) pairs, by name
-BWD_VARIANTS = {"plain": (False, False), "prefetch": (True, False), "batched": (False, True), "both": (True, True)}
+# the backward, by name: scan_bwd_kernel's (PREFETCH, BATCH_IO) pairs, or the tile kernel
+BWD_VARIANTS = {
+    "plain": dict(bwd_prefetch=False, bwd_batch_io=False),
+    "prefetch": dict(bwd_prefetch=True, bwd_batch_io=False),
+    "batched": dict(bwd_prefetch=False, bwd_batch_io=True),
+    "both": dict(bwd_prefetch=True, bwd_batch_io=True),
+    "tile": dict(bwd_kind="tile"),
+}
 
 
 def forced_plan(call: Callable[[dict], torch.Tensor], spec: str) -> Callable[[dict], torch.Tensor]:
@@ -88,8 +95,7 @@ def forced_plan(call: Callable[[dict], torch.Tensor], spec: str) -> Callable[[di
     from pamm.ops.triton_scan import _force_plan
 
     if spec.startswith("bwd="):
-        prefetch, batch_io = BWD_VARIANTS[spec.removeprefix("bwd=")]
-        fields = dict(bwd_prefetch=prefetch, bwd_batch_io=batch_io)
+        fields = BWD_VARIANTS[spec.removeprefix("bwd=")]
     else:
         fields = dict(chunk=int(spec))
 
@@ -315,7 +321,7 @@ def print_autotuned_configs() -> None:
     from pamm.ops.triton_scan import _kernels
 
     kernels = _kernels()
-    for kind in ("fwd", "bwd"):
+    for kind in ("fwd", "bwd", "bwd_tile"):
         tuned = kernels[f"{kind}_tuned"]
         for key, config in sorted(getattr(tuned, "cache", {}).items(), key=str):
             print(f"autotuned {kind}: key={key} -> {config}")

@@ -17,6 +17,7 @@
 #   tscan        bench_triton_scan.py against cuda only
 #   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
 #   experts      benchmarks/bench_experts.py: the fused B/C expert convolutions against one at a time
+#   steptile     the PAMM step with the triton backend and its tile backward ($PAMM_TRITON_BWD=tile)
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
@@ -106,11 +107,16 @@ stage_scan() {
 
 stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
     run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
-        --triton-bwd-variants plain prefetch batched both
+        --triton-bwd-variants plain prefetch batched both tile
 }
 
 stage_step() {
     run train_step "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step.csv" --trace "$WORK/traces"
+}
+
+stage_steptile() {
+    run train_step_tile env PAMM_TRITON_BWD=tile "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step_tile.csv" \
+        --cases "pamm:as_released,scan_backend=triton" "pamm,scan_backend=triton"
 }
 
 stage_experts() {
@@ -140,6 +146,7 @@ for stage in "$@"; do
         tscan) stage_tscan ;;
         step) stage_step ;;
         experts) stage_experts ;;
+        steptile) stage_steptile ;;
         eff:*) stage_eff "${stage#eff:}" ;;
         sweep) stage_sweep ;;
         *) echo "gpu_session.sh: unknown stage '$stage' (see the header)" >&2; exit 2 ;;

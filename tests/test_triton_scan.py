@@ -251,6 +251,19 @@ BACKWARD_VARIANTS = {  # scan_bwd_kernel's (PREFETCH, BATCH_IO); the default pla
 }
 
 
+TILE_BACKWARD_CASES = ["grouped-all-features-three-tiles", "grouped-all-features-three-segments",
+                       "n1-length-one", "n64-softplus-no-bias-segments", "gate-only-segments-ragged"]
+
+
+@pytest.mark.parametrize("case", TILE_BACKWARD_CASES)
+def test_tile_backward_matches_float64_reference(case):
+    """``$PAMM_TRITON_BWD=tile``: the tile-parallel backward (reversed-order adjoint scan, checkpoint
+    interval = tile) gives every gradient, across tiles, ragged last tiles and segments."""
+    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES[case]
+    ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
+    _check_against_reference(ins, softplus, {**plan, "bwd_kind": "tile"}, FP32_RTOL)
+
+
 @pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
 def test_every_backward_variant_matches_float64_reference(variant):
     """The autotuner may pick any backward variant: each gives the same gradients (segments, ragged
@@ -322,13 +335,16 @@ def test_fused_multi_direction_matches_gather_scan_merge(case):
         assert_matches(grad, ref_grad, f"d{name}", rtol)
 
 
-@pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
-def test_fused_multi_direction_every_backward_variant(variant):
-    """Shared inputs over permuted directions: atomic du/dΔ and scattered positions in every variant."""
-    b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol = MULTI_CASES["shared-inputs-sum-one-segment"]
+@pytest.mark.parametrize("variant,case", [(v, "shared-inputs-sum-one-segment") for v in BACKWARD_VARIANTS]
+                         + [("tile", "shared-inputs-sum-one-segment"), ("tile", "per-direction-inputs-mean-segments")])
+def test_fused_multi_direction_every_backward_variant(variant, case):
+    """Permuted directions (shared inputs: atomic du/dΔ; per-direction inputs over segments) with every
+    backward variant and with the tile backward."""
+    b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol = MULTI_CASES[case]
     ins, perm, inverse = _multi_inputs(b, d, L, n, K, G, per_dir, dtype)
     names = list(ins)
-    with _force_plan(**plan, **BACKWARD_VARIANTS[variant]):
+    backward = {"bwd_kind": "tile"} if variant == "tile" else BACKWARD_VARIANTS[variant]
+    with _force_plan(**plan, **backward):
         out = multi_direction_scan_triton(**ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
         grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
@@ -437,6 +453,28 @@ def test_plan_splits_long_sequences_only_when_channels_are_few(monkeypatch):
         assert not full.forward(shape[2]).carries(shape[2]), shape  # one tile: no state carried
 
 
+def test_tile_backward_is_chosen_by_env_and_plans_256_token_intervals(monkeypatch):
+    import types
+
+    from pamm.ops import triton_scan
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(multi_processor_count=132))
+    problem = triton_scan._Problem(
+        batch=20, n_dir=1, n_channels=2048, n_groups=1, n_state=64, seq_len=1024, u_per_dir=False,
+        delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
+        has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
+    monkeypatch.delenv(triton_scan.BWD_KIND_ENV_VAR, raising=False)
+    token = triton_scan._plan_for(problem, torch.device("cuda"))
+    monkeypatch.setenv(triton_scan.BWD_KIND_ENV_VAR, "tile")
+    tile = triton_scan._plan_for(problem, torch.device("cuda"))
+    assert (token.bwd_kind, token.chunk) == ("token", 32)
+    assert (tile.bwd_kind, tile.chunk, tile.n_seg(1024)) == ("tile", 256, 1)
+    monkeypatch.setenv(triton_scan.BWD_KIND_ENV_VAR, "sideways")
+    with pytest.raises(ValueError, match="PAMM_TRITON_BWD"):
+        triton_scan._plan_for(problem, torch.device("cuda"))
+
+
 def test_autotune_configs_are_pruned_to_moderate_tiles(monkeypatch):
     from pamm.ops import triton_scan
 
@@ -449,6 +487,8 @@ def test_autotune_configs_are_pruned_to_moderate_tiles(monkeypatch):
     assert len(bwd) > 1 and all(1 <= c.kwargs["BLOCK_D"] * 16 / (32 * c.num_warps) <= 8 for c in bwd)
     narrow = triton_scan._prune_fwd_configs(configs, {}, chans_per_group=1, BLOCK_N=64, CHUNK=32)
     assert narrow and all(c.kwargs["BLOCK_D"] == 1 for c in narrow)
+    tile = triton_scan._prune_bwd_tile_configs(configs, {}, chans_per_group=2048, BLOCK_N=64, CHUNK=256)
+    assert len(tile) > 1 and all(2 <= c.kwargs["BLOCK_D"] * 256 / (32 * c.num_warps) <= 8 for c in tile)
     monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")  # one heuristic config, no tuning runs
     assert len(triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32)) == 1
 

@@ -15,8 +15,10 @@ needs triton). They run compiled on CUDA tensors, or on CPU tensors under the Tr
 ``TRITON_INTERPRET=1`` was set before the kernels were first used (that is how the tests run).
 
 Memory: the forward saves only the inputs plus the state before every ``chunk``-th token,
-``b·K·d·n·ceil(l/chunk)`` fp32 values; the backward recomputes the states one interval at a time into
-a scratch of ``b·K·d·n·chunk`` values (``chunk`` ≈ sqrt(l): 32 at PAMM's l ≈ 1000).
+``b·K·d·n·ceil(l/chunk)`` fp32 values. The default (token) backward recomputes the states one interval
+at a time into a scratch of ``b·K·d·n·chunk`` values (``chunk`` ≈ sqrt(l): 32 at PAMM's l ≈ 1000);
+the tile backward (``$PAMM_TRITON_BWD=tile``) works on 256-token intervals with a scratch of
+``b·K·d·chunk`` values (at PAMM's PASCAL shape S4: 84 MB of checkpoints and scratch instead of 670).
 Gradients of B and C are accumulated with fp32 atomics, so they (and merged outputs) are not bitwise
 deterministic, as with the mamba-ssm kernel.
 """
@@ -63,7 +65,7 @@ def _kernels():
 
     interpreted = _interpreting()
     if interpreted:
-        fwd = bwd = None
+        fwd = bwd = bwd_tile = None
     else:
         key = ["n_channels", "chans_per_group", "n_state", "seq_len", "n_seg", "LOCAL_PASS", "HAS_PERM", "CHUNK"]
         fwd = triton.autotune(
@@ -76,7 +78,12 @@ def _kernels():
             key=key + ["variants"], prune_configs_by={"early_config_prune": _prune_bwd_configs},
             reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"],
         )(tk.scan_bwd_kernel)
-    return {"module": tk, "interpreted": interpreted, "fwd_tuned": fwd, "bwd_tuned": bwd}
+        bwd_tile = triton.autotune(
+            configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8) for nw in (2, 4, 8)],
+            key=key, prune_configs_by={"early_config_prune": _prune_bwd_tile_configs},
+            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"],
+        )(tk.scan_bwd_tile_kernel)
+    return {"module": tk, "interpreted": interpreted, "fwd_tuned": fwd, "bwd_tuned": bwd, "bwd_tile_tuned": bwd_tile}
 
 
 def _autotuning() -> bool:
@@ -101,6 +108,13 @@ def _prune_fwd_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     return _pruned(configs, args, lambda c: c.kwargs["BLOCK_D"] * int(args["CHUNK"]) / (32 * c.num_warps),
                    4, 16, 8, 1)
+
+
+def _prune_bwd_tile_configs(configs, named_args, **kwargs):
+    """The tile backward holds a dozen (BLOCK_D, CHUNK) token tiles: 2–8 values per thread of each."""
+    args = {**named_args, **kwargs}
+    return _pruned(configs, args, lambda c: c.kwargs["BLOCK_D"] * int(args["CHUNK"]) / (32 * c.num_warps),
+                   2, 8, 4, 1)
 
 
 def _variant_bit(prefetch: bool, batch_io: bool) -> int:
@@ -180,6 +194,7 @@ class _Plan:
     num_warps: int
     tile: int = 0  # 0: the forward segment, up to _MAX_TILE tokens
     fwd_seg_len: int = 0  # 0: seg_len
+    bwd_kind: str = "token"  # "token": scan_bwd_kernel; "tile": scan_bwd_tile_kernel (chunk = its tile)
     bwd_prefetch: bool | None = None  # backward variant (scan_bwd_kernel's PREFETCH); None: autotuned
     bwd_batch_io: bool | None = None  # backward variant (BATCH_IO); None: autotuned
 
@@ -207,7 +222,7 @@ _PLAN_OVERRIDE: dict | None = None
 def _force_plan(**fields) -> Iterator[None]:
     """Testing (and benchmarking) hook: fix ``chunk``, ``seg_chunks`` (chunks per segment),
     ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps`` and the
-    backward variant, ``bwd_prefetch`` / ``bwd_batch_io``."""
+    backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
     try:
@@ -236,30 +251,52 @@ def _segment_chunks(n_chunks: int, programs: int, target: int) -> int:
     return -(-n_chunks // wanted)
 
 
+BWD_KIND_ENV_VAR = "PAMM_TRITON_BWD"
+BWD_KINDS = ("token", "tile")
+_MAX_BWD_TILE = 256
+
+
+def _bwd_kind() -> str:
+    """``$PAMM_TRITON_BWD``: ``token`` (default; measured) or ``tile`` (written 2026-11-23 without a GPU)."""
+    kind = os.environ.get(BWD_KIND_ENV_VAR, "token").strip().lower() or "token"
+    if kind not in BWD_KINDS:
+        raise ValueError(f"${BWD_KIND_ENV_VAR}={kind!r} is not one of {list(BWD_KINDS)}")
+    return kind
+
+
 @functools.lru_cache(maxsize=256)
-def _auto_plan(problem: _Problem, device: torch.device) -> _Plan:
+def _auto_plan(problem: _Problem, device: torch.device, bwd_kind: str = "token") -> _Plan:
     """Many channels: one segment per sequence. Few channels and long l: split l so that there are
     about four programs per SM (the backward's programs hold ~8 channels, the forward's one).
 
-    ``chunk`` is the checkpoint interval: checkpoints take b·d·n·l/chunk fp32 values and the
-    backward's scratch b·d·n·chunk, so about sqrt(l) tokens keep both small (32 at l ≈ 1000)."""
+    ``chunk`` is the checkpoint interval. With the token backward, checkpoints take b·d·n·l/chunk fp32
+    values and its scratch b·d·n·chunk, so about sqrt(l) tokens keep both small (32 at l ≈ 1000). The
+    tile backward works a checkpoint interval at a time and its scratch is b·d·chunk values (no n):
+    chunk = up to 256 tokens."""
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
     sequences = problem.batch * problem.n_dir
-    chunk = min(64, max(8, _next_pow2(int(math.sqrt(problem.seq_len)))))
-    chunk = min(chunk, max(2, _next_pow2(problem.seq_len)))
+    if bwd_kind == "tile":
+        chunk = min(_MAX_BWD_TILE, max(2, _next_pow2(problem.seq_len)))
+        channels_per_program = 4
+    else:
+        chunk = min(64, max(8, _next_pow2(int(math.sqrt(problem.seq_len)))))
+        chunk = min(chunk, max(2, _next_pow2(problem.seq_len)))
+        channels_per_program = 8
     n_chunks = -(-problem.seq_len // chunk)
-    bwd_programs = sequences * problem.n_groups * -(-problem.chans_per_group // 8)
+    bwd_programs = sequences * problem.n_groups * -(-problem.chans_per_group // channels_per_program)
     seg_chunks = _segment_chunks(n_chunks, bwd_programs, target)
     fwd_seg_chunks = _segment_chunks(n_chunks, sequences * problem.n_channels, target)
     interpreted = _kernels()["interpreted"]
     return _Plan(chunk=chunk, seg_len=seg_chunks * chunk, block_d=4 if interpreted else None,
-                 num_warps=1 if interpreted else 4, fwd_seg_len=fwd_seg_chunks * chunk)
+                 num_warps=1 if interpreted else 4, fwd_seg_len=fwd_seg_chunks * chunk, bwd_kind=bwd_kind)
 
 
 def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
-    plan = _auto_plan(problem, device)
+    kind = (_PLAN_OVERRIDE or {}).get("bwd_kind") or _bwd_kind()
+    plan = _auto_plan(problem, device, kind)
     if _PLAN_OVERRIDE:
         fields = dict(_PLAN_OVERRIDE)
+        fields.pop("bwd_kind", None)
         chunk = fields.pop("chunk", plan.chunk)
         seg_chunks = fields.pop("seg_chunks", None)
         seg_len = chunk * seg_chunks if seg_chunks else chunk * -(-problem.seq_len // chunk)
@@ -388,18 +425,24 @@ def _scan_backward(problem: _Problem, plan: _Plan, dout, ckpt, u, delta, A, B, C
                 dD_part_ptr=dD_part if dD_part is not None else dummy,
                 dbias_part_ptr=dbias_part if dbias_part is not None else dummy,
                 **_common_args(problem, plan), DU_ATOMIC=du_atomic, DDELTA_ATOMIC=ddelta_atomic,
-                MULTI_SEG=n_seg > 1, variants=_variant_mask(plan))
-    args["scratch_ptr"] = torch.empty(b * K * n_seg, plan.chunk, d, n, **f32)
+                MULTI_SEG=n_seg > 1)
+    if plan.bwd_kind == "tile":  # one (channel, token) row per channel: the reversed adjoint's way back
+        kind = "bwd_tile"
+        args["scratch_ptr"] = torch.empty(b * K * n_seg, d, plan.chunk, **f32)
+    else:  # the states of one checkpoint interval
+        kind = "bwd"
+        args["scratch_ptr"] = torch.empty(b * K * n_seg, plan.chunk, d, n, **f32)
+        args["variants"] = _variant_mask(plan)
     if n_seg > 1:
         seg_gstart = torch.empty(b, K, n_seg, d, n, **f32)
         seg_dtsum = torch.empty(b, K, n_seg, d, **f32)
         seg_gcarry = torch.empty(b, K, n_seg, d, n, **f32)
         seg_args = dict(seg_gstart_ptr=seg_gstart, seg_dtsum_ptr=seg_dtsum, seg_gcarry_ptr=seg_gcarry)
-        _launch("bwd", problem, plan, {**args, **seg_args, "LOCAL_PASS": True})
+        _launch(kind, problem, plan, {**args, **seg_args, "LOCAL_PASS": True})
         _launch_carry(problem, A, seg_gstart, seg_dtsum, seg_gcarry, reverse=True)
     else:
         seg_args = dict(seg_gstart_ptr=dummy, seg_dtsum_ptr=dummy, seg_gcarry_ptr=dummy)
-    _launch("bwd", problem, plan, {**args, **seg_args, "LOCAL_PASS": False})
+    _launch(kind, problem, plan, {**args, **seg_args, "LOCAL_PASS": False})
 
     def reduce_partials(part: torch.Tensor, per_dir: bool) -> torch.Tensor:
         # [b, K, n_seg, ...] -> [K, ...] per direction, or [...] when shared
