@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass, replace
@@ -55,6 +56,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
+# Autotuning results are kept in Triton's cache directory (keyed by GPU target, kernel source, problem
+# key and dtypes, and the candidate configs), so each shape is tuned once per machine, not per process.
+# Older tritons have no cache_results: they tune once per process.
+_DISK_CACHE = ({"cache_results": True}
+               if triton is not None and "cache_results" in inspect.signature(triton.autotune).parameters else {})
+
+
 @functools.lru_cache(maxsize=1)
 def _kernels():
     """Import the kernels once and wrap them with autotuning (a fixed config under the interpreter)."""
@@ -71,17 +79,18 @@ def _kernels():
         fwd = triton.autotune(
             configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4) for nw in (2, 4, 8)],
             key=key, prune_configs_by={"early_config_prune": _prune_fwd_configs}, reset_to_zero=["out_ptr"],
+            **_DISK_CACHE,
         )(tk.scan_fwd_kernel)
         bwd = triton.autotune(
             configs=[triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
                      for bd in (2, 4, 8, 16, 32) for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)],
             key=key + ["variants"], prune_configs_by={"early_config_prune": _prune_bwd_configs},
-            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"],
+            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"], **_DISK_CACHE,
         )(tk.scan_bwd_kernel)
         bwd_tile = triton.autotune(
             configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8) for nw in (2, 4, 8)],
             key=key, prune_configs_by={"early_config_prune": _prune_bwd_tile_configs},
-            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"],
+            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"], **_DISK_CACHE,
         )(tk.scan_bwd_tile_kernel)
     return {"module": tk, "interpreted": interpreted, "fwd_tuned": fwd, "bwd_tuned": bwd, "bwd_tile_tuned": bwd_tile}
 
