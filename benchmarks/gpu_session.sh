@@ -6,6 +6,7 @@
 # everything it wrote into one archive after each stage (nothing is lost if the lease ends mid-way).
 #
 # Usage: benchmarks/gpu_session.sh STAGE [STAGE ...]
+# Before, on a machine with PyPI: bash benchmarks/fetch_gpu_wheels.sh (fills .whl/; carry it).
 #   setup        install carried wheels (.whl/*.whl -> /tmp/site), print the machine
 #   build        start the mamba-ssm build in the background (setsid) unless selective_scan_cuda imports;
 #                uses .whl/mamba_ssm-*.tar.gz, or unpacks a carried build from .mamba_build/ (the parts
