@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="tiny", choices=["tiny", "paper"])
     p.add_argument("--dataset", required=True, choices=["nyud", "pascal"])
     p.add_argument("--model", required=True, help="registered model name (pamm-bench list)")
-    p.add_argument("--variant", default="default", help="ablation overlay in ablations/<variant>.yaml, or 'default'")
+    p.add_argument("--variant", default="default",
+                   help="ablation overlay in ablations/<variant>.yaml, or 'default'; overlays compose with '+' "
+                        "(stl_semseg+swin: the single-task baseline on a Swin backbone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=None, help="the dataset folder")
     p.add_argument("--out", type=Path, required=True, help="run directory")

@@ -29,15 +29,31 @@ class ConfigError(ValueError):
     """A config that cannot be resolved; the message names the file/key and the fix."""
 
 
+REPLACE_MARKER = "_replace"  # a mapping with `_replace: true` replaces what it merges onto, not merges into it
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    """Recursively merge ``update`` into a copy of ``base`` (dicts merge, everything else replaces).
+
+    A mapping marked ``_replace: true`` replaces the mapping under its key whole (an overlay that swaps
+    the backbone must not inherit the old backbone's settings); the marker stays until
+    :func:`strip_replace_markers`, so later layers still know the mapping was swapped."""
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not value.get(REPLACE_MARKER):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def strip_replace_markers(cfg: Any) -> Any:
+    """The config without ``_replace`` markers (they only steer :func:`deep_merge`)."""
+    if isinstance(cfg, dict):
+        return {k: strip_replace_markers(v) for k, v in cfg.items() if k != REPLACE_MARKER}
+    if isinstance(cfg, list):
+        return [strip_replace_markers(v) for v in cfg]
+    return cfg
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -75,8 +91,17 @@ def variant_path(variant: str, ablations_dir: Path | None = None) -> Path:
     return (ablations_dir or ABLATIONS_DIR) / f"{variant}.yaml"
 
 
+VARIANT_JOIN = "+"  # "stl_semseg+swin": the overlays stl_semseg then swin
+
+
+def variant_parts(variant: str) -> list[str]:
+    """The overlays of a (possibly composed) variant, in the order they apply."""
+    return [part.strip() for part in variant.split(VARIANT_JOIN)]
+
+
 def list_variants(model: str, ablations_dir: Path | None = None) -> list[str]:
-    """Variants (ablation overlays) whose ``applies_to`` names ``model``, plus ``default``."""
+    """Variants (ablation overlays) whose ``applies_to`` names ``model``, plus ``default``. Overlays also
+    compose: ``a+b`` applies ``a``, then ``b``."""
     names = [DEFAULT_VARIANT]
     for path in sorted((ablations_dir or ABLATIONS_DIR).glob("*.yaml")):
         doc = _load_yaml(path)
@@ -108,19 +133,21 @@ def resolve_config(
 
     cfg = _flatten_layer(_load_yaml(PACKAGE_CONFIGS / "base.yaml"), profile, dataset, "base.yaml")
     cfg = deep_merge(cfg, _flatten_layer(_load_yaml(model_path), profile, dataset, str(model_path)))
-    if variant != DEFAULT_VARIANT:
-        path = variant_path(variant, ablations_dir)
-        if not path.is_file():
+    for part in variant_parts(variant) if variant != DEFAULT_VARIANT else []:
+        path = variant_path(part, ablations_dir)
+        if part == DEFAULT_VARIANT or not path.is_file():
             raise ConfigError(
-                f"unknown variant {variant!r} for model {model!r} (no {path}); valid: {list_variants(model, ablations_dir)}"
+                f"unknown variant {part!r} for model {model!r} (no {path}); valid: {list_variants(model, ablations_dir)}"
+                + (f", or several joined by '{VARIANT_JOIN}'" if VARIANT_JOIN in variant else "")
             )
         doc = _load_yaml(path)
         applies = doc.get("applies_to") or []
         if model not in applies:
-            raise ConfigError(f"{path}: variant {variant!r} applies to {applies}, not to model {model!r}")
+            raise ConfigError(f"{path}: variant {part!r} applies to {applies}, not to model {model!r}")
         cfg = deep_merge(cfg, _flatten_layer(doc, profile, dataset, str(path)))
     if overrides:
         cfg = deep_merge(cfg, overrides)
+    cfg = strip_replace_markers(cfg)
     cfg["run"] = {"profile": profile, "dataset": dataset, "model": model, "variant": variant, "seed": int(seed)}
     validate_run_config(cfg)
     return cfg

@@ -1,7 +1,15 @@
 """Config layering, overrides and clear errors."""
 import pytest
 
-from pamm.config import ConfigError, config_hash, deep_merge, list_variants, parse_override, resolve_config
+from pamm.config import (
+    ConfigError,
+    config_hash,
+    deep_merge,
+    list_variants,
+    parse_override,
+    resolve_config,
+    strip_replace_markers,
+)
 
 
 def test_deep_merge_merges_dicts_and_replaces_leaves():
@@ -27,6 +35,36 @@ def test_variant_overlay_and_overrides():
     assert cfg["data"]["tasks"] == ["depth"]
     assert cfg["train"]["iterations"] == 7
     assert "stl_depth" in list_variants("stl")
+
+
+def test_replace_marker_swaps_a_mapping_whole_and_is_stripped():
+    base = {"backbone": {"name": "vit", "depth": 4, "patch_size": 8}}
+    merged = deep_merge(base, {"backbone": {"_replace": True, "name": "swin", "depths": [1, 1]}})
+    assert merged["backbone"] == {"_replace": True, "name": "swin", "depths": [1, 1]}
+    # a later, unmarked layer merges into the swapped mapping
+    assert deep_merge(merged, {"backbone": {"drop_path_rate": 0.1}})["backbone"]["depths"] == [1, 1]
+    assert strip_replace_markers({"a": [{"_replace": True, "b": 1}], "_replace": False}) == {"a": [{"b": 1}]}
+
+
+@pytest.mark.parametrize("profile", ["tiny", "paper"])
+def test_composed_variant_applies_each_overlay_in_order(profile):
+    """stl_semseg+swin: the single-task semseg baseline on MTMamba's Swin, none of the ViT's settings left."""
+    single = resolve_config(profile, "nyud", "stl", "stl_semseg+swin")
+    mtmamba = resolve_config(profile, "nyud", "mtmamba")
+    assert single["data"]["tasks"] == ["semseg"]
+    same_backbone = {k: v for k, v in mtmamba["model"]["backbone"].items() if k != "drop_path_rate"}
+    assert {k: v for k, v in single["model"]["backbone"].items() if k != "drop_path_rate"} == same_backbone
+    assert "_replace" not in str(single) and "patch_size" not in single["model"]["backbone"]
+    assert single["run"]["variant"] == "stl_semseg+swin"
+    if profile == "tiny":  # MTMamba's longer tiny schedule, which its small Swin needs
+        assert single["train"]["iterations"] == mtmamba["train"]["iterations"]
+
+
+def test_composed_variant_errors_name_the_bad_part():
+    with pytest.raises(ConfigError, match="unknown variant 'nope'.*joined by '\\+'"):
+        resolve_config("tiny", "nyud", "stl", "stl_semseg+nope")
+    with pytest.raises(ConfigError, match="variant 'swin' applies to"):
+        resolve_config("tiny", "nyud", "pamm", "scan_raster+swin")
 
 
 def test_hash_ignores_paths_but_not_content():

@@ -5,6 +5,7 @@ import os
 from snakemake.utils import validate
 
 from pamm.data.synthetic import GENERATOR_VERSION as SYNTHETIC_GENERATOR_VERSION
+from pamm.config import variant_parts
 from pamm.tasks import DATASET_TASKS
 
 configfile: "workflow/config.yaml"
@@ -26,9 +27,9 @@ OVERRIDE_ARGS += "".join(f" --pretrained '{name}={path}'" for name, path in (con
 
 
 def variant_applies(dataset, model, variant):
-    """Single-task variants exist only for the dataset's own tasks."""
+    """Single-task variants exist only for the dataset's own tasks (stl_<task>, or composed: stl_<task>+swin)."""
     if model == "stl":
-        return variant.removeprefix("stl_") in DATASET_TASKS[dataset]
+        return variant_parts(variant)[0].removeprefix("stl_") in DATASET_TASKS[dataset]
     return True
 
 
