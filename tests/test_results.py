@@ -287,3 +287,28 @@ def test_sweep_overrides_the_size_and_writes_the_csv(tmp_path, monkeypatch):
     assert list(written.columns) == SWEEP_COLUMNS and len(written) == 4
     assert written.loc[0, "tokens"] == (32 // 8) ** 2  # the tiny backbone's patch size is 8
     assert frame["gflops"].tolist() == pytest.approx([0.1024, 0.2304, 0.1024, 0.2304])
+
+
+def test_single_task_rows_per_backbone_take_composed_variants():
+    """stl_<task>+swin runs (ablations/swin.yaml) form their own single-task row, with every task's metric,
+    and give the Swin multi-task models a Δm (matched by backbone)."""
+    from pamm.results.aggregate import add_delta_m
+
+    rows = []
+    for backbone, suffix, shift in (("vit_tiny_patch16_224", "", 0.0), ("swin_tiny_patch4_window7_224", "+swin", 5.0)):
+        for task, column, value in (("semseg", "semseg_miou", 30.0), ("depth", "depth_rmse", 0.8),
+                                    ("normals", "normals_merr", 30.0), ("edge", "edge_odsf", 50.0)):
+            rows.append({"dataset": "nyud", "model": "stl", "variant": f"stl_{task}{suffix}", "seed": 0, "tasks": task,
+                         "backbone": backbone, "profile": "tiny", "img_h": H, "img_w": W, "iterations": 10,
+                         column: value + shift})
+    rows.append({"dataset": "nyud", "model": "mtmamba", "variant": "default", "seed": 0,
+                 "tasks": "semseg,depth,normals,edge", "backbone": "swin_tiny_patch4_window7_224", "profile": "tiny",
+                 "img_h": H, "img_w": W, "iterations": 10, "semseg_miou": 35.0 * 1.1, "depth_rmse": 5.8,
+                 "normals_merr": 35.0, "edge_odsf": 55.0})
+    summary = add_delta_m(pd.DataFrame(rows))
+    assert summary.loc[summary["model"] == "mtmamba", "delta_m_pct"].iloc[0] == pytest.approx(2.5)  # (10+0+0+0)/4
+    measured = tables._measured_rows("nyud", summarise_over_seeds(summary.drop(columns=["tasks"])))
+    single = {row["backbone"]: row["values"] for row in measured if row["model"] == "stl"}
+    assert set(single) == {"vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}
+    assert single["swin_tiny_patch4_window7_224"]["semseg_miou"][0] == pytest.approx(35.0)
+    assert all(c in single["swin_tiny_patch4_window7_224"] for c in ("depth_rmse", "normals_merr", "edge_odsf"))

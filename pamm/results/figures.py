@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from pamm.config import VARIANT_JOIN
 from pamm.results import plotting_style as style
 from pamm.tasks import DATASET_TASKS, TASK_INFO
 
@@ -641,6 +642,8 @@ def load_examples(dataset: str, summary: pd.DataFrame, runs_root: Path) -> dict[
             continue
         examples = torch.load(path, map_location="cpu", weights_only=False)
         if model == "stl":
+            if VARIANT_JOIN in str(variant):  # the single-task runs on another backbone (stl_<task>+swin)
+                continue
             if not single:
                 single.update(examples)
             elif list(examples["id"]) == list(single["id"]):

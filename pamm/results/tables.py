@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from pamm import io as pio
+from pamm.config import variant_parts
 from pamm.results import plotting_style as style
 from pamm.tasks import DATASET_TASKS, PAPER_SIZE, TASK_INFO
 
@@ -298,8 +299,8 @@ def _measured_rows(dataset: str, by_config: pd.DataFrame) -> list[dict[str, Any]
     stl = frame[frame["model"] == "stl"]
     for _, part in stl.groupby(SETTING_KEYS, dropna=False, sort=True):
         values: dict[str, tuple[float, float]] = {}
-        for task in DATASET_TASKS[dataset]:
-            match = part[part["variant"] == f"stl_{task}"]
+        for task in DATASET_TASKS[dataset]:  # stl_<task>, or composed onto another backbone (stl_<task>+swin)
+            match = part[part["variant"].map(lambda v: variant_parts(str(v))[0]) == f"stl_{task}"]
             if not match.empty:
                 column = TASK_INFO[task].metric
                 values[column] = (_value(match.iloc[0], column, "mean"), _value(match.iloc[0], column, "std"))
