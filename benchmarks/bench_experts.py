@@ -14,6 +14,7 @@ Presets (one decoder stage, all tasks at once):
   nyud_described  the same with 3x3 experts
   pascal_released 5 tasks, d_inner 1536, 9x9 experts, 32x32 tokens (512x512 / 16), batch 8
   cpu             a CPU-sized stand-in: 4 tasks, d_inner 192, 9x9, 28x36, batch 1
+  smoke           a few channels, to check that the script runs (the test suite does)
 
     python benchmarks/bench_experts.py --device cuda --dtype bf16 --out experts.csv
     python benchmarks/bench_experts.py --presets cpu --threads 2
@@ -42,6 +43,7 @@ PRESETS = {
     "nyud_described": dict(tasks=4, channels=1536, kernel=3, grid=(28, 36), batch=8),
     "pascal_released": dict(tasks=5, channels=1536, kernel=9, grid=(32, 32), batch=8),
     "cpu": dict(tasks=4, channels=192, kernel=9, grid=(28, 36), batch=1),
+    "smoke": dict(tasks=2, channels=8, kernel=3, grid=(6, 8), batch=1),  # for tests/test_bench_experts.py
 }
 FIELDS = ["preset", "device", "dtype", "batch", "tasks", "channels", "kernel", "grid", "path", "fwd_ms", "fwd_bwd_ms",
           "peak_mib", "speedup_fwd_bwd", "out_max_abs_diff", "grad_rel_norm_diff"]
