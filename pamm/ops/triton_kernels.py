@@ -144,6 +144,34 @@ def _last_column(x, cols, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _program_channels(chans_per_group, n_seg, BLOCK_D: tl.constexpr):
+    """This scan program's batch element, direction, segment, channel group and ``BLOCK_D`` channels
+    (masked past the group's end): grid axes (channel block, batch, direction × segment)."""
+    pid_blk = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_ks = tl.program_id(2)
+    blocks_per_group = tl.cdiv(chans_per_group, BLOCK_D)
+    grp = pid_blk // blocks_per_group
+    ch_local = (pid_blk % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return pid_b, pid_ks // n_seg, pid_ks % n_seg, grp, grp * chans_per_group + ch_local, ch_local < chans_per_group
+
+
+@triton.jit
+def _skip_and_bias(D_ptr, bias_ptr, db_base, ch, ch_mask, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    """The channels' D and Δ bias (zeros when the call has none)."""
+    if HAS_D:
+        D = tl.load(D_ptr + db_base + ch, mask=ch_mask, other=0.0)
+    else:
+        D = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + db_base + ch, mask=ch_mask, other=0.0)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    return D, bias
+
+
+@triton.jit
 def scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, perm_ptr,
     out_ptr, ckpt_ptr, seg_state_ptr, seg_dtsum_ptr, seg_init_ptr,
@@ -165,17 +193,7 @@ def scan_fwd_kernel(
     or starts from a carried state): keep the (BLOCK_D, n) state across tiles; without it each tile
     starts from zero.
     """
-    pid_blk = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    pid_ks = tl.program_id(2)
-    k = pid_ks // n_seg
-    seg = pid_ks % n_seg
-
-    blocks_per_group = tl.cdiv(chans_per_group, BLOCK_D)
-    grp = pid_blk // blocks_per_group
-    ch_local = (pid_blk % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
-    ch_mask = ch_local < chans_per_group
-    ch = grp * chans_per_group + ch_local
+    pid_b, k, seg, grp, ch, ch_mask = _program_channels(chans_per_group, n_seg, BLOCK_D)
     nn = tl.arange(0, BLOCK_N)
     dn_mask = ch_mask[:, None] & (nn < n_state)[None, :]
     cols = tl.arange(0, CHUNK)
@@ -187,12 +205,7 @@ def scan_fwd_kernel(
     C_base = C_ptr + (_slot(pid_b, k, n_dir, C_PER_DIR) * n_groups + grp) * n_state * seq_len
     A_rows = A_ptr + _slot(0, k, 1, A_PER_DIR) * n_channels * n_state + ch * n_state
     db_base = _slot(0, k, 1, DB_PER_DIR) * n_channels
-    if HAS_D:
-        D = tl.load(D_ptr + db_base + ch, mask=ch_mask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + db_base + ch, mask=ch_mask, other=0.0)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    D, bias = _skip_and_bias(D_ptr, bias_ptr, db_base, ch, ch_mask, HAS_D, HAS_BIAS, BLOCK_D)
 
     dir_slot = pid_b * n_dir + k
     seg_off = (dir_slot * n_seg + seg) * n_channels
@@ -379,17 +392,7 @@ def scan_bwd_kernel(
     (BLOCK_D, CHUNK) in registers and writes them once per interval, token-contiguous (coalesced
     atomics and stores) instead of n scattered atomics and BLOCK_D strided stores per token.
     """
-    pid_blk = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    pid_ks = tl.program_id(2)
-    k = pid_ks // n_seg
-    seg = pid_ks % n_seg
-
-    blocks_per_group = tl.cdiv(chans_per_group, BLOCK_D)
-    grp = pid_blk // blocks_per_group
-    ch_local = (pid_blk % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
-    ch_mask = ch_local < chans_per_group
-    ch = grp * chans_per_group + ch_local
+    pid_b, k, seg, grp, ch, ch_mask = _program_channels(chans_per_group, n_seg, BLOCK_D)
     nn = tl.arange(0, BLOCK_N)
     n_mask = nn < n_state
     dn_mask = ch_mask[:, None] & n_mask[None, :]
@@ -404,12 +407,7 @@ def scan_bwd_kernel(
     A = tl.load(A_ptr + _slot(0, k, 1, A_PER_DIR) * n_channels * n_state + ch[:, None] * n_state + nn[None, :],
                 mask=dn_mask, other=0.0)
     db_base = _slot(0, k, 1, DB_PER_DIR) * n_channels
-    if HAS_D:
-        D = tl.load(D_ptr + db_base + ch, mask=ch_mask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + db_base + ch, mask=ch_mask, other=0.0)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    D, bias = _skip_and_bias(D_ptr, bias_ptr, db_base, ch, ch_mask, HAS_D, HAS_BIAS, BLOCK_D)
 
     dir_slot = pid_b * n_dir + k
     seg_off = (dir_slot * n_seg + seg) * n_channels
@@ -604,17 +602,7 @@ def scan_bwd_tile_kernel(
     and every gradient is formed tile-wide: dB, dC rows as coalesced atomics, du, dΔ, dz once per tile.
     ``LOCAL_PASS`` (long-l first pass): only the adjoint from a zero carry, as in :func:`scan_bwd_kernel`.
     """
-    pid_blk = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    pid_ks = tl.program_id(2)
-    k = pid_ks // n_seg
-    seg = pid_ks % n_seg
-
-    blocks_per_group = tl.cdiv(chans_per_group, BLOCK_D)
-    grp = pid_blk // blocks_per_group
-    ch_local = (pid_blk % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
-    ch_mask = ch_local < chans_per_group
-    ch = grp * chans_per_group + ch_local
+    pid_b, k, seg, grp, ch, ch_mask = _program_channels(chans_per_group, n_seg, BLOCK_D)
     nn = tl.arange(0, BLOCK_N)
     dn_mask = ch_mask[:, None] & (nn < n_state)[None, :]
     cols = tl.arange(0, CHUNK)
@@ -631,12 +619,7 @@ def scan_bwd_tile_kernel(
     rows = pid_b * plane + ch[:, None] * seq_len  # z, dz, dout: (b, d, L) in row-major token order
     A_rows = A_ptr + _slot(0, k, 1, A_PER_DIR) * n_channels * n_state + ch * n_state
     db_base = _slot(0, k, 1, DB_PER_DIR) * n_channels
-    if HAS_D:
-        D = tl.load(D_ptr + db_base + ch, mask=ch_mask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + db_base + ch, mask=ch_mask, other=0.0)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    D, bias = _skip_and_bias(D_ptr, bias_ptr, db_base, ch, ch_mask, HAS_D, HAS_BIAS, BLOCK_D)
 
     dir_slot = pid_b * n_dir + k
     seg_off = (dir_slot * n_seg + seg) * n_channels
