@@ -273,9 +273,10 @@ def test_every_backward_variant_matches_float64_reference(variant):
     _check_against_reference(ins, softplus, {**plan, **BACKWARD_VARIANTS[variant]}, FP32_RTOL)
 
 
-def test_selective_scan_bf16_inputs_loose_tolerance():
+@pytest.mark.parametrize("bwd_kind", ["token", "tile"])
+def test_selective_scan_bf16_inputs_loose_tolerance(bwd_kind):
     ins = _make_inputs(2, 4, 21, 16, 2, D=True, z=True, bias=True, dtype=torch.bfloat16)
-    _check_against_reference(ins, True, dict(chunk=8, seg_chunks=2), rtol=3e-2)
+    _check_against_reference(ins, True, dict(chunk=8, seg_chunks=2, bwd_kind=bwd_kind), rtol=3e-2)
 
 
 def _multi_inputs(b, d, L, n, K, G, per_dir, dtype=torch.float32, seed=1):
