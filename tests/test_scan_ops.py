@@ -399,3 +399,12 @@ def test_backend_report():
         assert report["auto_on_cuda"] == expected and report["mamba_ssm"]["error"]
     text = ops.format_backend_report(report)
     assert "auto on CPU tensors" in text and report["torch_version"] in text
+
+
+def test_backend_report_names_the_triton_backward(monkeypatch):
+    monkeypatch.setenv("PAMM_TRITON_BWD", "tile")
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
+    assert ops.backend_report()["triton_backward"].startswith("tile kernel ($PAMM_TRITON_BWD")
+    assert "one heuristic config" in ops.backend_report()["triton_backward"]
+    monkeypatch.setenv("PAMM_TRITON_BWD", "sideways")
+    assert ops.backend_report()["triton_backward"].startswith("invalid: $PAMM_TRITON_BWD='sideways'")

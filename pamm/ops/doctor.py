@@ -25,11 +25,27 @@ def _package_version(name: str) -> str | None:
         return None
 
 
+def _triton_backward() -> str:
+    """Which Triton backward runs ($PAMM_TRITON_BWD) and whether its blocks are autotuned."""
+    import os
+
+    from pamm.ops import triton_scan
+
+    try:
+        kind = triton_scan._bwd_kind()
+    except ValueError as err:
+        return f"invalid: {err}"
+    tuned = "autotuned" if triton_scan._autotuning() else "one heuristic config ($PAMM_TRITON_AUTOTUNE=0)"
+    source = f"${triton_scan.BWD_KIND_ENV_VAR}" if os.environ.get(triton_scan.BWD_KIND_ENV_VAR) else "default"
+    return f"{kind} kernel ({source}; choices {', '.join(triton_scan.BWD_KINDS)}), {tuned}"
+
+
 def backend_report() -> dict:
     """Facts about the scan backends on this machine, as a JSON-serialisable dict.
 
     Keys: torch_version, torch_cuda_version, cuda_available, gpu (name or "no GPU"),
     gpu_capability, python, mamba_ssm {installed_version, importable, error}, triton_version,
+    triton_backward (which Triton backward kernel runs, and whether it is autotuned),
     forced_default (set_default_backend / $PAMM_SCAN_BACKEND, or None), registered_backends,
     auto_on_cuda / auto_on_cuda_reason, auto_on_cpu / auto_on_cpu_reason.
     Importing mamba-ssm is attempted (once per process) to get the real error text.
@@ -81,6 +97,7 @@ def backend_report() -> dict:
             "error": mamba["error"],
         },
         "triton_version": _package_version("triton"),
+        "triton_backward": _triton_backward(),
         "forced_default": forced,
         "registered_backends": list(registered_backends()),
         "auto_on_cuda": auto_cuda,
@@ -103,7 +120,8 @@ def format_backend_report(report: dict) -> str:
     if mamba["error"]:
         lines.append(f"    import error: {mamba['error']}")
     lines += [
-        f"  triton: {report['triton_version'] or 'not installed'}",
+        f"  triton: {report['triton_version'] or 'not installed'}"
+        + (f"; backward: {report['triton_backward']}" if report["triton_version"] else ""),
         f"  registered backends: {', '.join(report['registered_backends'])}",
         f"  forced default: {report['forced_default'] or 'none (auto)'}",
         f"  auto on CUDA tensors -> {report['auto_on_cuda']}: {report['auto_on_cuda_reason']}",
