@@ -608,7 +608,6 @@ def scan_bwd_tile_kernel(
     cols = tl.arange(0, CHUNK)
 
     plane = n_channels * seq_len
-    u_base = u_ptr + _slot(pid_b, k, n_dir, U_PER_DIR) * plane
     delta_base = delta_ptr + _slot(pid_b, k, n_dir, DT_PER_DIR) * plane
     B_base = B_ptr + (_slot(pid_b, k, n_dir, B_PER_DIR) * n_groups + grp) * n_state * seq_len
     C_base = C_ptr + (_slot(pid_b, k, n_dir, C_PER_DIR) * n_groups + grp) * n_state * seq_len
