@@ -317,12 +317,13 @@ MULTI_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(MULTI_CASES), ids=list(MULTI_CASES))
-def test_fused_multi_direction_matches_gather_scan_merge(case):
+def _check_multi_against_reference(case: str, **backward) -> None:
+    """The fused multi-direction entry (plan of MULTI_CASES[case], plus ``backward`` plan fields) against
+    gather → float64 reference → inverse gather → merge: output and every gradient."""
     b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol = MULTI_CASES[case]
     ins, perm, inverse = _multi_inputs(b, d, L, n, K, G, per_dir, dtype)
     names = list(ins)
-    with _force_plan(**plan):
+    with _force_plan(**plan, **backward):
         out = multi_direction_scan_triton(**ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
         assert out.shape == (b, d, L) and out.dtype == dtype
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
@@ -336,24 +337,17 @@ def test_fused_multi_direction_matches_gather_scan_merge(case):
         assert_matches(grad, ref_grad, f"d{name}", rtol)
 
 
+@pytest.mark.parametrize("case", list(MULTI_CASES), ids=list(MULTI_CASES))
+def test_fused_multi_direction_matches_gather_scan_merge(case):
+    _check_multi_against_reference(case)
+
+
 @pytest.mark.parametrize("variant,case", [(v, "shared-inputs-sum-one-segment") for v in BACKWARD_VARIANTS]
                          + [("tile", "shared-inputs-sum-one-segment"), ("tile", "per-direction-inputs-mean-segments")])
 def test_fused_multi_direction_every_backward_variant(variant, case):
     """Permuted directions (shared inputs: atomic du/dΔ; per-direction inputs over segments) with every
     backward variant and with the tile backward."""
-    b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol = MULTI_CASES[case]
-    ins, perm, inverse = _multi_inputs(b, d, L, n, K, G, per_dir, dtype)
-    names = list(ins)
-    backward = {"bwd_kind": "tile"} if variant == "tile" else BACKWARD_VARIANTS[variant]
-    with _force_plan(**plan, **backward):
-        out = multi_direction_scan_triton(**ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
-        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
-        grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
-    ref_ins = {k: v.detach().double().requires_grad_(True) for k, v in ins.items()}
-    ref = reference_multi_direction(**ref_ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
-    ref_grads = torch.autograd.grad(ref, [ref_ins[k] for k in names], grad_out.double())
-    for name, grad, ref_grad in zip(names, grads, ref_grads):
-        assert_matches(grad, ref_grad, f"d{name}", rtol)
+    _check_multi_against_reference(case, **({"bwd_kind": "tile"} if variant == "tile" else BACKWARD_VARIANTS[variant]))
 
 
 def test_single_direction_through_identity_perm_equals_plain_scan():

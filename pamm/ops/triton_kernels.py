@@ -144,6 +144,32 @@ def _last_column(x, cols, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _write_grad(ptrs, values, mask, ATOMIC: tl.constexpr):
+    """Store a gradient in its tensor's dtype, or add it atomically (fp32) where several programs write it."""
+    if ATOMIC:
+        tl.atomic_add(ptrs, values, mask=mask)
+    else:
+        tl.store(ptrs, values.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_backward_partials(seg_gstart_ptr, seg_dtsum_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, seg_off,
+                             n_state, state_tile, ch, dn_mask, ch_mask, G_start, dt_next_sum, dA_acc, dD_acc,
+                             dbias_acc, LOCAL_PASS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """End of a backward program: the local pass's adjoint at the segment start and ΣΔ, else the
+    program's partial sums of dA, dD and dbias (the caller reduces them)."""
+    if LOCAL_PASS:
+        tl.store(seg_gstart_ptr + seg_off * n_state + state_tile, G_start, mask=dn_mask)
+        tl.store(seg_dtsum_ptr + seg_off + ch, dt_next_sum, mask=ch_mask)
+    else:
+        tl.store(dA_part_ptr + seg_off * n_state + state_tile, dA_acc, mask=dn_mask)
+        if HAS_D:
+            tl.store(dD_part_ptr + seg_off + ch, dD_acc, mask=ch_mask)
+        if HAS_BIAS:
+            tl.store(dbias_part_ptr + seg_off + ch, dbias_acc, mask=ch_mask)
+
+
+@triton.jit
 def _program_channels(chans_per_group, n_seg, BLOCK_D: tl.constexpr):
     """This scan program's batch element, direction, segment, channel group and ``BLOCK_D`` channels
     (masked past the group's end): grid axes (channel block, batch, direction × segment)."""
@@ -533,15 +559,9 @@ def scan_bwd_kernel(
                     tl.atomic_add(dC_ptr + C_off + pos, dC_t, mask=n_mask)
                     tl.atomic_add(dB_ptr + B_off + pos, dB_t, mask=n_mask)
                     if HAS_Z:
-                        tl.store(dz_ptr + row + pos, dz.to(dz_ptr.dtype.element_ty), mask=ch_mask)
-                    if DU_ATOMIC:
-                        tl.atomic_add(du_ptr + u_off + pos, du, mask=ch_mask)
-                    else:
-                        tl.store(du_ptr + u_off + pos, du.to(du_ptr.dtype.element_ty), mask=ch_mask)
-                    if DDELTA_ATOMIC:
-                        tl.atomic_add(ddelta_ptr + delta_off + pos, ddt, mask=ch_mask)
-                    else:
-                        tl.store(ddelta_ptr + delta_off + pos, ddt.to(ddelta_ptr.dtype.element_ty), mask=ch_mask)
+                        _write_grad(dz_ptr + row + pos, dz, ch_mask, False)
+                    _write_grad(du_ptr + u_off + pos, du, ch_mask, DU_ATOMIC)
+                    _write_grad(ddelta_ptr + delta_off + pos, ddt, ch_mask, DDELTA_ATOMIC)
                 h_t = h_prev
             if PREFETCH:
                 pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n
@@ -554,26 +574,13 @@ def scan_bwd_kernel(
                 tl.atomic_add(dB_ptr + B_off[:, None] + tok[None, :], dB_rows, mask=nt_mask)
                 dt_mask = ch_mask[:, None] & in_chunk[None, :]
                 if HAS_Z:
-                    tl.store(dz_ptr + row[:, None] + tok[None, :], dz_rows.to(dz_ptr.dtype.element_ty), mask=dt_mask)
-                if DU_ATOMIC:
-                    tl.atomic_add(du_ptr + u_off[:, None] + tok[None, :], du_rows, mask=dt_mask)
-                else:
-                    tl.store(du_ptr + u_off[:, None] + tok[None, :], du_rows.to(du_ptr.dtype.element_ty), mask=dt_mask)
-                if DDELTA_ATOMIC:
-                    tl.atomic_add(ddelta_ptr + delta_off[:, None] + tok[None, :], ddt_rows, mask=dt_mask)
-                else:
-                    tl.store(ddelta_ptr + delta_off[:, None] + tok[None, :],
-                             ddt_rows.to(ddelta_ptr.dtype.element_ty), mask=dt_mask)
+                    _write_grad(dz_ptr + row[:, None] + tok[None, :], dz_rows, dt_mask, False)
+                _write_grad(du_ptr + u_off[:, None] + tok[None, :], du_rows, dt_mask, DU_ATOMIC)
+                _write_grad(ddelta_ptr + delta_off[:, None] + tok[None, :], ddt_rows, dt_mask, DDELTA_ATOMIC)
 
-    if LOCAL_PASS:
-        tl.store(seg_gstart_ptr + seg_off * n_state + state_tile, G, mask=dn_mask)
-        tl.store(seg_dtsum_ptr + seg_off + ch, dt_next_sum, mask=ch_mask)
-    else:
-        tl.store(dA_part_ptr + seg_off * n_state + state_tile, dA_acc, mask=dn_mask)
-        if HAS_D:
-            tl.store(dD_part_ptr + seg_off + ch, dD_acc, mask=ch_mask)
-        if HAS_BIAS:
-            tl.store(dbias_part_ptr + seg_off + ch, dbias_acc, mask=ch_mask)
+    _store_backward_partials(seg_gstart_ptr, seg_dtsum_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, seg_off, n_state,
+                             state_tile, ch, dn_mask, ch_mask, G, dt_next_sum, dA_acc, dD_acc, dbias_acc,
+                             LOCAL_PASS, HAS_D, HAS_BIAS)
 
 
 @triton.jit
@@ -733,22 +740,10 @@ def scan_bwd_tile_kernel(
                 if HAS_D:
                     y += D[:, None] * u_f
                 dz = dout_f * y * sig_f * (1.0 + z_f * (1.0 - sig_f))
-                tl.store(dz_ptr + rows + pos_f[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            if DU_ATOMIC:
-                tl.atomic_add(du_ptr + u_rows + pos_f[None, :], du, mask=m2)
-            else:
-                tl.store(du_ptr + u_rows + pos_f[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
-            if DDELTA_ATOMIC:
-                tl.atomic_add(ddelta_ptr + delta_rows + pos_f[None, :], ddt, mask=m2)
-            else:
-                tl.store(ddelta_ptr + delta_rows + pos_f[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+                _write_grad(dz_ptr + rows + pos_f[None, :], dz, m2, False)
+            _write_grad(du_ptr + u_rows + pos_f[None, :], du, m2, DU_ATOMIC)
+            _write_grad(ddelta_ptr + delta_rows + pos_f[None, :], ddt, m2, DDELTA_ATOMIC)
 
-    if LOCAL_PASS:
-        tl.store(seg_gstart_ptr + seg_off * n_state + state_tile, G_first, mask=dn_mask)
-        tl.store(seg_dtsum_ptr + seg_off + ch, dt_next_sum, mask=ch_mask)
-    else:
-        tl.store(dA_part_ptr + seg_off * n_state + state_tile, dA_acc, mask=dn_mask)
-        if HAS_D:
-            tl.store(dD_part_ptr + seg_off + ch, dD_acc, mask=ch_mask)
-        if HAS_BIAS:
-            tl.store(dbias_part_ptr + seg_off + ch, dbias_acc, mask=ch_mask)
+    _store_backward_partials(seg_gstart_ptr, seg_dtsum_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, seg_off, n_state,
+                             state_tile, ch, dn_mask, ch_mask, G_first, dt_next_sum, dA_acc, dD_acc, dbias_acc,
+                             LOCAL_PASS, HAS_D, HAS_BIAS)
