@@ -29,6 +29,9 @@ __all__ = ["scan_forward", "scan_backward", "block_length", "num_state_slots", "
 # enough on GPU that kernel launches do not dominate. Override with PAMM_SCAN_BLOCK_ELEMENTS.
 _DEFAULT_BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 26}
 _SOFTPLUS_THRESHOLD = 20.0  # same as torch.nn.functional.softplus and the mamba-ssm kernel
+# Decays are exp2(dt·A·log2 e): torch's CPU exp is ~1.7x slower than exp2 and ~8x slower when
+# results underflow (a scalar fallback), which long decays (dt·A < -87) hit.
+_LOG2_E = math.log2(math.e)
 
 
 # Fewest positions per block under the default budget. Very wide scans (PASCAL PAMM: 4 directions x 5
@@ -117,7 +120,7 @@ def _time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _time_major_groups(mat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(b, g, n, l) → contiguous (l, b, g, n), n innermost like the state."""
+    """(b, g, n, l) → contiguous (l, b, g, n)."""
     return mat.to(dtype).permute(3, 0, 1, 2).contiguous()
 
 
@@ -131,7 +134,13 @@ def _dt_time_major(delta, delta_bias, delta_softplus, dtype):
 
 
 class _Plan:
-    """Shapes shared by forward and backward."""
+    """Shapes shared by forward and backward, and the state layout.
+
+    States live as (steps, b, g, n, e): group, state index, then the group's e = d / g channels
+    innermost. Every broadcast then runs along a contiguous channel axis (a stride-0 n innermost,
+    as in (b, d, n), makes CPU elementwise kernels 3-6x slower), and every contraction (over n for
+    y, over a group's channels for dB and dC) is a multiply plus a sum over one axis.
+    """
 
     def __init__(self, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
         self.batch, self.channels, self.length = u.shape
@@ -148,6 +157,27 @@ class _Plan:
             start = k * self.block
             yield k, start, min(self.length, start + self.block)
 
+    def state_shape(self, steps: int) -> tuple[int, ...]:
+        return (steps, self.batch, self.groups, self.d_state, self.per_group)
+
+    def per_channel(self, x: torch.Tensor) -> torch.Tensor:
+        """A (steps, b, d) slab as (steps, b, g, 1, e): broadcast over the state index."""
+        return x.view(x.shape[0], self.batch, self.groups, 1, self.per_group)
+
+    def grouped_A(self, A: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(d, n) → contiguous (g, n, e), the state layout without its leading axes."""
+        return A.to(dtype).view(self.groups, self.per_group, self.d_state).transpose(1, 2).contiguous()
+
+    def states_out(self, states: torch.Tensor) -> torch.Tensor:
+        """(slots, b, g, n, e) → the backends' (b, d, slots, n) layout."""
+        slots = states.shape[0]
+        return states.permute(1, 2, 4, 0, 3).reshape(self.batch, self.channels, slots, self.d_state)
+
+    def states_in(self, states: torch.Tensor) -> torch.Tensor:
+        """(b, d, slots, n) → (slots, b, g, n, e), a view where possible."""
+        b, _, slots, n = states.shape
+        return states.reshape(b, self.groups, self.per_group, slots, n).permute(3, 0, 1, 4, 2)
+
 
 def scan_forward(
     u: torch.Tensor,
@@ -163,45 +193,39 @@ def scan_forward(
     """Forward pass. B, C must be 4-D (b, g, n, l). Returns (out in u's dtype, block states).
 
     The states tensor is (b, d, blocks + 1, n) in the compute dtype: slot k is the state entering
-    block k, the last slot the final state. Internally everything is time-major (l, b, d, n).
+    block k, the last slot the final state. Internally everything is time-major (see ``_Plan``).
     """
     dtype = compute_dtype(u, delta, A, B, C)
     plan = _Plan(u, A, B)
-    b, d, n, g, e = plan.batch, plan.channels, plan.d_state, plan.groups, plan.per_group
+    b, d = plan.batch, plan.channels
     device = u.device
-    A_c = A.to(dtype)
-    B_tm = _time_major_groups(B, dtype)
-    C_tm = _time_major_groups(C, dtype)
+    A_log2 = plan.grouped_A(A, dtype) * _LOG2_E
+    B_tm = _time_major_groups(B, dtype)[..., None]  # (l, b, g, n, 1)
+    C_tm = _time_major_groups(C, dtype)[..., None]
     u_tm = _time_major(u, dtype)
     _, dt_tm = _dt_time_major(delta, delta_bias, delta_softplus, dtype)
     dtu_tm = dt_tm * u_tm
     y_tm = torch.empty(plan.length, b, d, dtype=dtype, device=device)
-    states = torch.empty(plan.n_blocks + 1, b, d, n, dtype=dtype, device=device)
+    states = torch.empty(plan.state_shape(plan.n_blocks + 1), dtype=dtype, device=device)
     states[0].zero_()
-    decay_buf = torch.empty(plan.width, b, d, n, dtype=dtype, device=device)
+    decay_buf = torch.empty(plan.state_shape(plan.width), dtype=dtype, device=device)
     state_buf = torch.empty_like(decay_buf)
     for k, start, stop in plan.blocks():
         steps = stop - start
         decay = decay_buf[:steps]
-        torch.mul(dt_tm[start:stop, :, :, None], A_c, out=decay)
-        decay.exp_()
+        torch.mul(plan.per_channel(dt_tm[start:stop]), A_log2, out=decay).exp2_()
         state = state_buf[:steps]
-        torch.mul(
-            dtu_tm[start:stop].view(steps, b, g, e, 1),
-            B_tm[start:stop, :, :, None, :],
-            out=state.view(steps, b, g, e, n),
-        )
-        last = linear_recurrence_(state.view(steps, b * d, n), decay.view(steps, b * d, n), states[k].view(b * d, n))
-        states[k + 1] = last.view(b, d, n)
-        torch.linalg.vecdot(
-            state.view(steps, b, g, e, n), C_tm[start:stop, :, :, None, :], out=y_tm[start:stop].view(steps, b, g, e)
-        )
+        torch.mul(plan.per_channel(dtu_tm[start:stop]), B_tm[start:stop], out=state)
+        last = linear_recurrence_(state.view(steps, 1, -1), decay.view(steps, 1, -1), states[k].view(1, -1))
+        states[k + 1] = last.view(states[k].shape)
+        # y_t = Σ_n C_t·h_t, the products built in the (spent) decay buffer.
+        torch.sum(torch.mul(state, C_tm[start:stop], out=decay), dim=3, out=plan.per_channel(y_tm[start:stop])[:, :, :, 0])
     out = y_tm.permute(1, 2, 0)
     if D is not None:
         out = out + u.to(dtype) * D.to(dtype)[:, None]
     if z is not None:
         out = out * F.silu(z.to(dtype))
-    return out.to(u.dtype).contiguous(), states.permute(1, 2, 0, 3).contiguous()
+    return out.to(u.dtype).contiguous(), plan.states_out(states)
 
 
 def scan_backward(
@@ -232,11 +256,12 @@ def scan_backward(
     want_dt = need_delta or need_bias
     dtype = compute_dtype(u, delta, A, B, C)
     plan = _Plan(u, A, B)
-    b, d, n, g, e, length = plan.batch, plan.channels, plan.d_state, plan.groups, plan.per_group, plan.length
+    b, d, length = plan.batch, plan.channels, plan.length
     device = u.device
-    A_c = A.to(dtype)
-    B_tm = _time_major_groups(B, dtype)
-    C_tm = _time_major_groups(C, dtype)
+    A_grouped = plan.grouped_A(A, dtype)
+    A_log2 = A_grouped * _LOG2_E
+    B_tm = _time_major_groups(B, dtype)[..., None]  # (l, b, g, n, 1)
+    C_tm = _time_major_groups(C, dtype)[..., None]
     u_tm = _time_major(u, dtype)
     raw_tm, dt_tm = _dt_time_major(delta, delta_bias, delta_softplus, dtype)
     dtu_tm = dt_tm * u_tm
@@ -248,7 +273,7 @@ def scan_backward(
         dy_tm = dout_tm * z_tm * z_sig  # gradient reaching y = scan + D·u
     else:
         dy_tm = dout_tm
-    states_tm = states.to(dtype).permute(2, 0, 1, 3)  # (slots, b, d, n)
+    saved = plan.states_in(states.to(dtype))  # (slots, b, g, n, e)
 
     def new(*shape):
         return torch.empty(*shape, dtype=dtype, device=device)
@@ -256,57 +281,59 @@ def scan_backward(
     du_tm = new(length, b, d) if need_u else None
     ddt_tm = new(length, b, d) if want_dt else None
     dz_tm = new(length, b, d) if need_z else None
-    dA = torch.zeros_like(A_c) if need_A else None
-    dB_tm = torch.empty_like(B_tm) if need_B else None
-    dC_tm = torch.empty_like(C_tm) if need_C else None
-    decay_buf = new(plan.width + 1, b, d, n)
-    state_buf = new(plan.width + 1, b, d, n)
-    grad_buf = new(plan.width, b, d, n)
-    carry = torch.zeros(b * d, n, dtype=dtype, device=device)  # a_{t+1}·g_{t+1} just past the block
+    dA = torch.zeros_like(A_grouped) if need_A else None  # (g, n, e)
+    dB_tm = new(B_tm.shape[:-1]) if need_B else None  # (l, b, g, n)
+    dC_tm = new(C_tm.shape[:-1]) if need_C else None
+    decay_buf = new(plan.state_shape(plan.width + 1))
+    state_buf = new(plan.state_shape(plan.width + 1))
+    grad_buf = new(plan.state_shape(plan.width))
+    work_buf = new(plan.state_shape(plan.width))  # products before their sums
+    carry = torch.zeros(1, decay_buf[0].numel(), dtype=dtype, device=device)  # a_{t+1}·g_{t+1} past the block
     for k, start, stop in plan.blocks(reverse=True):
         steps = stop - start
-        dt = dt_tm[start:stop]
+        dt = plan.per_channel(dt_tm[start:stop])
+        dtu = plan.per_channel(dtu_tm[start:stop])
+        dy = dy_tm[start:stop]
+        work = work_buf[:steps]
         # Decays a_t, with slot `steps` = 1 so the reverse scan can read a_{t+1} as decay_buf[1:].
         decay = decay_buf[:steps]
-        torch.mul(dt[:, :, :, None], A_c, out=decay)
-        decay.exp_()
+        torch.mul(dt, A_log2, out=decay).exp2_()
         decay_buf[steps].fill_(1.0)
         # States h_t in slots 1..steps, h_{-1} (entering the block) in slot 0.
-        state_buf[0] = states_tm[k]
+        state_buf[0] = saved[k]
         state = state_buf[1 : steps + 1]
-        torch.mul(dtu_tm[start:stop].view(steps, b, g, e, 1), B_tm[start:stop, :, :, None, :], out=state.view(steps, b, g, e, n))
-        linear_recurrence_(state.view(steps, b * d, n), decay.view(steps, b * d, n), state_buf[0].view(b * d, n))
-        dy = dy_tm[start:stop]
+        torch.mul(dtu, B_tm[start:stop], out=state)
+        linear_recurrence_(state.view(steps, 1, -1), decay.view(steps, 1, -1), state_buf[0].view(1, -1))
         if need_z:
-            y = torch.linalg.vecdot(state.view(steps, b, g, e, n), C_tm[start:stop, :, :, None, :]).view(steps, b, d)
+            y = torch.sum(torch.mul(state, C_tm[start:stop], out=work), dim=3).view(steps, b, d)
             if D_c is not None:
                 y.addcmul_(u_tm[start:stop], D_c)
             zb, sb = z_tm[start:stop], z_sig[start:stop]
             dz_tm[start:stop] = dout_tm[start:stop] * y * sb * (1 + zb * (1 - sb))
         # Reverse scan: g_t = dy_t·C_t + a_{t+1}·g_{t+1}.
         grad = grad_buf[:steps]
-        torch.mul(dy.view(steps, b, g, e, 1), C_tm[start:stop, :, :, None, :], out=grad.view(steps, b, g, e, n))
-        linear_recurrence_(grad.view(steps, b * d, n), decay_buf[1 : steps + 1].view(steps, b * d, n), carry, reverse=True)
-        carry = (decay[0] * grad[0]).view(b * d, n)
-        g_dot_B = torch.linalg.vecdot(grad.view(steps, b, g, e, n), B_tm[start:stop, :, :, None, :]).view(steps, b, d)
+        torch.mul(plan.per_channel(dy), C_tm[start:stop], out=grad)
+        linear_recurrence_(grad.view(steps, 1, -1), decay_buf[1 : steps + 1].view(steps, 1, -1), carry, reverse=True)
+        carry = (decay[0] * grad[0]).view(1, -1)
+        g_dot_B = torch.sum(torch.mul(grad, B_tm[start:stop], out=work), dim=3).view(steps, b, d)
         if need_u:
-            du = dt * g_dot_B
+            du = dt_tm[start:stop] * g_dot_B
             if D_c is not None:
                 du.addcmul_(dy, D_c)
             du_tm[start:stop] = du
+        if need_B:  # Σ over the group's channels of g_t·dt_t·u_t
+            torch.sum(torch.mul(grad, dtu, out=work), dim=4, out=dB_tm[start:stop])
+        if need_C:  # Σ over the group's channels of dy_t·h_t
+            torch.sum(torch.mul(state, plan.per_channel(dy), out=work), dim=4, out=dC_tm[start:stop])
         if want_dt or need_A:
             # q_t = g_t·a_t·h_{t-1} = ∂L/∂(dt_t·A), built in the decay buffer.
             q = decay.mul_(grad).mul_(state_buf[:steps])
             if want_dt:
-                ddt = torch.linalg.vecdot(q, A_c)
+                ddt = torch.sum(torch.mul(q, A_grouped, out=work), dim=3).view(steps, b, d)
                 ddt.addcmul_(u_tm[start:stop], g_dot_B)
                 ddt_tm[start:stop] = ddt
             if need_A:
-                dA += q.mul_(dt[:, :, :, None]).sum(dim=(0, 1))
-        if need_B:  # Σ over the group's channels of g_t·dt_t·u_t
-            torch.sum(grad.view(steps, b, g, e, n).mul_(dtu_tm[start:stop].view(steps, b, g, e, 1)), dim=3, out=dB_tm[start:stop])
-        if need_C:  # Σ over the group's channels of dy_t·h_t
-            torch.sum(state.view(steps, b, g, e, n).mul_(dy.view(steps, b, g, e, 1)), dim=3, out=dC_tm[start:stop])
+                dA += q.mul_(dt).sum(dim=(0, 1))
     if want_dt and delta_softplus:
         ddt_tm.mul_(_softplus_grad(raw_tm))
     dD = (dy_tm * u_tm).sum(dim=(0, 1)) if need_D else None
@@ -323,7 +350,7 @@ def scan_backward(
     return [
         back(du_tm, u),
         back(ddt_tm, delta) if need_delta else None,
-        None if dA is None else dA.to(A.dtype),
+        None if dA is None else dA.transpose(1, 2).reshape(A.shape).to(A.dtype),
         back(dB_tm, B),
         back(dC_tm, C),
         None if dD is None else dD.to(D.dtype),
