@@ -178,6 +178,20 @@ class _Plan:
         b, _, slots, n = states.shape
         return states.reshape(b, self.groups, self.per_group, slots, n).permute(3, 0, 1, 4, 2)
 
+    def block_states(
+        self, dt: torch.Tensor, dtu: torch.Tensor, B: torch.Tensor, A_log2: torch.Tensor, init: torch.Tensor,
+        decay: torch.Tensor, state: torch.Tensor,
+    ) -> torch.Tensor:
+        """One block's decays a_t = exp2(dt_t·A·log2 e) into ``decay`` and states h_t into ``state``
+        (both (steps, b, g, n, e) buffers), h_{-1} = ``init``; returns the block's final state (a view).
+
+        The forward runs it once per block, the backward again to recompute what the forward did not keep.
+        """
+        steps = decay.shape[0]
+        torch.mul(self.per_channel(dt), A_log2, out=decay).exp2_()
+        torch.mul(self.per_channel(dtu), B, out=state)
+        return linear_recurrence_(state.view(steps, 1, -1), decay.view(steps, 1, -1), init.reshape(1, -1))
+
 
 def scan_forward(
     u: torch.Tensor,
@@ -212,11 +226,9 @@ def scan_forward(
     state_buf = torch.empty_like(decay_buf)
     for k, start, stop in plan.blocks():
         steps = stop - start
-        decay = decay_buf[:steps]
-        torch.mul(plan.per_channel(dt_tm[start:stop]), A_log2, out=decay).exp2_()
-        state = state_buf[:steps]
-        torch.mul(plan.per_channel(dtu_tm[start:stop]), B_tm[start:stop], out=state)
-        last = linear_recurrence_(state.view(steps, 1, -1), decay.view(steps, 1, -1), states[k].view(1, -1))
+        decay, state = decay_buf[:steps], state_buf[:steps]
+        last = plan.block_states(dt_tm[start:stop], dtu_tm[start:stop], B_tm[start:stop], A_log2, states[k],
+                                 decay, state)
         states[k + 1] = last.view(states[k].shape)
         # y_t = Σ_n C_t·h_t, the products built in the (spent) decay buffer.
         torch.sum(torch.mul(state, C_tm[start:stop], out=decay), dim=3, out=plan.per_channel(y_tm[start:stop])[:, :, :, 0])
@@ -295,15 +307,12 @@ def scan_backward(
         dtu = plan.per_channel(dtu_tm[start:stop])
         dy = dy_tm[start:stop]
         work = work_buf[:steps]
-        # Decays a_t, with slot `steps` = 1 so the reverse scan can read a_{t+1} as decay_buf[1:].
-        decay = decay_buf[:steps]
-        torch.mul(dt, A_log2, out=decay).exp2_()
+        # Decays a_t, with slot `steps` = 1 so the reverse scan can read a_{t+1} as decay_buf[1:];
+        # states h_t in slots 1..steps, h_{-1} (entering the block) in slot 0.
+        decay, state = decay_buf[:steps], state_buf[1 : steps + 1]
         decay_buf[steps].fill_(1.0)
-        # States h_t in slots 1..steps, h_{-1} (entering the block) in slot 0.
         state_buf[0] = saved[k]
-        state = state_buf[1 : steps + 1]
-        torch.mul(dtu, B_tm[start:stop], out=state)
-        linear_recurrence_(state.view(steps, 1, -1), decay.view(steps, 1, -1), state_buf[0].view(1, -1))
+        plan.block_states(dt_tm[start:stop], dtu_tm[start:stop], B_tm[start:stop], A_log2, state_buf[0], decay, state)
         if need_z:
             y = torch.sum(torch.mul(state, C_tm[start:stop], out=work), dim=3).view(steps, b, d)
             if D_c is not None:
