@@ -448,6 +448,35 @@ def test_plan_splits_long_sequences_only_when_channels_are_few(monkeypatch):
         assert not full.forward(shape[2]).carries(shape[2]), shape  # one tile: no state carried
 
 
+def test_forcing_the_backward_keeps_the_long_sequence_split(monkeypatch):
+    """The benchmark's per-variant rows force only the backward: S1 must stay in its multi-segment regime,
+    while a forced checkpoint interval re-cuts the segments (one, unless seg_chunks says otherwise)."""
+    from pamm.ops import triton_scan
+
+    monkeypatch.setattr(triton_scan, "_sm_count", lambda device: 132)
+    triton_scan._auto_plan.cache_clear()
+    problem = triton_scan._Problem(
+        batch=2, n_dir=1, n_channels=384, n_groups=1, n_state=16, seq_len=4800, u_per_dir=False,
+        delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
+        has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
+    try:
+        auto = triton_scan._plan_for(problem, torch.device("cuda"))
+        assert auto.n_seg(4800) > 1
+        for fields in ({"bwd_prefetch": True, "bwd_batch_io": False}, {"block_d": 8}):
+            with _force_plan(**fields):
+                forced = triton_scan._plan_for(problem, torch.device("cuda"))
+            assert (forced.seg_len, forced.fwd_seg_len, forced.chunk) == (auto.seg_len, auto.fwd_seg_len, auto.chunk)
+        with _force_plan(bwd_kind="tile"):
+            tile = triton_scan._plan_for(problem, torch.device("cuda"))
+        assert tile.bwd_kind == "tile" and tile.n_seg(4800) > 1
+        with _force_plan(chunk=16):
+            assert triton_scan._plan_for(problem, torch.device("cuda")).n_seg(4800) == 1
+        with _force_plan(chunk=16, seg_chunks=10):
+            assert triton_scan._plan_for(problem, torch.device("cuda")).seg_len == 160
+    finally:
+        triton_scan._auto_plan.cache_clear()
+
+
 def test_tile_backward_is_chosen_by_env_and_plans_256_token_intervals(monkeypatch):
     import types
 

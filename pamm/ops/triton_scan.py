@@ -273,6 +273,11 @@ def _bwd_kind() -> str:
     return kind
 
 
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; 0 elsewhere (the interpreter needs no programs per SM)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
 @functools.lru_cache(maxsize=256)
 def _auto_plan(problem: _Problem, device: torch.device, bwd_kind: str = "token") -> _Plan:
     """Many channels: one segment per sequence. Few channels and long l: split l so that there are
@@ -282,7 +287,7 @@ def _auto_plan(problem: _Problem, device: torch.device, bwd_kind: str = "token")
     values and its scratch b·d·n·chunk, so about sqrt(l) tokens keep both small (32 at l ≈ 1000). The
     tile backward works a checkpoint interval at a time and its scratch is b·d·chunk values (no n):
     chunk = up to 256 tokens."""
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    target = 4 * _sm_count(device)
     sequences = problem.batch * problem.n_dir
     if bwd_kind == "tile":
         chunk = min(_MAX_BWD_TILE, max(2, _next_pow2(problem.seq_len)))
@@ -301,19 +306,22 @@ def _auto_plan(problem: _Problem, device: torch.device, bwd_kind: str = "token")
 
 
 def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
+    """The automatic plan, with what ``_force_plan`` fixes. Segments are counted in checkpoint intervals, so
+    a forced ``chunk`` or segment count re-cuts them (one segment unless ``seg_chunks`` is given); forcing
+    only the backward or the block keeps the automatic segments (the long-l regime stays split)."""
     kind = (_PLAN_OVERRIDE or {}).get("bwd_kind") or _bwd_kind()
     plan = _auto_plan(problem, device, kind)
-    if _PLAN_OVERRIDE:
-        fields = dict(_PLAN_OVERRIDE)
-        fields.pop("bwd_kind", None)
+    if not _PLAN_OVERRIDE:
+        return plan
+    fields = dict(_PLAN_OVERRIDE)
+    fields.pop("bwd_kind", None)
+    if {"chunk", "seg_chunks", "fwd_seg_chunks"} & fields.keys():
         chunk = fields.pop("chunk", plan.chunk)
-        seg_chunks = fields.pop("seg_chunks", None)
-        seg_len = chunk * seg_chunks if seg_chunks else chunk * -(-problem.seq_len // chunk)
+        seg_chunks = fields.pop("seg_chunks", None) or -(-problem.seq_len // chunk)
         fwd_seg_chunks = fields.pop("fwd_seg_chunks", None)
-        fwd_seg_len = chunk * fwd_seg_chunks if fwd_seg_chunks else 0
-        tile = fields.pop("tile", 0)
-        plan = replace(plan, chunk=chunk, seg_len=seg_len, fwd_seg_len=fwd_seg_len, tile=tile, **fields)
-    return plan
+        fields.update(chunk=chunk, seg_len=chunk * seg_chunks,
+                      fwd_seg_len=chunk * fwd_seg_chunks if fwd_seg_chunks else 0)
+    return replace(plan, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
