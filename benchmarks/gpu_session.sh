@@ -22,6 +22,9 @@
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
+# A 15-minute lease (start included) fits two calls: `setup build tests wait` (the build runs beside the
+# tests), then `tscan step`. Autotuning tscan's kernels is ~3.5 min of compiles on one core (measured
+# offline by benchmarks/triton_compile_report.py, which needs no GPU); run that report first when kernels change.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
