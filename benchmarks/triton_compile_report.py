@@ -47,6 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from pamm.ops.triton_scan import BWD_KINDS  # noqa: E402  (imports no kernel: those load on first use)
+
 FIELDS = ["call", "shape", "bwd_kind", "kernel", "pass", "block_d", "num_warps", "prefetch", "batch_io", "chunk",
           "block_n", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm", "compile_s", "status"]
 # Per-SM limits of the architectures this report knows: registers, warps, blocks, shared bytes per block.
@@ -56,7 +58,6 @@ SMOKE_SHAPES = {
     "T1": dict(b=1, d=8, l=300, n=16, dtype=torch.float32, grid=None),
     "T2": dict(b=4, d=16, l=64, n=4, dtype=torch.bfloat16, grid=(8, 8)),
 }
-BWD_KINDS = ("token", "tile")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
