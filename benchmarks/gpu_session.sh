@@ -11,7 +11,10 @@
 #   build        start the mamba-ssm build in the background (setsid) unless selective_scan_cuda imports;
 #                uses .whl/mamba_ssm-*.tar.gz, or unpacks a carried build from .mamba_build/ (the parts
 #                that `wait` left in $OUT, copied there: the device tool returns files of <= 16 MiB)
+#   prewarm      compile every Triton kernel config that tscan's autotuner will try, in parallel, into the
+#                cache that autotuner reads (benchmarks/triton_compile_report.py --prewarm); run it beside the build
 #   wait         wait for that build (up to BUILD_WAIT_S, default 420 s); pack the built extension
+#                (PACK_MAMBA_BUILD=0: don't, when no later lease in this session will carry it back)
 #   tests        pytest: Triton kernels and the scan ops on the GPU, every model in bf16 on CUDA
 #   gpumodels    tests/test_gpu_models.py alone (after the build, to include the cuda backend)
 #   scan         benchmarks/bench_scan.py (cuda/torch/ref...) and benchmarks/bench_triton_scan.py
@@ -22,9 +25,11 @@
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
-# A 15-minute lease (start included) fits two calls: `setup build tests wait` (the build runs beside the
-# tests), then `tscan step`. Autotuning tscan's kernels is ~3.5 min of compiles on one core (measured
-# offline by benchmarks/triton_compile_report.py, which needs no GPU); run that report first when kernels change.
+# A 15-minute lease (start included) fits one call: `setup build prewarm tests wait tscan step` (the build
+# runs beside the prewarm and the tests; the timings wait for it, so no compile competes with them).
+# Autotuning tscan's kernels is ~3.5 min of compiles on one core, one after another; `prewarm` makes them
+# on all cores first (~20 s). The Triton cache is $TRITON_CACHE_DIR (default /tmp/triton_cache); tscan
+# and step log how many kernels they still had to compile (cache misses).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -32,6 +37,7 @@ DEST="${OUT:-$REPO/results/.tmp/gpu}"
 WORK="${GPU_WORK:-/tmp/gpu_session}"
 mkdir -p "$DEST" "$WORK"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/triton_cache}"  # outside $WORK: pack must not archive it
 PY="${PYTHON:-python3}"
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 pack() { tar -C "$WORK" -czf "$DEST/gpu_session.tgz.tmp" . && mv "$DEST/gpu_session.tgz.tmp" "$DEST/gpu_session.tgz"; }
@@ -85,6 +91,7 @@ stage_wait() {
 import os, mamba_ssm, selective_scan_cuda
 print(selective_scan_cuda.__file__); print(os.path.dirname(mamba_ssm.__file__))
 PY
+        if [[ "${PACK_MAMBA_BUILD:-1}" == 0 ]]; then pack; return; fi  # no later lease to carry it to: skip the xz
         local so pkg; so="$(sed -n 1p "$WORK/mamba_files.txt")"; pkg="$(sed -n 2p "$WORK/mamba_files.txt")"
         tar -C "$(dirname "$so")" -cJf - "$(basename "$so")" -C "$(dirname "$pkg")" "$(basename "$pkg")" \
             | split -b 15M - "$DEST/mamba_build.tar.xz.part-" && ls -la "$DEST"/mamba_build.tar.xz.part-*
@@ -94,8 +101,20 @@ PY
     pack
 }
 
+cache_entries() { find "$TRITON_CACHE_DIR" -name '*.cubin' 2>/dev/null | wc -l; }
+cached_run() {  # run NAME CMD..., and log how many kernels it compiled that the cache did not hold
+    local before; before="$(cache_entries)"
+    run "$@"
+    stamp "$1: $(( $(cache_entries) - before )) kernels compiled (not in the Triton cache)" | tee -a "$WORK/cache.txt"
+}
+
+stage_prewarm() {
+    cached_run prewarm "$PY" benchmarks/triton_compile_report.py --prewarm --jobs "${PREWARM_JOBS:-16}" \
+        --csv "$WORK/prewarm_compile.csv"
+}
+
 stage_tests() {
-    run tests env PAMM_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider --timeout 600 tests/test_triton_scan.py tests/test_scan_ops.py \
+    run tests env PAMM_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -n 4 -p no:cacheprovider --timeout 600 tests/test_triton_scan.py tests/test_scan_ops.py \
         tests/test_scan_dispatch.py tests/test_gpu_models.py
 }
 
@@ -110,12 +129,12 @@ stage_scan() {
 }
 
 stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
-    run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
+    cached_run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
         --triton-bwd-variants plain prefetch batched both tile
 }
 
 stage_step() {
-    run train_step "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step.csv" --trace "$WORK/traces"
+    cached_run train_step "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step.csv" --trace "$WORK/traces"
 }
 
 stage_steptile() {
@@ -144,6 +163,7 @@ for stage in "$@"; do
         setup) stage_setup ;;
         build) stage_build ;;
         wait) stage_wait ;;
+        prewarm) stage_prewarm ;;
         tests) stage_tests ;;
         gpumodels) stage_gpumodels ;;
         scan) stage_scan ;;

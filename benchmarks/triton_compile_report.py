@@ -24,6 +24,13 @@ from this machine's Triton, which may differ from the GPU box's.
     python benchmarks/triton_compile_report.py                      # S1-S4, all kernels, sm_90
     python benchmarks/triton_compile_report.py --shapes S4 --bwd token --csv s4.csv
     python benchmarks/triton_compile_report.py --preset smoke       # tiny shapes, one config each (tests)
+    python benchmarks/triton_compile_report.py --prewarm --jobs 16  # on the GPU box, before autotuning
+
+``--prewarm`` fills Triton's own on-disk cache instead of a throw-away one: the autotuner on the GPU box
+compiles its candidates one after another (minutes of a short lease), while the cache lookup it makes
+first is keyed only by the kernel source, its specialisation, the target and the compile options, all
+of which the recorded launches reproduce. Compiled in ``--jobs`` processes beforehand, the autotuner
+then only loads them.
 """
 from __future__ import annotations
 
@@ -78,9 +85,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--csv", metavar="PATH", help="write the table as CSV")
     parser.add_argument("--keep-cache", action="store_true",
                         help="use Triton's normal cache (default: a fresh one, so compile_s is a real compile)")
+    parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes (each compile is one core)")
+    parser.add_argument("--prewarm", action="store_true",
+                        help="fill Triton's normal cache for the autotuner (implies --keep-cache; no ptxas log, so "
+                             "spill_bytes stays empty)")
     args = parser.parse_args(argv)
     if args.preset == "smoke":
         args.configs = "one"
+    if args.prewarm:
+        args.keep_cache = True
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     return args
 
 
@@ -275,35 +290,59 @@ def warps_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
     return blocks * num_warps
 
 
-def compile_rows(launch: Launch, arch: int, labels: dict) -> list[dict]:
-    """Compile every candidate config of one launch; one row each."""
-    rows = []
-    mock = _mock_args(launch)
-    for constexprs, num_warps, num_stages in launch.configs:
-        row = {**labels, "kernel": launch.kernel, "pass": "local" if launch.args.get("LOCAL_PASS") else "main",
-               "block_d": constexprs.get("BLOCK_D", launch.args.get("BLOCK_D")), "num_warps": num_warps,
-               "prefetch": constexprs.get("PREFETCH", launch.args.get("PREFETCH", "")),
-               "batch_io": constexprs.get("BATCH_IO", launch.args.get("BATCH_IO", "")),
-               "chunk": launch.args.get("CHUNK"), "block_n": launch.args.get("BLOCK_N")}
-        start = time.perf_counter()
-        log = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(log):  # $TRITON_DUMP_PTXAS_LOG: Triton prints ptxas's -v report
-                compiled = launch.fn.warmup(**mock, **constexprs, num_warps=num_warps, num_stages=num_stages,
-                                            grid=(1,))
-            row["compile_s"] = round(time.perf_counter() - start, 2)
-            regs, stack, shared = resource_usage(compiled.asm["cubin"])
-            shared = max(shared, int(getattr(compiled.metadata, "shared", 0) or 0))
-            spills = _SPILLS.search(log.getvalue())
-            spill = int(spills.group(1)) if spills else None
-            row.update(regs=regs, spill_bytes="" if spill is None else spill, stack_bytes=stack, shared_bytes=shared,
-                       warps_per_sm=warps_per_sm(arch, regs, shared, num_warps),
-                       status="spills" if spill else "ok")
-        except Exception as exc:  # noqa: BLE001  (a failing config is a row, the report goes on)
-            row["compile_s"] = round(time.perf_counter() - start, 2)
-            row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        rows.append(row)
-    return rows
+def compile_config(launch: Launch, config: tuple, arch: int, labels: dict) -> dict:
+    """Compile one candidate config of one launch; its row."""
+    constexprs, num_warps, num_stages = config
+    row = {**labels, "kernel": launch.kernel, "pass": "local" if launch.args.get("LOCAL_PASS") else "main",
+           "block_d": constexprs.get("BLOCK_D", launch.args.get("BLOCK_D")), "num_warps": num_warps,
+           "prefetch": constexprs.get("PREFETCH", launch.args.get("PREFETCH", "")),
+           "batch_io": constexprs.get("BATCH_IO", launch.args.get("BATCH_IO", "")),
+           "chunk": launch.args.get("CHUNK"), "block_n": launch.args.get("BLOCK_N")}
+    start = time.perf_counter()
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):  # $TRITON_DUMP_PTXAS_LOG: Triton prints ptxas's -v report
+            compiled = launch.fn.warmup(**_mock_args(launch), **constexprs, num_warps=num_warps,
+                                        num_stages=num_stages, grid=(1,))
+        row["compile_s"] = round(time.perf_counter() - start, 2)
+        regs, stack, shared = resource_usage(compiled.asm["cubin"])
+        shared = max(shared, int(getattr(compiled.metadata, "shared", 0) or 0))
+        spills = _SPILLS.search(log.getvalue())
+        spill = int(spills.group(1)) if spills else None
+        row.update(regs=regs, spill_bytes="" if spill is None else spill, stack_bytes=stack, shared_bytes=shared,
+                   warps_per_sm=warps_per_sm(arch, regs, shared, num_warps), status="spills" if spill else "ok")
+    except Exception as exc:  # noqa: BLE001  (a failing config is a row, the report goes on)
+        row["compile_s"] = round(time.perf_counter() - start, 2)
+        row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return row
+
+
+# The launches to compile, set before the worker processes fork (they inherit it instead of unpickling kernels).
+_PENDING: list[tuple[dict, Launch]] = []
+
+
+def _compile_task(task: tuple[int, int, int]) -> dict:
+    index, config_index, arch = task
+    labels, launch = _PENDING[index]
+    return compile_config(launch, launch.configs[config_index], arch, labels)
+
+
+def compile_all(pending: list[tuple[dict, Launch]], arch: int, jobs: int):
+    """Compile every candidate of every launch, in ``jobs`` forked processes; yields (labels, launch, rows)
+    per launch, in order, as each completes."""
+    import multiprocessing
+
+    _PENDING[:] = pending
+    tasks = [(i, c, arch) for i, (_, launch) in enumerate(pending) for c in range(len(launch.configs))]
+    pool = multiprocessing.get_context("fork").Pool(jobs) if jobs > 1 else None
+    try:
+        results = pool.imap(_compile_task, tasks) if pool else map(_compile_task, tasks)
+        for labels, launch in pending:
+            yield labels, launch, [next(results) for _ in launch.configs]
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
 
 
 def _dedupe(launches: list[Launch]) -> list[Launch]:
@@ -323,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_cache:
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="pamm_triton_report_")
     os.environ.pop("TRITON_INTERPRET", None)
-    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    if not args.prewarm:  # the autotuner's cache keys must not depend on it
+        os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     from triton.runtime.driver import driver
 
     import bench_triton_scan as bench
@@ -334,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(shapes))
     if unknown:
         raise SystemExit(f"unknown shapes {unknown}; known: {sorted(shapes)}")
-    rows: list[dict] = []
+    pending: list[tuple[dict, Launch]] = []
     for name in names:
         spec = shapes[name]
         for call in args.calls:
@@ -342,15 +382,18 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             launches = [launch for kind in args.bwd
                         for launch in record_call(call, spec, kind, args.sm_count, args.configs)]
-            for launch in _dedupe(launches):
-                labels = {"call": call, "shape": name, "bwd_kind": launch.bwd_kind}
-                new = compile_rows(launch, args.arch, labels)
-                rows += new
-                worst = max((r.get("spill_bytes") or 0 for r in new), default=0)
-                print(f"[{name} {call}] {launch.kernel:22s} pass={new[0]['pass']:5s} chunk={launch.args.get('CHUNK')}"
-                      f" configs={len(new)} compile={sum(r['compile_s'] for r in new):.1f}s"
-                      f" regs={sorted({r.get('regs') for r in new if r.get('regs')})} spill_max={worst}B"
-                      f" failed={sum(r['status'].startswith('failed') for r in new)}", flush=True)
+            pending += [({"call": call, "shape": name, "bwd_kind": launch.bwd_kind}, launch)
+                        for launch in _dedupe(launches)]
+    rows: list[dict] = []
+    wall = time.perf_counter()
+    for labels, launch, new in compile_all(pending, args.arch, args.jobs):
+        rows += new
+        worst = max((r.get("spill_bytes") or 0 for r in new), default=0)
+        print(f"[{labels['shape']} {labels['call']}] {launch.kernel:22s} pass={new[0]['pass']:5s}"
+              f" chunk={launch.args.get('CHUNK')} configs={len(new)} compile={sum(r['compile_s'] for r in new):.1f}s"
+              f" regs={sorted({r.get('regs') for r in new if r.get('regs')})} spill_max={worst}B"
+              f" failed={sum(r['status'].startswith('failed') for r in new)}", flush=True)
+    wall = time.perf_counter() - wall
     if args.csv:
         path = Path(args.csv)
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -364,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED {row['shape']} {row['call']} {row['kernel']} BLOCK_D={row['block_d']} warps={row['num_warps']}:"
               f" {row['status']}", file=sys.stderr)
     print(f"{len(rows)} configs compiled for sm_{args.arch}: {len(failed)} failed, "
-          f"{sum(r['status'] == 'spills' for r in rows)} spill, {sum(r['compile_s'] for r in rows):.0f} s of compiling")
+          f"{sum(r['status'] == 'spills' for r in rows)} spill, {sum(r['compile_s'] for r in rows):.0f} s of compiling "
+          f"in {wall:.0f} s on {args.jobs} process(es)" + (f"; cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton/cache')}"
+                                                           if args.keep_cache else ""))
     return 1 if failed else 0
 
 
