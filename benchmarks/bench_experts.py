@@ -45,8 +45,8 @@ PRESETS = {
     "cpu": dict(tasks=4, channels=192, kernel=9, grid=(28, 36), batch=1),
     "smoke": dict(tasks=2, channels=8, kernel=3, grid=(6, 8), batch=1),  # for tests/test_bench_experts.py
 }
-FIELDS = ["preset", "device", "dtype", "batch", "tasks", "channels", "kernel", "grid", "path", "fwd_ms", "fwd_bwd_ms",
-          "peak_mib", "speedup_fwd_bwd", "out_max_abs_diff", "grad_rel_norm_diff"]
+FIELDS = ["preset", "device", "dtype", "batch", "tasks", "channels", "kernel", "grid", "cudnn_benchmark", "path",
+          "fwd_ms", "fwd_bwd_ms", "peak_mib", "speedup_fwd_bwd", "out_max_abs_diff", "grad_rel_norm_diff"]
 
 
 def build_experts(preset: dict, device: torch.device) -> list[ParameterExpert]:
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="write the rows to this CSV too")
+    parser.add_argument("--cudnn-benchmark", choices=["on", "off", "both"], default="both",
+                        help="cuDNN's algorithm search (the trainer turns it on): time each path with it, without "
+                             "it, or both (CUDA only; speedups compare the two paths at the same setting)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,13 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     presets = args.presets or (["nyud_released", "nyud_described", "pascal_released"] if device.type == "cuda" else ["cpu"])
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     dtype = torch.bfloat16 if dtype_name == "bf16" else None
+    settings = {"on": [True], "off": [False], "both": [False, True]}[args.cudnn_benchmark]
+    if device.type != "cuda":
+        settings = [None]
     rows = []
-    for name in presets:
-        rows += run_case(name, PRESETS[name], device, dtype, args.warmup, args.repeats)
-        for row in rows[-2:]:
-            print(", ".join(f"{k}={row[k]}" for k in ("preset", "path", "fwd_ms", "fwd_bwd_ms", "peak_mib",
-                                                        "speedup_fwd_bwd", "out_max_abs_diff", "grad_rel_norm_diff")),
-                  flush=True)
+    for benchmark in settings:
+        if benchmark is not None:
+            torch.backends.cudnn.benchmark = benchmark
+        for name in presets:
+            new = run_case(name, PRESETS[name], device, dtype, args.warmup, args.repeats)
+            for row in new:
+                row["cudnn_benchmark"] = "" if benchmark is None else benchmark
+                print(", ".join(f"{k}={row[k]}" for k in ("preset", "cudnn_benchmark", "path", "fwd_ms", "fwd_bwd_ms",
+                                                            "peak_mib", "speedup_fwd_bwd", "out_max_abs_diff",
+                                                            "grad_rel_norm_diff")), flush=True)
+            rows += new
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:

@@ -44,7 +44,8 @@ DEFAULT_CASES = [
     "pamm,scan_backend=triton",
 ]
 FIELDS = ["case", "model", "variant", "overrides", "dataset", "batch", "amp", "img_h", "img_w", "params_m",
-          "step_ms", "step_p90_ms", "peak_mem_gib", "vs_backbone", "scan_backend", "device", "status"]
+          "step_ms", "step_p90_ms", "peak_mem_gib", "vs_backbone", "scan_backend", "cudnn_benchmark", "device",
+          "status"]
 
 
 def parse_case(text: str) -> tuple[str, str, dict[str, Any]]:
@@ -136,7 +137,8 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
               "dataset": args.dataset, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "overrides": ";".join(f"{k}={v}" for k, v in overrides.items()), "status": "ok"}
+              "overrides": ";".join(f"{k}={v}" for k, v in overrides.items()), "status": "ok",
+              "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None}
     backbone_only = model_name == "backbone"
     if backbone_only:
         model_name, variant, overrides = backbone_source["model"], backbone_source["variant"], backbone_source["overrides"]
@@ -189,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--trace", type=Path, default=None, help="write a torch.profiler kernel table per case here")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
+                        help="leave cudnn.benchmark off (the trainer turns it on, as the released code does)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    from pamm.engine.train import configure_cudnn
+
+    configure_cudnn(device, args.cudnn_benchmark)
     first_model = next((parse_case(c) for c in args.cases if not c.startswith("backbone")), ("pamm", "default", {}))
     backbone_source = dict(zip(("model", "variant", "overrides"), first_model))
     records = []

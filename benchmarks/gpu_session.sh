@@ -25,11 +25,13 @@
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
-# A 15-minute lease (start included) fits one call: `setup build prewarm tests wait tscan step` (the build
-# runs beside the prewarm and the tests; the timings wait for it, so no compile competes with them).
-# Autotuning tscan's kernels is ~3.5 min of compiles on one core, one after another; `prewarm` makes them
-# on all cores first (~20 s). The Triton cache is $TRITON_CACHE_DIR (default /tmp/triton_cache); tscan
-# and step log how many kernels they still had to compile (cache misses).
+# A 15-minute lease (start included) fits one call of at most ~590 s:
+#   PACK_MAMBA_BUILD=0 bash benchmarks/gpu_session.sh setup build prewarm tests wait experts step tscan
+# (the build runs beside the prewarm and the tests; the timings wait for it, so no compile competes with
+# them). Measured on an H200, 2026-12-04 (results/gpu/2026-12-04_h200): setup ~30 s, prewarm 37 s (371
+# kernel configs, 438 s of compiles on 16 cores), tests 65 s, the build 176 s in all, tscan 257 s (115
+# of them compiles that prewarm now covers), step ~110 s for five cases. The Triton cache is
+# $TRITON_CACHE_DIR (default /tmp/triton_cache); tscan and step log how many kernels they still compiled.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"

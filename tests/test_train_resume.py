@@ -10,7 +10,7 @@ import torch
 from pamm.config import resolve_config
 from pamm.data import make_synthetic
 from pamm.engine.evaluate import evaluate_run
-from pamm.engine.train import FAULT_KILL_ENV, TrainingError, train_run
+from pamm.engine.train import FAULT_KILL_ENV, TrainingError, configure_cudnn, train_run
 
 OVERRIDES = {
     "data": {"size": [48, 64]},
@@ -110,3 +110,18 @@ def test_torchrun_world_size_one_matches_plain_run(nyud_root, tmp_path):
 
     provenance = json.loads((ddp / "provenance.json").read_text())
     assert (provenance["world_size"], provenance["global_batch"], provenance["per_rank_batch"]) == (1, 2, 2)
+
+
+def test_cudnn_search_is_on_for_cuda_training_and_untouched_on_cpu() -> None:
+    """The released trainers set cudnn.benchmark; ours does on CUDA (the flag is settable without a GPU)."""
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        configure_cudnn(torch.device("cpu"))
+        assert torch.backends.cudnn.benchmark is False
+        configure_cudnn(torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark is True
+        configure_cudnn(torch.device("cuda"), benchmark=False)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

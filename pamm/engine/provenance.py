@@ -56,6 +56,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if cuda else None,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "driver": _nvidia_driver() if cuda else None,

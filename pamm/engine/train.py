@@ -52,6 +52,15 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def configure_cudnn(device: torch.device, benchmark: bool = True) -> None:
+    """Let cuDNN time its convolution algorithms once per input shape (``cudnn.benchmark``), as the
+    released PAMM, MTMamba and InvPT trainers do (reference §1.8): training runs at one crop size, so
+    the search happens once, and without it cuDNN's heuristic pick is what runs for every convolution
+    (PAMM's wide 9×9 expert convolutions among them). No-op off CUDA."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = benchmark
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA for ``auto``; fp32 (no autocast) on CPU unless ``bf16`` is forced."""
     if amp == "fp32":
@@ -232,6 +241,7 @@ def train_run(
     dist_info = distributed.setup()
     dev = distributed.device_for(dist_info, device)
     configure_scan_backend(train_cfg.get("scan_backend", "auto"))
+    configure_cudnn(dev)
     seed_everything(int(run["seed"]) + dist_info.rank)
     from pamm.data import build_dataset
 

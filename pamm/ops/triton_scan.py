@@ -266,7 +266,8 @@ _MAX_BWD_TILE = 256
 
 
 def _bwd_kind() -> str:
-    """``$PAMM_TRITON_BWD``: ``token`` (default; measured) or ``tile`` (written 2026-11-23 without a GPU)."""
+    """``$PAMM_TRITON_BWD``: ``token`` (default, the faster) or ``tile`` (the leaner in memory; both measured
+    on an H200, ``results/gpu/2026-12-04_h200``)."""
     kind = os.environ.get(BWD_KIND_ENV_VAR, "token").strip().lower() or "token"
     if kind not in BWD_KINDS:
         raise ValueError(f"${BWD_KIND_ENV_VAR}={kind!r} is not one of {list(BWD_KINDS)}")
