@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time the triton backend with its backward held to one variant (backend "
                              "'triton@bwd=V'): the token kernel's four (plain 'triton' lets the autotuner choose "
                              "among them) or the tile kernel ($PAMM_TRITON_BWD=tile)")
+    parser.add_argument("--triton-bc-orders", nargs="*", default=[], choices=["scan", "token"],
+                        help="also time the fused multi-direction call with B and C handed over in each "
+                             "direction's scan order (the default) or read through the permutation (backend "
+                             "'triton@bc=O', $PAMM_TRITON_BC_ORDER)")
     return parser.parse_args(argv)
 
 
@@ -90,12 +94,14 @@ BWD_VARIANTS = {
 
 
 def forced_plan(call: Callable[[dict], torch.Tensor], spec: str) -> Callable[[dict], torch.Tensor]:
-    """Run ``call`` with part of the Triton plan fixed: ``spec`` is a CHUNK ('32') or 'bwd=<variant>'
-    (the backward reuses the plan saved by the forward)."""
+    """Run ``call`` with part of the Triton plan fixed: ``spec`` is a CHUNK ('32'), 'bwd=<variant>' (the
+    backward reuses the plan saved by the forward) or 'bc=<order>' (the fused call's B/C layout)."""
     from pamm.ops.triton_scan import _force_plan
 
     if spec.startswith("bwd="):
         fields = BWD_VARIANTS[spec.removeprefix("bwd=")]
+    elif spec.startswith("bc="):
+        fields = dict(bc_order=spec.removeprefix("bc="))
     else:
         fields = dict(chunk=int(spec))
 
@@ -346,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         del inputs
         if spec["grid"] is not None and not args.no_multi:
             x, perm, inverse = multi_inputs(spec, args.seed, device, args.scan_kind)
-            rows += run_case("multi_direction", shape, spec, ["cuda", "triton", *chunked],
+            bc_orders = [f"triton@bc={o}" for o in args.triton_bc_orders]
+            rows += run_case("multi_direction", shape, spec, ["cuda", "triton", *chunked, *bc_orders],
                              lambda backend: multi_call(backend, perm, inverse), x, args)
             del x
         torch.cuda.empty_cache()

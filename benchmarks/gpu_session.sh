@@ -132,7 +132,7 @@ stage_scan() {
 
 stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
     cached_run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
-        --triton-bwd-variants plain prefetch batched both tile
+        --triton-bwd-variants batched both tile --triton-bc-orders token
 }
 
 stage_step() {

@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the plain scan, and the fused multi-direction call (shapes with a grid)")
     parser.add_argument("--bwd", nargs="+", default=list(BWD_KINDS), choices=BWD_KINDS,
                         help="backward kernels to build (token: scan_bwd_kernel; tile: $PAMM_TRITON_BWD=tile)")
+    parser.add_argument("--bc-orders", nargs="+", default=["scan", "token"], choices=["scan", "token"],
+                        help="the fused call's B/C layouts to build ($PAMM_TRITON_BC_ORDER; tscan times both)")
     parser.add_argument("--configs", default="pruned", choices=["pruned", "all", "one"],
                         help="per launch: the autotuner's candidates after its pruning, every config, or the "
                              "single config it keeps with autotuning off")
@@ -213,7 +215,8 @@ def recording(sm_count: int, config_mode: str):
         ts._auto_plan.cache_clear()
 
 
-def record_call(call: str, spec: dict, bwd_kind: str, sm_count: int, config_mode: str) -> list[Launch]:
+def record_call(call: str, spec: dict, bwd_kind: str, sm_count: int, config_mode: str,
+                bc_order: str = "scan") -> list[Launch]:
     """Run one benchmark call forward and backward on meta tensors; return the launches it made."""
     import bench_triton_scan as bench
     from pamm.ops.triton_scan import _force_plan
@@ -225,7 +228,7 @@ def record_call(call: str, spec: dict, bwd_kind: str, sm_count: int, config_mode
         fn = bench.multi_call("triton", perm, inverse)
     for name in bench.GRAD_NAMES:
         x[name].requires_grad_(True)
-    with recording(sm_count, config_mode) as sink, _force_plan(bwd_kind=bwd_kind):
+    with recording(sm_count, config_mode) as sink, _force_plan(bwd_kind=bwd_kind, bc_order=bc_order):
         out = fn(x)
         out.backward(torch.ones_like(out))
     for launch in sink:
@@ -380,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         for call in args.calls:
             if call == "multi" and not spec.get("grid"):
                 continue
-            launches = [launch for kind in args.bwd
-                        for launch in record_call(call, spec, kind, args.sm_count, args.configs)]
+            orders = args.bc_orders if call == "multi" else ["scan"]  # single calls have no B/C order
+            launches = [launch for kind in args.bwd for order in orders
+                        for launch in record_call(call, spec, kind, args.sm_count, args.configs, order)]
             pending += [({"call": call, "shape": name, "bwd_kind": launch.bwd_kind}, launch)
                         for launch in _dedupe(launches)]
     rows: list[dict] = []

@@ -422,3 +422,6 @@ def test_backend_report_names_the_triton_backward(monkeypatch):
     assert "one heuristic config" in ops.backend_report()["triton_backward"]
     monkeypatch.setenv("PAMM_TRITON_BWD", "sideways")
     assert ops.backend_report()["triton_backward"].startswith("invalid: $PAMM_TRITON_BWD='sideways'")
+    assert ops.backend_report()["triton_bc_order"].startswith("scan order (default")
+    monkeypatch.setenv("PAMM_TRITON_BC_ORDER", "token")
+    assert ops.backend_report()["triton_bc_order"].startswith("token order ($PAMM_TRITON_BC_ORDER")

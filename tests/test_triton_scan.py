@@ -337,17 +337,53 @@ def _check_multi_against_reference(case: str, **backward) -> None:
         assert_matches(grad, ref_grad, f"d{name}", rtol)
 
 
+@pytest.mark.parametrize("bc_order", ["scan", "token"])
 @pytest.mark.parametrize("case", list(MULTI_CASES), ids=list(MULTI_CASES))
-def test_fused_multi_direction_matches_gather_scan_merge(case):
-    _check_multi_against_reference(case)
+def test_fused_multi_direction_matches_gather_scan_merge(case, bc_order):
+    """Both ways of handing B and C to the kernels: put in scan order first (default) or read through perm."""
+    _check_multi_against_reference(case, bc_order=bc_order)
 
 
-@pytest.mark.parametrize("variant,case", [(v, "shared-inputs-sum-one-segment") for v in BACKWARD_VARIANTS]
-                         + [("tile", "shared-inputs-sum-one-segment"), ("tile", "per-direction-inputs-mean-segments")])
-def test_fused_multi_direction_every_backward_variant(variant, case):
+@pytest.mark.parametrize("variant,case,bc_order",
+                         [(v, "shared-inputs-sum-one-segment", "scan") for v in BACKWARD_VARIANTS]
+                         + [("plain", "shared-inputs-sum-one-segment", "token"),
+                            ("tile", "shared-inputs-sum-one-segment", "scan"),
+                            ("tile", "shared-inputs-sum-one-segment", "token"),
+                            ("tile", "per-direction-inputs-mean-segments", "scan")])
+def test_fused_multi_direction_every_backward_variant(variant, case, bc_order):
     """Permuted directions (shared inputs: atomic du/dΔ; per-direction inputs over segments) with every
-    backward variant and with the tile backward."""
-    _check_multi_against_reference(case, **({"bwd_kind": "tile"} if variant == "tile" else BACKWARD_VARIANTS[variant]))
+    backward variant and with the tile backward; the per-token dB/dC atomics and the tile backward's
+    also with B and C read through the permutation."""
+    backward = {"bwd_kind": "tile"} if variant == "tile" else BACKWARD_VARIANTS[variant]
+    _check_multi_against_reference(case, bc_order=bc_order, **backward)
+
+
+def test_scan_order_copy_of_B_and_C_is_each_directions_gather(monkeypatch):
+    """B, C shared or per direction -> (b, K, G, n, L) with step t of direction k at [:, k, ..., t]; the fused
+    call hands the kernels that layout (BC_SCAN_ORDER) by default, and the rows as given with ``token``."""
+    import pamm.ops.triton_scan as triton_scan
+
+    b, K, G, n, L = 2, 3, 2, 4, 7
+    perm = torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(k)) for k in range(K)])
+    shared, per_dir = torch.randn(b, G, n, L), torch.randn(b, K, G, n, L)
+    got_shared = triton_scan._in_scan_order(shared, perm, per_dir=False)
+    got_per_dir = triton_scan._in_scan_order(per_dir, perm, per_dir=True)
+    for k in range(K):
+        for t in range(L):
+            assert torch.equal(got_shared[:, k, ..., t], shared[..., perm[k, t]])
+            assert torch.equal(got_per_dir[:, k, ..., t], per_dir[:, k, ..., perm[k, t]])
+
+    seen = []
+    monkeypatch.setattr(triton_scan._TritonScanFn, "apply",
+                        lambda u, delta, A, B, C, *rest: seen.append((rest[-2].bc_scan_order, tuple(B.shape))) or u)
+    ins, perm, inverse = _multi_inputs(1, 4, 6, 2, 2, 1, set(), torch.float32)
+    for order in ("scan", "token"):
+        with _force_plan(bc_order=order):
+            multi_direction_scan_triton(**ins, perm=perm, inverse=inverse)
+    assert seen == [(True, (1, 2, 1, 2, 6)), (False, (1, 1, 2, 6))]
+    monkeypatch.setenv(triton_scan.BC_ORDER_ENV_VAR, "rows")
+    with pytest.raises(ValueError, match="PAMM_TRITON_BC_ORDER"):
+        multi_direction_scan_triton(**ins, perm=perm, inverse=inverse)
 
 
 def test_single_direction_through_identity_perm_equals_plain_scan():

@@ -40,12 +40,27 @@ def _triton_backward() -> str:
     return f"{kind} kernel ({source}; choices {', '.join(triton_scan.BWD_KINDS)}), {tuned}"
 
 
+def _triton_bc_order() -> str:
+    """How the fused multi-direction call hands B and C to the Triton kernels ($PAMM_TRITON_BC_ORDER)."""
+    import os
+
+    from pamm.ops import triton_scan
+
+    try:
+        order = triton_scan._bc_order()
+    except ValueError as err:
+        return f"invalid: {err}"
+    source = f"${triton_scan.BC_ORDER_ENV_VAR}" if os.environ.get(triton_scan.BC_ORDER_ENV_VAR) else "default"
+    return f"{order} order ({source}; choices {', '.join(triton_scan.BC_ORDERS)})"
+
+
 def backend_report() -> dict:
     """Facts about the scan backends on this machine, as a JSON-serialisable dict.
 
     Keys: torch_version, torch_cuda_version, cuda_available, gpu (name or "no GPU"),
     gpu_capability, python, mamba_ssm {installed_version, importable, error}, triton_version,
-    triton_backward (which Triton backward kernel runs, and whether it is autotuned),
+    triton_backward (which Triton backward kernel runs, and whether it is autotuned), triton_bc_order
+    (B and C in scan order or read through the permutation, in the fused multi-direction call),
     forced_default (set_default_backend / $PAMM_SCAN_BACKEND, or None), registered_backends,
     auto_on_cuda / auto_on_cuda_reason, auto_on_cpu / auto_on_cpu_reason.
     Importing mamba-ssm is attempted (once per process) to get the real error text.
@@ -98,6 +113,7 @@ def backend_report() -> dict:
         },
         "triton_version": _package_version("triton"),
         "triton_backward": _triton_backward(),
+        "triton_bc_order": _triton_bc_order(),
         "forced_default": forced,
         "registered_backends": list(registered_backends()),
         "auto_on_cuda": auto_cuda,
@@ -121,7 +137,8 @@ def format_backend_report(report: dict) -> str:
         lines.append(f"    import error: {mamba['error']}")
     lines += [
         f"  triton: {report['triton_version'] or 'not installed'}"
-        + (f"; backward: {report['triton_backward']}" if report["triton_version"] else ""),
+        + (f"; backward: {report['triton_backward']}; fused multi-direction B/C: {report['triton_bc_order']}"
+           if report["triton_version"] else ""),
         f"  registered backends: {', '.join(report['registered_backends'])}",
         f"  forced default: {report['forced_default'] or 'none (auto)'}",
         f"  auto on CUDA tensors -> {report['auto_on_cuda']}: {report['auto_on_cuda_reason']}",

@@ -11,7 +11,8 @@ tensor        layout                      note
 ============  ==========================  ===============================================
 u, delta      ``[b, (K), d, L]``          any float dtype; math in fp32
 A             ``[(K), d, n]``             fp32
-B, C          ``[b, (K), G, n, L]``       channel ``c`` uses group ``c // (d // G)``
+B, C          ``[b, (K), G, n, L]``       channel ``c`` uses group ``c // (d // G)``; token order, or
+                                          scan order per direction (``BC_SCAN_ORDER``)
 D, bias       ``[(K), d]``                fp32
 z, out, dout  ``[b, d, L]``               row-major token order
 perm          ``[K, L]`` int32            scan step ``t`` of direction ``k`` visits token ``perm[k, t]``
@@ -114,6 +115,16 @@ def _token(perm_ptr, k, t, seq_len, HAS_PERM: tl.constexpr):
 
 
 @triton.jit
+def _bc_index(t, pos, BC_SCAN_ORDER: tl.constexpr):
+    """Where B and C (and dB, dC) are addressed at scan step(s) ``t`` whose token position is ``pos``:
+    at ``t`` when the caller laid them out in each direction's scan order (coalesced rows), else at ``pos``."""
+    if BC_SCAN_ORDER:
+        return t
+    else:
+        return pos
+
+
+@triton.jit
 def _delta_at(delta_row, pos, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Δ at ``delta_row + pos`` after bias and softplus (fp32), zero where masked so that masked steps
     are identity maps; also returns the pre-softplus value for the backward."""
@@ -207,7 +218,7 @@ def scan_fwd_kernel(
     U_PER_DIR: tl.constexpr, DT_PER_DIR: tl.constexpr, A_PER_DIR: tl.constexpr,
     B_PER_DIR: tl.constexpr, C_PER_DIR: tl.constexpr, DB_PER_DIR: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_PERM: tl.constexpr, ATOMIC_OUT: tl.constexpr, LOCAL_PASS: tl.constexpr,
+    HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, ATOMIC_OUT: tl.constexpr, LOCAL_PASS: tl.constexpr,
     MULTI_SEG: tl.constexpr, STORE_CKPT: tl.constexpr, CARRY: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
 ):
@@ -254,6 +265,7 @@ def scan_fwd_kernel(
         t = c_start + cols
         t_mask = t < seg_end
         pos = _positions(perm_ptr, k, t, t_mask, seq_len, HAS_PERM)
+        bc = _bc_index(t, pos, BC_SCAN_ORDER)
         m2 = ch_mask[:, None] & t_mask[None, :]
         # after token t comes the checkpoint of token t + 1 when that starts a CKPT interval
         ckpt_mask = ch_mask[:, None] & ((((t + 1) % CKPT) == 0) & (t + 1 < seg_end))[None, :]
@@ -270,7 +282,7 @@ def scan_fwd_kernel(
                 y = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
         for n in range(0, n_state):
             A_n = tl.load(A_rows + n, mask=ch_mask, other=0.0)
-            B_n = tl.load(B_base + n * seq_len + pos, mask=t_mask, other=0.0).to(tl.float32)
+            B_n = tl.load(B_base + n * seq_len + bc, mask=t_mask, other=0.0).to(tl.float32)
             a = tl.exp(dt * A_n[:, None])
             prefix_a, h = tl.associative_scan((a, dtu * B_n[None, :]), axis=1, combine_fn=_affine_combine)
             if CARRY:
@@ -278,7 +290,7 @@ def scan_fwd_kernel(
                 # masked steps are identity maps: the last column is the state after the last token
                 h_carry = _with_column(h_carry, nn, n, _last_column(h, cols, CHUNK))
             if not LOCAL_PASS:
-                C_n = tl.load(C_base + n * seq_len + pos, mask=t_mask, other=0.0).to(tl.float32)
+                C_n = tl.load(C_base + n * seq_len + bc, mask=t_mask, other=0.0).to(tl.float32)
                 y += h * C_n[None, :]
                 if STORE_CKPT:
                     tl.store(ckpt_ptrs + n, h, mask=ckpt_mask)
@@ -343,27 +355,32 @@ def _step_mask(mask, t, lo, hi):
 
 @triton.jit
 def _recompute_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B_col, ch_mask, n_mask, bias,
-                      HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+                      HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      SOFTPLUS: tl.constexpr):
     """What the interval's forward recompute reads at step ``t`` (Δ after bias/softplus, u, B_t); zeros
     when ``t`` is outside [c_start, c_end) (a prefetch past the interval)."""
-    pos = _token(perm_ptr, k, tl.minimum(t, seq_len - 1), seq_len, HAS_PERM)
+    step = tl.minimum(t, seq_len - 1)
+    pos = _token(perm_ptr, k, step, seq_len, HAS_PERM)
     m_d = _step_mask(ch_mask, t, c_start, c_end)
     dt, _raw = _delta_at(delta_row, pos, m_d, bias, HAS_BIAS, SOFTPLUS)
     u = tl.load(u_row + pos, mask=m_d, other=0.0).to(tl.float32)
-    Bt = tl.load(B_col + pos, mask=_step_mask(n_mask, t, c_start, c_end), other=0.0).to(tl.float32)
+    Bt = tl.load(B_col + _bc_index(step, pos, BC_SCAN_ORDER), mask=_step_mask(n_mask, t, c_start, c_end),
+                 other=0.0).to(tl.float32)
     return dt, u, Bt
 
 
 @triton.jit
 def _reverse_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B_col, C_col, dout_row, z_row,
                     scratch_rows, row_stride, h0, ch_mask, n_mask, dn_mask, bias, out_scale,
-                    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-                    LOCAL_PASS: tl.constexpr):
+                    HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, LOCAL_PASS: tl.constexpr):
     """What the reverse step of token ``t`` reads: its position, Δ (and the pre-softplus value), the
     scaled output gradient, z, C_t and, outside the local pass, u, B_t and h_{t-1} (the scratch row
     before t, or the interval's checkpoint ``h0`` at its first token). Zeros when ``t`` is outside
     [c_start, c_end) (a prefetch past the interval)."""
-    pos = _token(perm_ptr, k, tl.maximum(tl.minimum(t, seq_len - 1), 0), seq_len, HAS_PERM)
+    step = tl.maximum(tl.minimum(t, seq_len - 1), 0)
+    pos = _token(perm_ptr, k, step, seq_len, HAS_PERM)
+    bc = _bc_index(step, pos, BC_SCAN_ORDER)
     m_d = _step_mask(ch_mask, t, c_start, c_end)
     m_n = _step_mask(n_mask, t, c_start, c_end)
     dt, dt_raw = _delta_at(delta_row, pos, m_d, bias, HAS_BIAS, SOFTPLUS)
@@ -372,14 +389,14 @@ def _reverse_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B
         zt = tl.load(z_row + pos, mask=m_d, other=0.0).to(tl.float32)
     else:
         zt = tl.zeros_like(dout)
-    Ct = tl.load(C_col + pos, mask=m_n, other=0.0).to(tl.float32)
+    Ct = tl.load(C_col + bc, mask=m_n, other=0.0).to(tl.float32)
     if LOCAL_PASS:
         u = tl.zeros_like(dout)
         Bt = tl.zeros_like(Ct)
         h_prev = tl.zeros_like(h0)
     else:
         u = tl.load(u_row + pos, mask=m_d, other=0.0).to(tl.float32)
-        Bt = tl.load(B_col + pos, mask=m_n, other=0.0).to(tl.float32)
+        Bt = tl.load(B_col + bc, mask=m_n, other=0.0).to(tl.float32)
         h_prev = tl.load(scratch_rows + tl.maximum(t - 1 - c_start, 0) * row_stride,
                          mask=_step_mask(dn_mask, t, c_start + 1, c_end), other=0.0)
         h_prev = tl.where(t > c_start, h_prev, h0)
@@ -398,7 +415,7 @@ def scan_bwd_kernel(
     U_PER_DIR: tl.constexpr, DT_PER_DIR: tl.constexpr, A_PER_DIR: tl.constexpr,
     B_PER_DIR: tl.constexpr, C_PER_DIR: tl.constexpr, DB_PER_DIR: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_PERM: tl.constexpr, DU_ATOMIC: tl.constexpr, DDELTA_ATOMIC: tl.constexpr,
+    HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, DU_ATOMIC: tl.constexpr, DDELTA_ATOMIC: tl.constexpr,
     LOCAL_PASS: tl.constexpr, MULTI_SEG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     PREFETCH: tl.constexpr, BATCH_IO: tl.constexpr,
@@ -480,16 +497,17 @@ def scan_bwd_kernel(
             if PREFETCH:
                 dt, u, Bt = _recompute_inputs(perm_ptr, k, c_start, c_start, c_end, seq_len, delta_ptr + delta_off,
                                               u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
-                                              HAS_PERM, HAS_BIAS, SOFTPLUS)
+                                              HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
             for t in range(c_start, c_end):
                 if PREFETCH:
                     dt_n, u_n, Bt_n = _recompute_inputs(perm_ptr, k, t + 1, c_start, c_end, seq_len,
                                                         delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
-                                                        ch_mask, n_mask, bias, HAS_PERM, HAS_BIAS, SOFTPLUS)
+                                                        ch_mask, n_mask, bias, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS,
+                                                        SOFTPLUS)
                 else:
                     dt, u, Bt = _recompute_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off,
                                                   u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
-                                                  HAS_PERM, HAS_BIAS, SOFTPLUS)
+                                                  HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
                 h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
                 tl.store(scratch_rows + (t - c_start) * row_stride, h, mask=dn_mask)
                 if PREFETCH:
@@ -506,19 +524,20 @@ def scan_bwd_kernel(
             pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
                 perm_ptr, k, c_end - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
                 C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0, ch_mask, n_mask, dn_mask,
-                bias, out_scale, HAS_PERM, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
+                bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
         for j in range(0, n_tok):
             t = c_end - 1 - j
             if PREFETCH:
                 pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n = _reverse_inputs(
                     perm_ptr, k, t - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off,
                     B_ptr + B_off, C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0,
-                    ch_mask, n_mask, dn_mask, bias, out_scale, HAS_PERM, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
+                    ch_mask, n_mask, dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z,
+                    LOCAL_PASS)
             else:
                 pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
                     perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
                     C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0, ch_mask, n_mask,
-                    dn_mask, bias, out_scale, HAS_PERM, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
+                    dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
             a = tl.exp(dt[:, None] * A)
             if HAS_Z:
                 sig_z = _sigmoid(zt)
@@ -559,8 +578,9 @@ def scan_bwd_kernel(
                     if HAS_Z:
                         dz_rows = tl.where(at_t, dz[:, None], dz_rows)
                 else:
-                    tl.atomic_add(dC_ptr + C_off + pos, dC_t, mask=n_mask)
-                    tl.atomic_add(dB_ptr + B_off + pos, dB_t, mask=n_mask)
+                    bc = _bc_index(t, pos, BC_SCAN_ORDER)
+                    tl.atomic_add(dC_ptr + C_off + bc, dC_t, mask=n_mask)
+                    tl.atomic_add(dB_ptr + B_off + bc, dB_t, mask=n_mask)
                     if HAS_Z:
                         _write_grad(dz_ptr + row + pos, dz, ch_mask, False)
                     _write_grad(du_ptr + u_off + pos, du, ch_mask, DU_ATOMIC)
@@ -572,9 +592,10 @@ def scan_bwd_kernel(
             if not LOCAL_PASS:  # the interval's gradients, token-contiguous
                 in_chunk = cols < n_tok
                 tok = _positions(perm_ptr, k, c_start + cols, in_chunk, seq_len, HAS_PERM)
+                bc_cols = _bc_index(c_start + cols, tok, BC_SCAN_ORDER)
                 nt_mask = n_mask[:, None] & in_chunk[None, :]
-                tl.atomic_add(dC_ptr + C_off[:, None] + tok[None, :], dC_rows, mask=nt_mask)
-                tl.atomic_add(dB_ptr + B_off[:, None] + tok[None, :], dB_rows, mask=nt_mask)
+                tl.atomic_add(dC_ptr + C_off[:, None] + bc_cols[None, :], dC_rows, mask=nt_mask)
+                tl.atomic_add(dB_ptr + B_off[:, None] + bc_cols[None, :], dB_rows, mask=nt_mask)
                 dt_mask = ch_mask[:, None] & in_chunk[None, :]
                 if HAS_Z:
                     _write_grad(dz_ptr + row[:, None] + tok[None, :], dz_rows, dt_mask, False)
@@ -596,7 +617,7 @@ def scan_bwd_tile_kernel(
     U_PER_DIR: tl.constexpr, DT_PER_DIR: tl.constexpr, A_PER_DIR: tl.constexpr,
     B_PER_DIR: tl.constexpr, C_PER_DIR: tl.constexpr, DB_PER_DIR: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_PERM: tl.constexpr, DU_ATOMIC: tl.constexpr, DDELTA_ATOMIC: tl.constexpr,
+    HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, DU_ATOMIC: tl.constexpr, DDELTA_ATOMIC: tl.constexpr,
     LOCAL_PASS: tl.constexpr, MULTI_SEG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
@@ -668,6 +689,8 @@ def scan_bwd_tile_kernel(
         # reversed order: column s is token t0 + n_tok - 1 - s; its a_{t+1} comes from token t + 1 (s >= 1)
         tok_r = t0 + n_tok - 1 - cols
         pos_r = _positions(perm_ptr, k, tl.maximum(tok_r, t0), valid, seq_len, HAS_PERM)
+        bc_f = _bc_index(t0 + cols, pos_f, BC_SCAN_ORDER)
+        bc_r = _bc_index(tl.maximum(tok_r, t0), pos_r, BC_SCAN_ORDER)
         after = valid & (cols >= 1)
         pos_r1 = _positions(perm_ptr, k, tl.minimum(tok_r + 1, seq_len - 1), after, seq_len, HAS_PERM)
         dt_r1, _raw_r1 = _load_delta(delta_base, ch, pos_r1, ch_mask[:, None] & after[None, :], bias, HAS_BIAS,
@@ -695,7 +718,7 @@ def scan_bwd_tile_kernel(
             ddt_acc = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
         for n in range(0, n_state):
             A_n = tl.load(A_rows + n, mask=ch_mask, other=0.0)
-            C_r = tl.load(C_base + n * seq_len + pos_r, mask=valid, other=0.0).to(tl.float32)
+            C_r = tl.load(C_base + n * seq_len + bc_r, mask=valid, other=0.0).to(tl.float32)
             a_r = tl.where(after[None, :], tl.exp(dt_r1 * A_n[:, None]), 0.0)
             c_r = dy_r * C_r[None, :] + tl.where(cols[None, :] == 0, _column(carry, nn, n)[:, None], 0.0)
             _prod, G_r = tl.associative_scan((a_r, c_r), axis=1, combine_fn=_affine_combine)
@@ -711,20 +734,20 @@ def scan_bwd_tile_kernel(
                 tl.store(scratch_rows + (n_tok - 1 - cols)[None, :], G_r, mask=m2)
                 tl.debug_barrier()
                 G_f = tl.load(scratch_rows + cols[None, :], mask=m2, other=0.0)
-                B_f = tl.load(B_base + n * seq_len + pos_f, mask=valid, other=0.0).to(tl.float32)
+                B_f = tl.load(B_base + n * seq_len + bc_f, mask=valid, other=0.0).to(tl.float32)
                 b_f = dtu_f * B_f[None, :]
                 prefix_a, h = tl.associative_scan((tl.exp(dt_f * A_n[:, None]), b_f), axis=1,
                                                   combine_fn=_affine_combine)
                 h += prefix_a * _column(h_in, nn, n)[:, None]
                 g_decayed = G_f * (h - b_f)  # G_t a_t h_{t-1}
-                tl.atomic_add(dC_base + n * seq_len + pos_f, tl.sum(dy_f * h, axis=0), mask=valid)
-                tl.atomic_add(dB_base + n * seq_len + pos_f, tl.sum(G_f * dtu_f, axis=0), mask=valid)
+                tl.atomic_add(dC_base + n * seq_len + bc_f, tl.sum(dy_f * h, axis=0), mask=valid)
+                tl.atomic_add(dB_base + n * seq_len + bc_f, tl.sum(G_f * dtu_f, axis=0), mask=valid)
                 g_B = G_f * B_f[None, :]
                 du_acc += g_B * dt_f
                 ddt_acc += g_B * u_f + g_decayed * A_n[:, None]
                 dA_acc = _with_column(dA_acc, nn, n, _column(dA_acc, nn, n) + tl.sum(g_decayed * dt_f, axis=1))
                 if HAS_Z:
-                    C_f = tl.load(C_base + n * seq_len + pos_f, mask=valid, other=0.0).to(tl.float32)
+                    C_f = tl.load(C_base + n * seq_len + bc_f, mask=valid, other=0.0).to(tl.float32)
                     y_acc += h * C_f[None, :]
         if LOCAL_PASS:
             dt_next_sum += tl.sum(tl.where((t0 + cols > seg_start)[None, :] & m2, dt_f, 0.0), axis=1)

@@ -7,7 +7,8 @@ gather / scatter-add around the scan than in the scan itself (reference §1.11).
 * :func:`selective_scan_triton`: mamba-ssm semantics and layouts, fp32/bf16/fp16 inputs, fp32 state;
 * :func:`multi_direction_scan_triton`: K scan orders read and written *through* their permutations
   inside the kernel, the K outputs merged (sum or mean) in row-major order, forward and backward,
-  with no gathered copies;
+  with no gathered copies of u, Δ or the output (B and C, n ≪ d rows, are copied into each
+  direction's scan order first, so that the kernels read them in contiguous rows: ``_bc_order``);
 * :func:`triton_available`: whether the backend can be used, and why not.
 
 Kernels live in :mod:`pamm.ops.triton_kernels` (imported lazily, so importing this module never
@@ -75,7 +76,8 @@ def _kernels():
     if interpreted:
         fwd = bwd = bwd_tile = None
     else:
-        key = ["n_channels", "chans_per_group", "n_state", "seq_len", "n_seg", "LOCAL_PASS", "HAS_PERM", "CHUNK"]
+        key = ["n_channels", "chans_per_group", "n_state", "seq_len", "n_seg", "LOCAL_PASS", "HAS_PERM",
+               "BC_SCAN_ORDER", "CHUNK"]
         fwd = triton.autotune(
             configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4) for nw in (2, 4, 8)],
             key=key, prune_configs_by={"early_config_prune": _prune_fwd_configs}, reset_to_zero=["out_ptr"],
@@ -185,6 +187,7 @@ class _Problem:
     softplus: bool
     has_perm: bool
     out_scale: float
+    bc_scan_order: bool = False  # B, C given per direction in scan order (the fused call's default)
 
     @property
     def chans_per_group(self) -> int:
@@ -230,8 +233,9 @@ _PLAN_OVERRIDE: dict | None = None
 @contextlib.contextmanager
 def _force_plan(**fields) -> Iterator[None]:
     """Testing (and benchmarking) hook: fix ``chunk``, ``seg_chunks`` (chunks per segment),
-    ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps`` and the
-    backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``."""
+    ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps``, the
+    backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``, and
+    the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
     try:
@@ -272,6 +276,34 @@ def _bwd_kind() -> str:
     if kind not in BWD_KINDS:
         raise ValueError(f"${BWD_KIND_ENV_VAR}={kind!r} is not one of {list(BWD_KINDS)}")
     return kind
+
+
+BC_ORDER_ENV_VAR = "PAMM_TRITON_BC_ORDER"
+BC_ORDERS = ("scan", "token")
+
+
+def _bc_order() -> str:
+    """How the fused multi-direction call hands B and C to the kernels (``$PAMM_TRITON_BC_ORDER``, or
+    ``_force_plan(bc_order=...)``): ``scan`` (default) gathers them into each direction's scan order
+    first, so that every kernel reads them, and adds their gradients, in contiguous rows; ``token`` reads
+    them through the permutation inside the kernels. B and C are (b, G, n, L) with n ≪ d, so the K
+    ordered copies are small (PAMM NYUD, batch 8: 2 M values each), unlike gathered (K·b, d, L) copies
+    of u and Δ; in the forward tile kernel B and C are 2n of the 2n + 2 token rows a program reads."""
+    order = (_PLAN_OVERRIDE or {}).get("bc_order") or os.environ.get(BC_ORDER_ENV_VAR, "scan").strip().lower()
+    order = order or "scan"
+    if order not in BC_ORDERS:
+        raise ValueError(f"${BC_ORDER_ENV_VAR}={order!r} is not one of {list(BC_ORDERS)}")
+    return order
+
+
+def _in_scan_order(x: torch.Tensor, perm: torch.Tensor, per_dir: bool) -> torch.Tensor:
+    """B or C, (b, G, n, L) shared or (b, K, G, n, L) per direction, as (b, K, G, n, L) in each direction's
+    scan order: step t of direction k at ``[..., k, :, :, t]``. Differentiable (torch's gather and index
+    backward add the K directions' gradients back)."""
+    index = perm.long()
+    if per_dir:
+        return x.gather(-1, index[None, :, None, None, :].expand_as(x)).contiguous()
+    return x[..., index].movedim(-2, 1).contiguous()  # (b, G, n, K, L) -> (b, K, G, n, L)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -316,6 +348,7 @@ def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
         return plan
     fields = dict(_PLAN_OVERRIDE)
     fields.pop("bwd_kind", None)
+    fields.pop("bc_order", None)  # not part of the plan: the fused entry reads it (_bc_order)
     if {"chunk", "seg_chunks", "fwd_seg_chunks"} & fields.keys():
         chunk = fields.pop("chunk", plan.chunk)
         seg_chunks = fields.pop("seg_chunks", None) or -(-problem.seq_len // chunk)
@@ -350,7 +383,8 @@ def _common_args(problem: _Problem, plan: _Plan) -> dict:
         U_PER_DIR=problem.u_per_dir, DT_PER_DIR=problem.delta_per_dir, A_PER_DIR=problem.A_per_dir,
         B_PER_DIR=problem.B_per_dir, C_PER_DIR=problem.C_per_dir, DB_PER_DIR=problem.db_per_dir,
         HAS_D=problem.has_D, HAS_Z=problem.has_z, HAS_BIAS=problem.has_bias, SOFTPLUS=problem.softplus,
-        HAS_PERM=problem.has_perm, BLOCK_N=_block_n(problem.n_state), CHUNK=plan.chunk,
+        HAS_PERM=problem.has_perm, BC_SCAN_ORDER=problem.bc_scan_order, BLOCK_N=_block_n(problem.n_state),
+        CHUNK=plan.chunk,
     )
 
 
@@ -584,6 +618,7 @@ def multi_direction_scan_triton(
     """K selective scans over K token orders, fused: the kernel reads the row-major inputs through
     ``perm`` and adds each direction's output back at its row-major position, so no gathered
     ``(K·b, d, L)`` copies and no scatter / index-add pass exist, in the forward or the backward.
+    (B and C, n ≪ d rows, are put in scan order beforehand unless ``$PAMM_TRITON_BC_ORDER=token``.)
 
     u, delta: (b, d, L) shared or (b, K, d, L) per direction; A: (d, n) or (K, d, n); D, delta_bias:
     (d,) or (K, d); B, C: (b, G, n, L) or (b, K, G, n, L); perm: (K, L), ``perm[k, t]`` the row-major
@@ -633,12 +668,15 @@ def multi_direction_scan_triton(
         _check_float(name, t)
     _check_device(*(t for t in (u, delta, A, B, C, D, delta_bias, perm) if t is not None))
 
+    bc_scan_order = _bc_order() == "scan"
+    if bc_scan_order:
+        B, C = _in_scan_order(B, perm, B_per_dir), _in_scan_order(C, perm, C_per_dir)
     problem = _Problem(
         batch=b, n_dir=K, n_channels=d, n_groups=G, n_state=n, seq_len=L,
-        u_per_dir=u_per_dir, delta_per_dir=delta_per_dir, A_per_dir=A_per_dir, B_per_dir=B_per_dir,
-        C_per_dir=C_per_dir, db_per_dir=db_per_dir, has_D=D is not None, has_z=False,
-        has_bias=delta_bias is not None, softplus=bool(delta_softplus), has_perm=True,
-        out_scale=1.0 / K if merge == "mean" else 1.0,
+        u_per_dir=u_per_dir, delta_per_dir=delta_per_dir, A_per_dir=A_per_dir,
+        B_per_dir=B_per_dir or bc_scan_order, C_per_dir=C_per_dir or bc_scan_order, db_per_dir=db_per_dir,
+        has_D=D is not None, has_z=False, has_bias=delta_bias is not None, softplus=bool(delta_softplus),
+        has_perm=True, out_scale=1.0 / K if merge == "mean" else 1.0, bc_scan_order=bc_scan_order,
     )
     return _TritonScanFn.apply(
         u.contiguous(), delta.contiguous(), _as_f32(A), B.contiguous(), C.contiguous(), _as_f32(D), None,
