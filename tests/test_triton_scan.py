@@ -563,11 +563,16 @@ def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch
     def variants(kept):
         return {(c.kwargs["PREFETCH"], c.kwargs["BATCH_IO"]) for c in kept}
 
-    every = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4))
+    free = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
+    every = triton_scan._variant_mask(free)
     kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=64, CHUNK=32, variants=every)
-    assert variants(kept) == {(False, False), (False, True), (True, False), (True, True)}
+    # unforced, only the batched writes are tuned (they won everywhere on the H200), with and without prefetch
+    assert variants(kept) == {(False, True), (True, True)}
     # batched writes hold (n, CHUNK) rows: at n = 64 one warp would need 128 registers a thread for them
     assert all(c.num_warps > 1 for c in kept if c.kwargs["BATCH_IO"])
+    local = triton_scan._variant_mask(free, local_pass=True)  # writes no gradients: batching is moot there
+    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=384, BLOCK_N=16, CHUNK=64, variants=local)
+    assert variants(kept) == {(False, False), (True, False)} and any(c.num_warps == 1 for c in kept)
     forced = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4,
                                                          bwd_prefetch=True, bwd_batch_io=False))
     kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=forced)

@@ -133,10 +133,14 @@ def _variant_bit(prefetch: bool, batch_io: bool) -> int:
     return 1 << (2 * int(prefetch) + int(batch_io))
 
 
-def _variant_mask(plan: "_Plan") -> int:
-    """The backward variants a plan allows: the forced one, or all four (the autotuner picks)."""
+def _variant_mask(plan: "_Plan", local_pass: bool = False) -> int:
+    """The backward variants a launch lets the autotuner try: what the plan forces, else those that can
+    win. On an H200 (2026-12-04, ``results/gpu/2026-12-04_h200``) the batched writes won at every shape
+    and the per-token writes (plain, prefetch alone) never, so only the batched ones are tuned, with and
+    without prefetching; the long-l regime's local pass writes no gradients, so there batching is moot
+    and only the per-token loops are tried. Half the candidates: half the autotuning."""
     prefetch = (plan.bwd_prefetch,) if plan.bwd_prefetch is not None else (False, True)
-    batch_io = (plan.bwd_batch_io,) if plan.bwd_batch_io is not None else (False, True)
+    batch_io = (plan.bwd_batch_io,) if plan.bwd_batch_io is not None else (not local_pass,)
     return sum(_variant_bit(p, b) for p in prefetch for b in batch_io)
 
 
@@ -481,16 +485,18 @@ def _scan_backward(problem: _Problem, plan: _Plan, dout, ckpt, u, delta, A, B, C
     if plan.bwd_kind == "tile":  # one (channel, token) row per channel: the reversed adjoint's way back
         kind = "bwd_tile"
         args["scratch_ptr"] = torch.empty(b * K * n_seg, d, plan.chunk, **f32)
+        local_args = {}
     else:  # the states of one checkpoint interval
         kind = "bwd"
         args["scratch_ptr"] = torch.empty(b * K * n_seg, plan.chunk, d, n, **f32)
         args["variants"] = _variant_mask(plan)
+        local_args = {"variants": _variant_mask(plan, local_pass=True)}
     if n_seg > 1:
         seg_gstart = torch.empty(b, K, n_seg, d, n, **f32)
         seg_dtsum = torch.empty(b, K, n_seg, d, **f32)
         seg_gcarry = torch.empty(b, K, n_seg, d, n, **f32)
         seg_args = dict(seg_gstart_ptr=seg_gstart, seg_dtsum_ptr=seg_dtsum, seg_gcarry_ptr=seg_gcarry)
-        _launch(kind, problem, plan, {**args, **seg_args, "LOCAL_PASS": True})
+        _launch(kind, problem, plan, {**args, **seg_args, **local_args, "LOCAL_PASS": True})
         _launch_carry(problem, A, seg_gstart, seg_dtsum, seg_gcarry, reverse=True)
     else:
         seg_args = dict(seg_gstart_ptr=dummy, seg_dtsum_ptr=dummy, seg_gcarry_ptr=dummy)
