@@ -48,8 +48,8 @@ Two structures, each the faster one measured on an H100 (2026-11-23, ``results/g
 Measured on an H200 (2026-12-04, ``results/gpu/2026-12-04_h200``; ``benchmarks/bench_triton_scan.py
 --triton-bwd-variants``): the batched writes make the backward 1.3–1.5× faster than the plain loop at
 PAMM's shapes and prefetching alone loses, so the autotuner now tries only the batched writes, with and
-without prefetching (``triton_scan._variant_mask``); the tile backward is
-slower (2.4–4.2× the CUDA kernel's fwd+bwd) but holds the peak memory to 1.08–1.18× the kernel's.
+without prefetching (``triton_scan._variant_mask``); the tile backward is slower (2.4–4.2× the CUDA
+kernel's fwd+bwd) but holds the peak memory to 1.08–1.18× the kernel's.
 """
 from __future__ import annotations
 
