@@ -7,6 +7,9 @@ the number that matters, at the shapes PAMM actually runs (reference §10):
   S2              = (16, 1536, 1008, 16)  PAMM NYUD stage, batch 1, 4 tasks x 4 directions
   S3              = (128, 1536, 1008, 16) the same at batch 8, bf16 inputs
   S4              = (20, 2048, 1024, 64)  PAMM PASCAL stage, batch 1, 5 tasks x 4 directions
+  P8              = (8, 6144, 1008, 16)   PAMM's own call in its NYUD training step: batch 8, the 4 tasks'
+                                          1536 channels side by side (B, C grouped per task), bf16;
+                                          the multi-direction call only
 
 For each shape and backend: forward and forward+backward time (median of CUDA-event timings; the
 backward takes the gradients of u, Δ, A, B, C, D), peak memory above the inputs, the largest output
@@ -33,6 +36,7 @@ SHAPES = {
     "S2": dict(b=16, d=1536, l=1008, n=16, dtype=torch.float32, grid=(28, 36)),
     "S3": dict(b=128, d=1536, l=1008, n=16, dtype=torch.bfloat16, grid=None),
     "S4": dict(b=20, d=2048, l=1024, n=64, dtype=torch.float32, grid=(32, 32)),
+    "P8": dict(b=8, d=6144, l=1008, n=16, dtype=torch.bfloat16, grid=(28, 36), groups=4, multi_only=True),
 }
 BACKENDS = ("cuda", "triton", "torch")
 DIRECTIONS = 4
@@ -116,9 +120,11 @@ def forced_plan(call: Callable[[dict], torch.Tensor], spec: str) -> Callable[[di
 # Inputs and callables
 # ---------------------------------------------------------------------------------------------
 def make_inputs(spec: dict, seed: int, device: torch.device) -> dict:
-    """PAMM-like scan inputs: Δ before softplus with a dt_proj-style bias, A = -exp(A_log)."""
+    """PAMM-like scan inputs: Δ before softplus with a dt_proj-style bias, A = -exp(A_log); B, C (b, n, L),
+    or (b, G, n, L) for a spec with ``groups``."""
     gen = torch.Generator(device=device).manual_seed(seed)
     b, d, l, n, dtype = spec["b"], spec["d"], spec["l"], spec["n"], spec["dtype"]
+    bc_shape = (b, spec["groups"], n, l) if spec.get("groups") else (b, n, l)
 
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, generator=gen, device=device) * scale
@@ -127,8 +133,8 @@ def make_inputs(spec: dict, seed: int, device: torch.device) -> dict:
         u=randn(b, d, l).to(dtype),
         delta=randn(b, d, l, scale=0.5).to(dtype),
         A=-torch.exp(randn(d, n, scale=0.5)),
-        B=randn(b, n, l).to(dtype),
-        C=randn(b, n, l).to(dtype),
+        B=randn(*bc_shape).to(dtype),
+        C=randn(*bc_shape).to(dtype),
         D=randn(d),
         delta_bias=randn(d, scale=0.5) - 4.0,
     )
@@ -160,7 +166,11 @@ def single_call(backend: str) -> Callable[[dict], torch.Tensor]:
 
 
 def multi_inputs(spec: dict, seed: int, device: torch.device, kind: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Tasks as the batch, shared u/Δ/A/D/bias, B/C shared by the directions (PAMM's layout)."""
+    """Shared u/Δ/A/D/bias, B/C shared by the directions: the b = tasks × directions sequences of a
+    single-scan shape as tasks-as-batch (b / 4, d) with G = 1, or a ``groups`` spec as it is (PAMM's call:
+    the tasks' channels side by side, G = tasks)."""
+    if spec.get("groups"):
+        return make_inputs(spec, seed, device), *scan_perm(spec["grid"], device, kind)
     tasks = spec["b"] // DIRECTIONS
     x = make_inputs({**spec, "b": tasks}, seed, device)
     x["B"], x["C"] = x["B"].unsqueeze(1), x["C"].unsqueeze(1)  # (b, G=1, n, L)
@@ -346,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for shape in args.shapes:
         spec = SHAPES[shape]
-        inputs = make_inputs(spec, args.seed, device)
         chunked = [f"triton@{c}" for c in args.triton_chunks] + [f"triton@bwd={v}" for v in args.triton_bwd_variants]
-        rows += run_case("single", shape, spec, list(args.backends) + chunked, single_call, inputs, args)
-        del inputs
+        if not spec.get("multi_only"):
+            inputs = make_inputs(spec, args.seed, device)
+            rows += run_case("single", shape, spec, list(args.backends) + chunked, single_call, inputs, args)
+            del inputs
         if spec["grid"] is not None and not args.no_multi:
             x, perm, inverse = multi_inputs(spec, args.seed, device, args.scan_kind)
             bc_orders = [f"triton@bc={o}" for o in args.triton_bc_orders]

@@ -3,7 +3,7 @@ each autotuning candidate costs in registers, spills, shared memory, occupancy a
 
 Why: GPU time is scarce here (minutes per lease, some sessions none), and the Triton interpreter that
 checks the kernels' numbers on CPU never compiles them. Triton's compiler and ptxas run on any x86 CPU,
-so this script builds the exact kernels the backend would launch at the benchmark shapes (S1-S4 of
+so this script builds the exact kernels the backend would launch at the benchmark shapes (S1-S4 and P8 of
 bench_triton_scan.py, single and fused multi-direction calls, forward and backward, every backward
 kind), with the exact constexprs and the autotuner's candidate configs after its own pruning, for
 ``--arch`` (default sm_90, the H100/H200), without a device:
@@ -21,7 +21,7 @@ is then compiled with Triton's ``warmup`` against a stand-in driver that names t
 cubin's resource usage is read with the ``cuobjdump`` that ships with Triton. Register counts come
 from this machine's Triton, which may differ from the GPU box's.
 
-    python benchmarks/triton_compile_report.py                      # S1-S4, all kernels, sm_90
+    python benchmarks/triton_compile_report.py                      # S1-S4 and P8, all kernels, sm_90
     python benchmarks/triton_compile_report.py --shapes S4 --bwd token --csv s4.csv
     python benchmarks/triton_compile_report.py --preset smoke       # tiny shapes, one config each (tests)
     python benchmarks/triton_compile_report.py --prewarm --jobs 16  # on the GPU box, before autotuning
@@ -64,6 +64,7 @@ SM_LIMITS = {80: (65536, 64, 32, 166912), 86: (65536, 48, 16, 101376), 89: (6553
 SMOKE_SHAPES = {
     "T1": dict(b=1, d=8, l=300, n=16, dtype=torch.float32, grid=None),
     "T2": dict(b=4, d=16, l=64, n=4, dtype=torch.bfloat16, grid=(8, 8)),
+    "T3": dict(b=2, d=16, l=64, n=4, dtype=torch.float32, grid=(8, 8), groups=2, multi_only=True),
 }
 
 
@@ -244,11 +245,12 @@ def _meta_inputs(make_inputs, spec: dict) -> dict:
 
 
 def _meta_multi(bench, spec: dict):
-    """The benchmark's multi-direction inputs (tasks as the batch, B/C shared by the directions) on meta."""
-    tasks = spec["b"] // bench.DIRECTIONS
-    x = _meta_inputs(bench.make_inputs, {**spec, "b": tasks})
-    x["B"], x["C"] = x["B"].unsqueeze(1), x["C"].unsqueeze(1)
-    perm, inverse = bench.scan_perm(spec["grid"], torch.device("cpu"), "raster")
+    """The benchmark's multi-direction inputs (its ``multi_inputs``, built on CPU for one batch element) on
+    meta at the full batch."""
+    batch = spec["b"] if spec.get("groups") else spec["b"] // bench.DIRECTIONS
+    small, perm, inverse = bench.multi_inputs({**spec, "b": spec["b"] // batch}, 0, torch.device("cpu"), "raster")
+    x = {k: torch.empty((batch, *v.shape[1:]) if v.dim() >= 3 else v.shape, dtype=v.dtype, device="meta")
+         for k, v in small.items()}
     return x, perm.to("meta"), inverse.to("meta")
 
 
@@ -381,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         spec = shapes[name]
         for call in args.calls:
-            if call == "multi" and not spec.get("grid"):
+            if (call == "multi" and not spec.get("grid")) or (call == "single" and spec.get("multi_only")):
                 continue
             orders = args.bc_orders if call == "multi" else ["scan"]  # single calls have no B/C order
             launches = [launch for kind in args.bwd for order in orders
