@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--triton-bwd-variants", nargs="*", default=[], choices=list(BWD_VARIANTS),
                         help="also time the triton backend with its backward held to one variant (backend "
                              "'triton@bwd=V'): the token kernel's four (plain 'triton' lets the autotuner choose "
-                             "among them) or the tile kernel ($PAMM_TRITON_BWD=tile)")
+                             "between the two batched ones) or the tile kernel ($PAMM_TRITON_BWD=tile)")
     parser.add_argument("--triton-bc-orders", nargs="*", default=[], choices=["scan", "token"],
                         help="also time the fused multi-direction call with B and C handed over in each "
                              "direction's scan order (the default) or read through the permutation (backend "
