@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pamm.engine.profile import timed_runs  # noqa: E402
+from pamm.engine.train import configure_cudnn  # noqa: E402
 from pamm.models.experts import ParameterExpert, expert_reference, run_parameter_experts  # noqa: E402
 
 PRESETS = {
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for benchmark in settings:
         if benchmark is not None:
-            torch.backends.cudnn.benchmark = benchmark
+            configure_cudnn(device, benchmark)
         for name in presets:
             new = run_case(name, PRESETS[name], device, dtype, args.warmup, args.repeats)
             for row in new:

@@ -25,33 +25,35 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _triton_backward() -> str:
-    """Which Triton backward runs ($PAMM_TRITON_BWD) and whether its blocks are autotuned."""
+def _env_setting(read, var: str, choices: tuple[str, ...]) -> tuple[str, str]:
+    """(value or "invalid: ...", where it came from and the choices) of a Triton setting read from ``$var``."""
     import os
 
+    source = f"${var}" if os.environ.get(var) else "default"
+    try:
+        value = read()
+    except ValueError as err:
+        return f"invalid: {err}", ""
+    return value, f"({source}; choices {', '.join(choices)})"
+
+
+def _triton_backward() -> str:
+    """Which Triton backward runs ($PAMM_TRITON_BWD) and whether its blocks are autotuned."""
     from pamm.ops import triton_scan
 
-    try:
-        kind = triton_scan._bwd_kind()
-    except ValueError as err:
-        return f"invalid: {err}"
+    kind, origin = _env_setting(triton_scan._bwd_kind, triton_scan.BWD_KIND_ENV_VAR, triton_scan.BWD_KINDS)
+    if not origin:
+        return kind
     tuned = "autotuned" if triton_scan._autotuning() else "one heuristic config ($PAMM_TRITON_AUTOTUNE=0)"
-    source = f"${triton_scan.BWD_KIND_ENV_VAR}" if os.environ.get(triton_scan.BWD_KIND_ENV_VAR) else "default"
-    return f"{kind} kernel ({source}; choices {', '.join(triton_scan.BWD_KINDS)}), {tuned}"
+    return f"{kind} kernel {origin}, {tuned}"
 
 
 def _triton_bc_order() -> str:
     """How the fused multi-direction call hands B and C to the Triton kernels ($PAMM_TRITON_BC_ORDER)."""
-    import os
-
     from pamm.ops import triton_scan
 
-    try:
-        order = triton_scan._bc_order()
-    except ValueError as err:
-        return f"invalid: {err}"
-    source = f"${triton_scan.BC_ORDER_ENV_VAR}" if os.environ.get(triton_scan.BC_ORDER_ENV_VAR) else "default"
-    return f"{order} order ({source}; choices {', '.join(triton_scan.BC_ORDERS)})"
+    order, origin = _env_setting(triton_scan._bc_order, triton_scan.BC_ORDER_ENV_VAR, triton_scan.BC_ORDERS)
+    return f"{order} order {origin}" if origin else order
 
 
 def backend_report() -> dict:

@@ -273,13 +273,18 @@ BWD_KINDS = ("token", "tile")
 _MAX_BWD_TILE = 256
 
 
+def _env_choice(var: str, choices: tuple[str, ...], forced: str | None = None) -> str:
+    """``forced`` (a ``_force_plan`` field), else ``$var`` (blank: the first choice); one of ``choices``."""
+    value = forced or os.environ.get(var, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"${var}={value!r} is not one of {list(choices)}")
+    return value
+
+
 def _bwd_kind() -> str:
     """``$PAMM_TRITON_BWD``: ``token`` (default, the faster) or ``tile`` (the leaner in memory; both measured
     on an H200, ``results/gpu/2026-12-04_h200``)."""
-    kind = os.environ.get(BWD_KIND_ENV_VAR, "token").strip().lower() or "token"
-    if kind not in BWD_KINDS:
-        raise ValueError(f"${BWD_KIND_ENV_VAR}={kind!r} is not one of {list(BWD_KINDS)}")
-    return kind
+    return _env_choice(BWD_KIND_ENV_VAR, BWD_KINDS)
 
 
 BC_ORDER_ENV_VAR = "PAMM_TRITON_BC_ORDER"
@@ -293,11 +298,7 @@ def _bc_order() -> str:
     them through the permutation inside the kernels. B and C are (b, G, n, L) with n ≪ d, so the K
     ordered copies are small (PAMM NYUD, batch 8: 2 M values each), unlike gathered (K·b, d, L) copies
     of u and Δ; in the forward tile kernel B and C are 2n of the 2n + 2 token rows a program reads."""
-    order = (_PLAN_OVERRIDE or {}).get("bc_order") or os.environ.get(BC_ORDER_ENV_VAR, "scan").strip().lower()
-    order = order or "scan"
-    if order not in BC_ORDERS:
-        raise ValueError(f"${BC_ORDER_ENV_VAR}={order!r} is not one of {list(BC_ORDERS)}")
-    return order
+    return _env_choice(BC_ORDER_ENV_VAR, BC_ORDERS, (_PLAN_OVERRIDE or {}).get("bc_order"))
 
 
 def _in_scan_order(x: torch.Tensor, perm: torch.Tensor, per_dir: bool) -> torch.Tensor:
