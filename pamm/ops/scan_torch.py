@@ -296,34 +296,42 @@ def scan_backward(
     dA = torch.zeros_like(A_grouped) if need_A else None  # (g, n, e)
     dB_tm = new(B_tm.shape[:-1]) if need_B else None  # (l, b, g, n)
     dC_tm = new(C_tm.shape[:-1]) if need_C else None
+    # Three block-sized buffers: each product that is summed away is built in whichever buffer is spent
+    # at that point (the adjoint's before the reverse scan, the states' once q_t has used them).
     decay_buf = new(plan.state_shape(plan.width + 1))
     state_buf = new(plan.state_shape(plan.width + 1))
     grad_buf = new(plan.state_shape(plan.width))
-    work_buf = new(plan.state_shape(plan.width))  # products before their sums
     carry = torch.zeros(1, decay_buf[0].numel(), dtype=dtype, device=device)  # a_{t+1}·g_{t+1} past the block
     for k, start, stop in plan.blocks(reverse=True):
         steps = stop - start
         dt = plan.per_channel(dt_tm[start:stop])
         dtu = plan.per_channel(dtu_tm[start:stop])
         dy = dy_tm[start:stop]
-        work = work_buf[:steps]
+        grad = grad_buf[:steps]
         # Decays a_t, with slot `steps` = 1 so the reverse scan can read a_{t+1} as decay_buf[1:];
         # states h_t in slots 1..steps, h_{-1} (entering the block) in slot 0.
         decay, state = decay_buf[:steps], state_buf[1 : steps + 1]
         decay_buf[steps].fill_(1.0)
         state_buf[0] = saved[k]
         plan.block_states(dt_tm[start:stop], dtu_tm[start:stop], B_tm[start:stop], A_log2, state_buf[0], decay, state)
+        # What needs the states h_t, with the adjoint's buffer as the product buffer (not yet written).
         if need_z:
-            y = torch.sum(torch.mul(state, C_tm[start:stop], out=work), dim=3).view(steps, b, d)
+            y = torch.sum(torch.mul(state, C_tm[start:stop], out=grad), dim=3).view(steps, b, d)
             if D_c is not None:
                 y.addcmul_(u_tm[start:stop], D_c)
             zb, sb = z_tm[start:stop], z_sig[start:stop]
             dz_tm[start:stop] = dout_tm[start:stop] * y * sb * (1 + zb * (1 - sb))
+        if need_C:  # Σ over the group's channels of dy_t·h_t
+            torch.sum(torch.mul(state, plan.per_channel(dy), out=grad), dim=4, out=dC_tm[start:stop])
         # Reverse scan: g_t = dy_t·C_t + a_{t+1}·g_{t+1}.
-        grad = grad_buf[:steps]
         torch.mul(plan.per_channel(dy), C_tm[start:stop], out=grad)
         linear_recurrence_(grad.view(steps, 1, -1), decay_buf[1 : steps + 1].view(steps, 1, -1), carry, reverse=True)
         carry = (decay[0] * grad[0]).view(1, -1)
+        q = None
+        if want_dt or need_A:
+            # q_t = g_t·a_t·h_{t-1} = ∂L/∂(dt_t·A), built in the decay buffer: the last use of the states.
+            q = decay.mul_(grad).mul_(state_buf[:steps])
+        work = state_buf[:steps]  # spent: the product buffer from here on
         g_dot_B = torch.sum(torch.mul(grad, B_tm[start:stop], out=work), dim=3).view(steps, b, d)
         if need_u:
             du = dt_tm[start:stop] * g_dot_B
@@ -332,11 +340,7 @@ def scan_backward(
             du_tm[start:stop] = du
         if need_B:  # Σ over the group's channels of g_t·dt_t·u_t
             torch.sum(torch.mul(grad, dtu, out=work), dim=4, out=dB_tm[start:stop])
-        if need_C:  # Σ over the group's channels of dy_t·h_t
-            torch.sum(torch.mul(state, plan.per_channel(dy), out=work), dim=4, out=dC_tm[start:stop])
-        if want_dt or need_A:
-            # q_t = g_t·a_t·h_{t-1} = ∂L/∂(dt_t·A), built in the decay buffer.
-            q = decay.mul_(grad).mul_(state_buf[:steps])
+        if q is not None:
             if want_dt:
                 ddt = torch.sum(torch.mul(q, A_grouped, out=work), dim=3).view(steps, b, d)
                 ddt.addcmul_(u_tm[start:stop], g_dot_B)
