@@ -118,21 +118,10 @@ def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dty
     return step
 
 
-def trace_step(step, device: torch.device, path: Path, top: int = 25) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=top))
-
-
 def run_case(text: str, args, device: torch.device, workdir: Path, backbone_source: dict) -> dict:
     from pamm import ops
-    from pamm.engine.profile import timed_runs
+    from pamm import io as pio
+    from pamm.engine.profile import kernel_table, timed_runs
 
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
@@ -165,7 +154,7 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
         if args.trace:
             args.trace.mkdir(parents=True, exist_ok=True)
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-            trace_step(step, device, args.trace / f"trace_{safe}.txt")
+            pio.write_text(args.trace / f"trace_{safe}.txt", kernel_table(step, device))
     except torch.cuda.OutOfMemoryError:
         record["status"] = "out of memory"
     except Exception as error:  # noqa: BLE001 - one failing case must not lose the others' numbers

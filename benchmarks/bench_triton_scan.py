@@ -18,6 +18,11 @@ times the whole multi-direction call: gather → scan → merge with the CUDA ke
 Triton entry (orders read and written inside the kernel), with the batch split into tasks x 4
 directions over the 28x36 (S2) or 32x32 (S4) token grid.
 
+Where the time goes: ``--kernel-tables DIR`` writes, per row, torch.profiler's table of one forward+backward
+(kernels, copies, fills, by self CUDA time); ``--no-single --scan-kind identity`` times the fused call with
+every direction in token order (``raster``: two in token order, forward and reversed, two column-major),
+so its cost splits into the kernel's own and what its permuted reads and atomic adds add.
+
 GPU only: on a machine without CUDA it says so and exits 0. This is a script, not a test.
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ import csv
 import statistics
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -68,11 +74,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS),
                         help="single-scan backends to time (cuda is the reference for errors and ratios)")
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-direction comparison (S2, S4)")
-    parser.add_argument("--scan-kind", default="hilbert", help="scan order kind for the multi-direction call")
+    parser.add_argument("--no-single", action="store_true", help="time only the multi-direction call")
+    parser.add_argument("--scan-kind", default="hilbert",
+                        help="scan order kind for the multi-direction call (pamm.ops.SCAN_KINDS), or 'identity': "
+                             "four directions in token order, a diagnostic")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (autotuning included)")
     parser.add_argument("--iters", type=int, default=10, help="timed runs; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV ('-' for stdout)")
+    parser.add_argument("--kernel-tables", metavar="DIR", type=Path,
+                        help="write torch.profiler's kernel table of one forward+backward per row into DIR")
     parser.add_argument("--triton-chunks", type=int, nargs="*", default=[],
                         help="also time the triton backend with CHUNK forced to each value (backend 'triton@C'); "
                              "single-segment plans only, so use with S2-S4")
@@ -178,6 +189,9 @@ def multi_inputs(spec: dict, seed: int, device: torch.device, kind: str) -> tupl
 
 
 def scan_perm(grid: tuple[int, int], device: torch.device, kind: str = "hilbert") -> tuple[torch.Tensor, torch.Tensor]:
+    if kind == "identity":
+        perm = torch.arange(grid[0] * grid[1]).repeat(DIRECTIONS, 1)
+        return perm.to(device), perm.clone().to(device)
     try:
         from pamm.ops import scan_orders
 
@@ -237,7 +251,8 @@ def median_ms(fn: Callable[[], object], warmup: int, iters: int) -> float:
     return statistics.median(timed_runs(fn, torch.device("cuda", torch.cuda.current_device()), warmup, iters))
 
 
-def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, iters: int) -> Row:
+def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, iters: int,
+            kernel_table_path: Path | None = None) -> Row:
     row = Row(call="", shape="", spec={}, backend="")
     leaves = {k: v.detach().requires_grad_(k in GRAD_NAMES) for k, v in inputs.items()}
     with torch.no_grad():
@@ -263,6 +278,11 @@ def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, ite
     torch.cuda.synchronize()
     row.peak_mib = (torch.cuda.max_memory_allocated() - baseline) / 2**20
     row.outputs = (out.float(), tuple(g.float() for g in grads))
+    if kernel_table_path is not None:
+        from pamm import io as pio
+        from pamm.engine.profile import kernel_table
+
+        pio.write_text(kernel_table_path, kernel_table(forward_backward, out.device))
     return row
 
 
@@ -280,8 +300,13 @@ def run_case(call_name: str, shape: str, spec: dict, backends: list[str], make_c
              args: argparse.Namespace) -> list[Row]:
     rows = []
     for backend in backends:
+        table = None
+        if args.kernel_tables is not None:
+            args.kernel_tables.mkdir(parents=True, exist_ok=True)
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{call_name}_{shape}_{backend}")
+            table = args.kernel_tables / f"{safe}.txt"
         try:
-            row = measure(make_call(backend), inputs, args.warmup, args.iters)
+            row = measure(make_call(backend), inputs, args.warmup, args.iters, table)
         except torch.cuda.OutOfMemoryError:
             row = Row(call="", shape="", spec={}, backend="", status="out of memory")
         except Exception as exc:  # noqa: BLE001  (a missing backend is a row, not a crash)
@@ -357,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes:
         spec = SHAPES[shape]
         chunked = [f"triton@{c}" for c in args.triton_chunks] + [f"triton@bwd={v}" for v in args.triton_bwd_variants]
-        if not spec.get("multi_only"):
+        if not spec.get("multi_only") and not args.no_single:
             inputs = make_inputs(spec, args.seed, device)
             rows += run_case("single", shape, spec, list(args.backends) + chunked, single_call, inputs, args)
             del inputs

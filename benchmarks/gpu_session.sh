@@ -18,7 +18,9 @@
 #   tests        pytest: Triton kernels and the scan ops on the GPU, every model in bf16 on CUDA
 #   gpumodels    tests/test_gpu_models.py alone (after the build, to include the cuda backend)
 #   scan         benchmarks/bench_scan.py (cuda/torch/ref...) and benchmarks/bench_triton_scan.py
-#   tscan        bench_triton_scan.py against cuda only
+#   tscan        bench_triton_scan.py against cuda only (with each row's kernel table, kernels/)
+#   tdiag        the fused multi-direction call alone with every direction in token order, then raster
+#                orders (kernels_identity/, kernels_raster/): what the permuted accesses cost it
 #   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
 #   experts      benchmarks/bench_experts.py: the fused B/C expert convolutions against one at a time
 #   steptile     the PAMM step with the triton backend and its tile backward ($PAMM_TRITON_BWD=tile)
@@ -26,7 +28,7 @@
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
 # A 15-minute lease (start included) fits one call of at most ~590 s:
-#   PACK_MAMBA_BUILD=0 bash benchmarks/gpu_session.sh setup build prewarm tests wait experts step tscan
+#   PACK_MAMBA_BUILD=0 bash benchmarks/gpu_session.sh setup build prewarm tests wait experts step tscan tdiag
 # (the build runs beside the prewarm and the tests; the timings wait for it, so no compile competes with
 # them). Measured on an H200, 2026-12-04 (results/gpu/2026-12-04_h200): setup ~30 s, prewarm 37 s (371
 # kernel configs, 438 s of compiles on 16 cores), tests 65 s, the build 176 s in all, tscan 257 s (115
@@ -132,7 +134,15 @@ stage_scan() {
 
 stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
     cached_run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
-        --triton-bwd-variants batched both tile --triton-bc-orders token
+        --triton-bwd-variants batched both tile --triton-bc-orders token --kernel-tables "$WORK/kernels"
+}
+
+stage_tdiag() {  # S2, S4, P8 fused calls without (identity) and with some (raster) permuted accesses
+    local kind
+    for kind in identity raster; do
+        cached_run "tdiag_$kind" "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --shapes S2 S4 P8 \
+            --no-single --scan-kind "$kind" --csv "$WORK/bench_triton_scan_$kind.csv" --kernel-tables "$WORK/kernels_$kind"
+    done
 }
 
 stage_step() {
@@ -170,6 +180,7 @@ for stage in "$@"; do
         gpumodels) stage_gpumodels ;;
         scan) stage_scan ;;
         tscan) stage_tscan ;;
+        tdiag) stage_tdiag ;;
         step) stage_step ;;
         experts) stage_experts ;;
         steptile) stage_steptile ;;

@@ -148,3 +148,30 @@ def test_broadcast_matmul_counted_per_output_by_both_counters():
     expected = 5 * 7 * 8 * 6  # output elements x inner size
     assert count_flops_fvcore(model, image)["gmacs_fvcore"] * 1e9 == pytest.approx(expected)
     assert count_flops_ptflops(model, image)["gmacs_ptflops"] * 1e9 == pytest.approx(expected)
+
+
+def test_kernel_table_names_the_ops_of_one_call():
+    from pamm.engine.profile import kernel_table
+
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    table = kernel_table(lambda: torch.mm(a, b).relu_(), torch.device("cpu"), top=10)
+    assert "aten::mm" in table and "aten::relu_" in table
+    assert "aten::conv2d" not in table  # only what the call ran
+
+
+def test_bench_triton_scan_identity_orders_are_token_order_in_every_direction(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_triton_scan.py"
+    spec = importlib.util.spec_from_file_location("bench_triton_scan", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    perm, inverse = bench.scan_perm((3, 5), torch.device("cpu"), "identity")
+    assert perm.shape == (bench.DIRECTIONS, 15)
+    assert torch.equal(perm, torch.arange(15).repeat(bench.DIRECTIONS, 1)) and torch.equal(inverse, perm)
+    hilbert, hilbert_inverse = bench.scan_perm((3, 5), torch.device("cpu"), "hilbert")
+    assert not torch.equal(hilbert, perm)
+    assert torch.equal(torch.gather(hilbert, 1, hilbert_inverse), perm)

@@ -197,6 +197,19 @@ def timed_runs(fn: Callable[[], Any], device: torch.device, warmup: int, repeats
     return sorted(times)
 
 
+def kernel_table(fn: Callable[[], Any], device: torch.device, top: int = 25) -> str:
+    """torch.profiler's table of one call of ``fn``, the ``top`` rows by self time on the device (CUDA
+    kernels, copies, fills) or, on CPU, by self CPU time: where a benchmark's milliseconds go."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=top)
+
+
 def measure_latency(
     model: nn.Module, image: torch.Tensor, warmup: int = 5, repeats: int = 20, dtype: torch.dtype | None = None
 ) -> dict[str, float]:
