@@ -31,7 +31,10 @@ Two structures, each the faster one measured on an H100 (2026-11-23, ``results/g
 
 * forward (:func:`scan_fwd_kernel`): a ``(BLOCK_D, CHUNK)`` token tile in registers, parallel over l,
   one state column ``n`` at a time (one-dimensional associative scans, coalesced token rows), as the
-  CUDA kernel is organised; it also drops the state before every ``CKPT``-th token for the backward;
+  CUDA kernel is organised; it also drops the state before every ``CKPT``-th token for the backward.
+  (Tried and not kept, 2026-12-04: for the fused call, read and write token rows in token order and
+  reorder inside the tile with ``tl.gather``; compiled for sm_90, every candidate at S2 and P8 spilled
+  3.7–10 KB per thread under triton 3.6 and 3.9, against 0–32 bytes for the permuted reads.)
 * backward (:func:`scan_bwd_kernel`): one token per loop step with the ``(BLOCK_D, n)`` state in
   registers; per checkpoint interval a forward loop recomputes the states into the program's
   scratch rows, then a reverse loop carries ``a_t·G_t`` (``G_t`` the adjoint of ``h_t``) and writes
