@@ -13,7 +13,10 @@ kind), with the exact constexprs and the autotuner's candidate configs after its
   * ``warps_per_sm`` is the occupancy the registers and shared memory allow (Hopper limits: 64K
     registers, 64 warps, 32 blocks and 227 KB of shared memory per SM), an estimate, not a timing;
   * ``compile_s`` summed over a launch's candidates is what autotuning that launch costs in compiles
-    on one core, before any benchmarking (the GPU box's autotuner compiles them one after another).
+    on one core, before any benchmarking (the GPU box's autotuner compiles them one after another);
+  * ``sass_instr`` and ``sass_loops`` (the machine code's size, and of each loop body, outer loops
+    including inner ones) are a static proxy for the work per token of the sequential kernels: their
+    loops run once per token or tile, so instructions added to a loop body are paid l times.
 
 How: the calls run on ``meta`` tensors (no memory, no arithmetic) with the backend's kernel table
 swapped for recorders, so the shapes, plans and arguments are the backend's own; each recorded launch
@@ -57,7 +60,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from pamm.ops.triton_scan import BWD_KINDS  # noqa: E402  (imports no kernel: those load on first use)
 
 FIELDS = ["call", "shape", "bwd_kind", "kernel", "pass", "block_d", "num_warps", "prefetch", "batch_io", "chunk",
-          "block_n", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm", "compile_s", "status"]
+          "block_n", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instr", "sass_loops",
+          "compile_s", "status"]
 # Per-SM limits of the architectures this report knows: registers, warps, blocks, shared bytes per block.
 SM_LIMITS = {80: (65536, 64, 32, 166912), 86: (65536, 48, 16, 101376), 89: (65536, 48, 24, 101376),
              90: (65536, 64, 32, 232448)}
@@ -91,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes (each compile is one core)")
     parser.add_argument("--prewarm", action="store_true",
                         help="fill Triton's normal cache for the autotuner (implies --keep-cache; no ptxas log, so "
-                             "spill_bytes stays empty)")
+                             "spill_bytes, sass_instr and sass_loops stay empty)")
     args = parser.parse_args(argv)
     if args.preset == "smoke":
         args.configs = "one"
@@ -284,6 +288,46 @@ def resource_usage(cubin: bytes) -> tuple[int, int, int]:
     return regs, stack + local, shared
 
 
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_SASS_BRANCH = re.compile(r"\bBRA\b.*?(\.L_x_\d+)")
+
+
+def sass_loops(sass: str) -> tuple[int, list[int]]:
+    """(instructions, loop body sizes) of ``nvdisasm -c`` output: a loop is a branch back to an earlier
+    label; its body counts the instructions from that label to the branch (outer loops include inner ones).
+    The one-instruction self-branch after EXIT is not a loop."""
+    label_at: dict[str, int] = {}
+    pending: list[str] = []
+    count, bodies = 0, []
+    for line in sass.splitlines():
+        text = line.strip()
+        if text.startswith(".L_x_") and text.endswith(":"):
+            pending.append(text[:-1])
+            continue
+        match = _SASS_LINE.search(text)
+        if match is None:
+            continue
+        address, instruction = int(match.group(1), 16), match.group(2)
+        count += 1
+        for name in pending:
+            label_at[name] = address
+        pending = []
+        branch = _SASS_BRANCH.search(instruction)
+        if branch and branch.group(1) in label_at and label_at[branch.group(1)] < address:
+            bodies.append((address - label_at[branch.group(1)]) // 16 + 1)
+    return count, sorted(bodies)
+
+
+def _disassemble(cubin: bytes) -> str:
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        return subprocess.run([str(tool), "-c", fh.name], capture_output=True, text=True, check=True).stdout
+
+
 def warps_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
     """Resident warps per SM that registers (allocated per warp in 256-register units), shared memory and
     the warp and block limits allow."""
@@ -316,6 +360,9 @@ def compile_config(launch: Launch, config: tuple, arch: int, labels: dict) -> di
         spill = int(spills.group(1)) if spills else None
         row.update(regs=regs, spill_bytes="" if spill is None else spill, stack_bytes=stack, shared_bytes=shared,
                    warps_per_sm=warps_per_sm(arch, regs, shared, num_warps), status="spills" if spill else "ok")
+        if _WITH_SASS:
+            instructions, bodies = sass_loops(_disassemble(compiled.asm["cubin"]))
+            row.update(sass_instr=instructions, sass_loops="/".join(str(b) for b in bodies))
     except Exception as exc:  # noqa: BLE001  (a failing config is a row, the report goes on)
         row["compile_s"] = round(time.perf_counter() - start, 2)
         row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -324,6 +371,7 @@ def compile_config(launch: Launch, config: tuple, arch: int, labels: dict) -> di
 
 # The launches to compile, set before the worker processes fork (they inherit it instead of unpickling kernels).
 _PENDING: list[tuple[dict, Launch]] = []
+_WITH_SASS = True  # disassemble each cubin (off for --prewarm: only the cache matters there)
 
 
 def _compile_task(task: tuple[int, int, int]) -> dict:
@@ -369,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     if not args.prewarm:  # the autotuner's cache keys must not depend on it
         os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    global _WITH_SASS
+    _WITH_SASS = not args.prewarm
     from triton.runtime.driver import driver
 
     import bench_triton_scan as bench

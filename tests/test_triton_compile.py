@@ -44,3 +44,32 @@ def test_every_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
     for row in rows:
         assert row["status"] in ("ok", "spills"), row
         assert 0 < int(row["regs"]) <= 255 and int(row["warps_per_sm"]) >= int(row["num_warps"]), row
+        # every scan kernel loops over its tokens (tiles or steps); the machine code is larger than any loop
+        bodies = [int(b) for b in row["sass_loops"].split("/") if b]
+        assert bodies and max(bodies) < int(row["sass_instr"]), row
+    token_bwd = [r for r in rows if r["kernel"] == "scan_bwd_kernel" and r["pass"] == "main"]
+    assert all(len(r["sass_loops"].split("/")) >= 3 for r in token_bwd)  # intervals, and in each two step loops
+
+
+def test_sass_loop_bodies_from_a_disassembly(monkeypatch):
+    """Backward branches to earlier labels are loops (the one after EXIT is not); bodies count instructions."""
+    spec = importlib.util.spec_from_file_location("triton_compile_report", SCRIPT)
+    report = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, report)  # its dataclasses look their module up there
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts the repository and benchmarks/ on the path
+    spec.loader.exec_module(report)
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+.L_x_0:
+        /*0020*/                   FFMA R3, R3, R4, R5 ;
+        /*0030*/               @P0 BRA `(.L_x_0) ;
+        /*0040*/               @P1 BRA `(.L_x_1) ;
+        /*0050*/                   BRA `(.L_x_2) ;
+.L_x_2:
+        /*0060*/                   EXIT ;
+.L_x_3:
+        /*0070*/                   BRA `(.L_x_3);
+"""
+    assert report.sass_loops(sass) == (8, [2, 4])
