@@ -361,8 +361,11 @@ def compile_config(launch: Launch, config: tuple, arch: int, labels: dict) -> di
         row.update(regs=regs, spill_bytes="" if spill is None else spill, stack_bytes=stack, shared_bytes=shared,
                    warps_per_sm=warps_per_sm(arch, regs, shared, num_warps), status="spills" if spill else "ok")
         if _WITH_SASS:
-            instructions, bodies = sass_loops(_disassemble(compiled.asm["cubin"]))
-            row.update(sass_instr=instructions, sass_loops="/".join(str(b) for b in bodies))
+            try:
+                instructions, bodies = sass_loops(_disassemble(compiled.asm["cubin"]))
+                row.update(sass_instr=instructions, sass_loops="/".join(str(b) for b in bodies))
+            except (OSError, subprocess.CalledProcessError) as exc:  # the kernel compiled: keep its row
+                print(f"no disassembly of {launch.kernel}: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001  (a failing config is a row, the report goes on)
         row["compile_s"] = round(time.perf_counter() - start, 2)
         row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
