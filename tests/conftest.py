@@ -7,3 +7,30 @@ import pamm  # noqa: E402,F401  (sets up pamm._compat)
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    """Import one of the repository's scripts (``"benchmarks/bench_experts.py"``) as a module, for tests that
+    call its functions. It is registered in ``sys.modules`` while the test runs (its dataclasses look their
+    module up there), and whatever it adds to ``sys.path`` is undone afterwards."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    def load(relative_path: str):
+        path = REPO_ROOT / relative_path
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

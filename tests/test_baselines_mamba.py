@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,6 @@ from baselines.ss2d import SS2D, TaskLayerNorm, TaskLinear
 
 MODELS = ("mtmamba", "mtmamba_pp")
 DATASETS = ("nyud", "pascal")
-PARAM_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "baseline_param_count_mamba.py"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -165,12 +162,10 @@ def test_task_stacked_linear_and_layernorm_equal_per_task_modules() -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_paper_config_shapes_and_decoder_parameters_match_the_released_layers(name: str) -> None:
+def test_paper_config_shapes_and_decoder_parameters_match_the_released_layers(name: str, load_script) -> None:
     """Swin-L at 448x576 on the meta device (no memory): output shapes, and the decoder's parameter
     count equals the released code's layer shapes (counted independently in the param-count script)."""
-    spec = importlib.util.spec_from_file_location("baseline_param_count_mamba", PARAM_SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/baseline_param_count_mamba.py")
     cfg = resolve_config("paper", "nyud", name)
     tasks = dataset_tasks("nyud")
     with torch.device("meta"):

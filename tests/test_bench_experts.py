@@ -2,18 +2,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_experts.py"
 
-
-def test_bench_experts_smoke_preset_writes_both_paths_and_they_agree(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_experts", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_experts_smoke_preset_writes_both_paths_and_they_agree(tmp_path, load_script):
+    bench = load_script("benchmarks/bench_experts.py")
     threads = torch.get_num_threads()
     out = tmp_path / "experts.csv"
     try:

@@ -109,14 +109,11 @@ def test_no_timing_counts_without_running_latency_or_memory(monkeypatch):
     assert "latency_ms" not in result and "peak_mem_mib" not in result
 
 
-def test_paper_flops_table_matrix_keeps_single_task_runs_of_the_dataset_only():
-    import importlib.util
+def test_paper_flops_table_matrix_keeps_single_task_runs_of_the_dataset_only(load_script):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("paper_flops_table", root / "scripts/paper_flops_table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = load_script("scripts/paper_flops_table.py")
     nyud = table.matrix(root / "workflow/config_paper.yaml", ["nyud"], None)
     stl = sorted(v for _, m, v in nyud if m == "stl")
     assert stl == ["stl_depth", "stl_edge", "stl_normals", "stl_semseg"]
@@ -159,16 +156,8 @@ def test_kernel_table_names_the_ops_of_one_call():
     assert "aten::conv2d" not in table  # only what the call ran
 
 
-def test_bench_triton_scan_identity_orders_are_token_order_in_every_direction(monkeypatch):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_triton_scan.py"
-    spec = importlib.util.spec_from_file_location("bench_triton_scan", path)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up there
-    spec.loader.exec_module(bench)
+def test_bench_triton_scan_identity_orders_are_token_order_in_every_direction(load_script):
+    bench = load_script("benchmarks/bench_triton_scan.py")
     perm, inverse = bench.scan_perm((3, 5), torch.device("cpu"), "identity")
     assert perm.shape == (bench.DIRECTIONS, 15)
     assert torch.equal(perm, torch.arange(15).repeat(bench.DIRECTIONS, 1)) and torch.equal(inverse, perm)

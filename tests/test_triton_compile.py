@@ -51,13 +51,9 @@ def test_every_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
     assert all(len(r["sass_loops"].split("/")) >= 3 for r in token_bwd)  # intervals, and in each two step loops
 
 
-def test_sass_loop_bodies_from_a_disassembly(monkeypatch):
+def test_sass_loop_bodies_from_a_disassembly(load_script):
     """Backward branches to earlier labels are loops (the one after EXIT is not); bodies count instructions."""
-    spec = importlib.util.spec_from_file_location("triton_compile_report", SCRIPT)
-    report = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, report)  # its dataclasses look their module up there
-    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts the repository and benchmarks/ on the path
-    spec.loader.exec_module(report)
+    report = load_script("benchmarks/triton_compile_report.py")
     sass = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
 .L_x_1:
