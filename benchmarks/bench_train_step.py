@@ -120,8 +120,7 @@ def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dty
 
 def run_case(text: str, args, device: torch.device, workdir: Path, backbone_source: dict) -> dict:
     from pamm import ops
-    from pamm import io as pio
-    from pamm.engine.profile import kernel_table, timed_runs
+    from pamm.engine.profile import timed_runs, write_kernel_table
 
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
@@ -152,9 +151,7 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
         if device.type == "cuda":
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         if args.trace:
-            args.trace.mkdir(parents=True, exist_ok=True)
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-            pio.write_text(args.trace / f"trace_{safe}.txt", kernel_table(step, device))
+            write_kernel_table(args.trace, f"trace_{text}", step, device)
     except torch.cuda.OutOfMemoryError:
         record["status"] = "out of memory"
     except Exception as error:  # noqa: BLE001 - one failing case must not lose the others' numbers

@@ -252,7 +252,7 @@ def median_ms(fn: Callable[[], object], warmup: int, iters: int) -> float:
 
 
 def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, iters: int,
-            kernel_table_path: Path | None = None) -> Row:
+            kernel_table: tuple[Path, str] | None = None) -> Row:
     row = Row(call="", shape="", spec={}, backend="")
     leaves = {k: v.detach().requires_grad_(k in GRAD_NAMES) for k, v in inputs.items()}
     with torch.no_grad():
@@ -278,14 +278,13 @@ def measure(call: Callable[[dict], torch.Tensor], inputs: dict, warmup: int, ite
     torch.cuda.synchronize()
     row.peak_mib = (torch.cuda.max_memory_allocated() - baseline) / 2**20
     row.outputs = (out.float(), tuple(g.float() for g in grads))
-    if kernel_table_path is not None:
-        from pamm import io as pio
-        from pamm.engine.profile import kernel_table
+    if kernel_table is not None:  # (directory, name)
+        from pamm.engine.profile import write_kernel_table
 
         try:
-            pio.write_text(kernel_table_path, kernel_table(forward_backward, out.device))
+            write_kernel_table(*kernel_table, forward_backward, out.device)
         except Exception as exc:  # noqa: BLE001  (the row's timings are measured: keep them)
-            print(f"[bench] no kernel table for {kernel_table_path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"[bench] no kernel table for {kernel_table[1]}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return row
 
 
@@ -303,11 +302,7 @@ def run_case(call_name: str, shape: str, spec: dict, backends: list[str], make_c
              args: argparse.Namespace) -> list[Row]:
     rows = []
     for backend in backends:
-        table = None
-        if args.kernel_tables is not None:
-            args.kernel_tables.mkdir(parents=True, exist_ok=True)
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{call_name}_{shape}_{backend}")
-            table = args.kernel_tables / f"{safe}.txt"
+        table = None if args.kernel_tables is None else (args.kernel_tables, f"{call_name}_{shape}_{backend}")
         try:
             row = measure(make_call(backend), inputs, args.warmup, args.iters, table)
         except torch.cuda.OutOfMemoryError:

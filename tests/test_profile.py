@@ -147,13 +147,17 @@ def test_broadcast_matmul_counted_per_output_by_both_counters():
     assert count_flops_ptflops(model, image)["gmacs_ptflops"] * 1e9 == pytest.approx(expected)
 
 
-def test_kernel_table_names_the_ops_of_one_call():
-    from pamm.engine.profile import kernel_table
+def test_kernel_table_names_the_ops_of_one_call(tmp_path):
+    from pamm.engine.profile import kernel_table, write_kernel_table
 
     a, b = torch.randn(64, 64), torch.randn(64, 64)
     table = kernel_table(lambda: torch.mm(a, b).relu_(), torch.device("cpu"), top=10)
     assert "aten::mm" in table and "aten::relu_" in table
     assert "aten::conv2d" not in table  # only what the call ran
+    path = write_kernel_table(tmp_path / "tables", "pamm:as_released,scan=triton", lambda: torch.mm(a, b),
+                              torch.device("cpu"))
+    assert path == tmp_path / "tables" / "pamm_as_released_scan_triton.txt"
+    assert "aten::mm" in path.read_text() and list(path.parent.iterdir()) == [path]  # no temporary left
 
 
 def test_bench_triton_scan_identity_orders_are_token_order_in_every_direction(load_script):

@@ -10,12 +10,14 @@ see as one opaque op, is counted with the analytic formula of ``pamm.ops.selecti
 from __future__ import annotations
 
 import math
+import os
 import resource
 import statistics
 import sys
 import time
 import warnings
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -208,6 +210,19 @@ def kernel_table(fn: Callable[[], Any], device: torch.device, top: int = 25) -> 
         _synchronize(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort, row_limit=top)
+
+
+def write_kernel_table(directory: str | os.PathLike, name: str, fn: Callable[[], Any], device: torch.device,
+                       top: int = 25) -> Path:
+    """:func:`kernel_table` of one call of ``fn``, written atomically to ``directory/<name>.txt`` (characters
+    other than letters, digits, ``-_.`` in ``name`` become ``_``); returns the path."""
+    from pamm import io as pio
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = Path(directory) / f"{safe}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pio.write_text(path, kernel_table(fn, device, top))
+    return path
 
 
 def measure_latency(
