@@ -195,6 +195,16 @@ def _make_inputs(b, d, L, n, groups, *, D, z, bias, dtype=torch.float32, seed=0)
     return {k: _leaf(v) for k, v in ins.items()}
 
 
+def _cuda_problem(b: int, d: int, L: int, n: int):
+    """A plain single-direction call's problem description (planning tests; no kernel runs)."""
+    from pamm.ops import triton_scan
+
+    return triton_scan._Problem(
+        batch=b, n_dir=1, n_channels=d, n_groups=1, n_state=n, seq_len=L, u_per_dir=False,
+        delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
+        has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
+
+
 def _check_against_reference(ins, softplus, plan, rtol):
     names = [k for k, v in ins.items() if v is not None]
     with _force_plan(**plan):
@@ -271,6 +281,45 @@ def test_every_backward_variant_matches_float64_reference(variant):
     b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES["grouped-all-features-three-segments"]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
     _check_against_reference(ins, softplus, {**plan, **BACKWARD_VARIANTS[variant]}, FP32_RTOL)
+
+
+@pytest.mark.parametrize("slots", [1, 2, 50])
+def test_token_backward_hands_scratch_slots_on(slots):
+    """The token backward's scratch slots: one slot handed through every program, two taken in turns
+    (unequal counts), or more slots than programs; the same gradients each time."""
+    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES["grouped-all-features-three-segments"]
+    ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
+    _check_against_reference(ins, softplus, {**plan, "bwd_slots": slots}, FP32_RTOL)
+
+
+def test_fused_multi_direction_shares_scratch_slots_across_directions():
+    _check_multi_against_reference("per-direction-inputs-mean-segments", bwd_slots=2)
+
+
+def test_token_backward_scratch_holds_the_resident_programs_only(monkeypatch):
+    """At S2 every program gets its own scratch slot; at S3 and S4 the scratch holds only what an H200's
+    registers can keep resident (regs/16 state values per SM: 69 MB instead of 403 and 335 MB), at every
+    channel block the autotuner may pick."""
+    import types
+
+    from pamm.ops import triton_scan
+
+    props = types.SimpleNamespace(multi_processor_count=132, regs_per_multiprocessor=65536)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    resident_values = 132 * 65536 // triton_scan._REGS_PER_STATE_VALUE
+    for shape, capped in (((16, 1536, 1008, 16), False), ((128, 1536, 1008, 16), True),
+                          ((20, 2048, 1024, 64), True)):
+        b, d, L, n = shape
+        plan = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
+        values = triton_scan._token_bwd_scratch(_cuda_problem(b, d, L, n), plan, torch.device("cuda"))
+        every_program = b * d * 32 * n  # d a multiple of every block, n a power of two: no padding
+        assert values == (resident_values * 32 if capped else every_program), shape
+        for block_d in triton_scan._BWD_BLOCK_DS:
+            slots = triton_scan._scratch_slots(values, plan, n, block_d)
+            assert slots == (resident_values // (block_d * n) if capped else b * d // block_d), (shape, block_d)
+    forced = triton_scan._Plan(chunk=32, seg_len=1024, block_d=8, num_warps=4, bwd_slots=10)
+    values = triton_scan._token_bwd_scratch(_cuda_problem(16, 1536, 1008, 16), forced, torch.device("cuda"))
+    assert (values, triton_scan._scratch_slots(values, forced, 16, 8)) == (10 * 8 * 32 * 16, 10)
 
 
 @pytest.mark.parametrize("bwd_kind", ["token", "tile"])
@@ -465,11 +514,7 @@ def test_plan_splits_long_sequences_only_when_channels_are_few(monkeypatch):
                         lambda device: types.SimpleNamespace(multi_processor_count=132))
 
     def plan(b, d, L, n):
-        problem = triton_scan._Problem(
-            batch=b, n_dir=1, n_channels=d, n_groups=1, n_state=n, seq_len=L, u_per_dir=False,
-            delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
-            has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
-        return triton_scan._auto_plan.__wrapped__(problem, torch.device("cuda"))
+        return triton_scan._auto_plan.__wrapped__(_cuda_problem(b, d, L, n), torch.device("cuda"))
 
     s1 = plan(2, 384, 4800, 16)
     assert s1.n_seg(4800) > 1 and s1.seg_len % s1.chunk == 0 and s1.seg_len >= 4 * s1.chunk
@@ -491,10 +536,7 @@ def test_forcing_the_backward_keeps_the_long_sequence_split(monkeypatch):
 
     monkeypatch.setattr(triton_scan, "_sm_count", lambda device: 132)
     triton_scan._auto_plan.cache_clear()
-    problem = triton_scan._Problem(
-        batch=2, n_dir=1, n_channels=384, n_groups=1, n_state=16, seq_len=4800, u_per_dir=False,
-        delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
-        has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
+    problem = _cuda_problem(2, 384, 4800, 16)
     try:
         auto = triton_scan._plan_for(problem, torch.device("cuda"))
         assert auto.n_seg(4800) > 1
@@ -520,10 +562,7 @@ def test_tile_backward_is_chosen_by_env_and_plans_256_token_intervals(monkeypatc
 
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: types.SimpleNamespace(multi_processor_count=132))
-    problem = triton_scan._Problem(
-        batch=20, n_dir=1, n_channels=2048, n_groups=1, n_state=64, seq_len=1024, u_per_dir=False,
-        delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
-        has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
+    problem = _cuda_problem(20, 2048, 1024, 64)
     monkeypatch.delenv(triton_scan.BWD_KIND_ENV_VAR, raising=False)
     token = triton_scan._plan_for(problem, torch.device("cuda"))
     monkeypatch.setenv(triton_scan.BWD_KIND_ENV_VAR, "tile")

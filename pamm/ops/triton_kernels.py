@@ -17,7 +17,8 @@ D, bias       ``[(K), d]``                fp32
 z, out, dout  ``[b, d, L]``               row-major token order
 perm          ``[K, L]`` int32            scan step ``t`` of direction ``k`` visits token ``perm[k, t]``
 ckpt          ``[b, K, n_ckpt, d, n]``    fp32 state *before* every CKPT-th token, for the backward
-scratch       ``[b·K·n_seg, CKPT, d, n]`` fp32 states of one checkpoint interval (backward only)
+scratch       ``[S, CKPT, BLOCK_D, BN]``  fp32 states of one checkpoint interval in each of S slots, one
+                                          per running token-backward program (``BN`` = ``BLOCK_N``)
 seg_*         ``[b, K, n_seg, d, (n)]``   fp32 carries between segments (long-l regime)
 partials      ``[b, K, n_seg, d, (n)]``   fp32 per-program dA / dD / dbias, summed by the caller
 ============  ==========================  ===============================================
@@ -375,7 +376,7 @@ def _recompute_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row,
 
 @triton.jit
 def _reverse_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B_col, C_col, dout_row, z_row,
-                    scratch_rows, row_stride, h0, ch_mask, n_mask, dn_mask, bias, out_scale,
+                    scratch_rows, scratch_stride, h0, ch_mask, n_mask, dn_mask, bias, out_scale,
                     HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, LOCAL_PASS: tl.constexpr):
     """What the reverse step of token ``t`` reads: its position, Δ (and the pre-softplus value), the
@@ -401,7 +402,7 @@ def _reverse_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B
     else:
         u = tl.load(u_row + pos, mask=m_d, other=0.0).to(tl.float32)
         Bt = tl.load(B_col + bc, mask=m_n, other=0.0).to(tl.float32)
-        h_prev = tl.load(scratch_rows + tl.maximum(t - 1 - c_start, 0) * row_stride,
+        h_prev = tl.load(scratch_rows + tl.maximum(t - 1 - c_start, 0) * scratch_stride,
                          mask=_step_mask(dn_mask, t, c_start + 1, c_end), other=0.0)
         h_prev = tl.where(t > c_start, h_prev, h0)
     return pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev
@@ -412,10 +413,10 @@ def _reverse_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B
 @triton.jit(do_not_specialize=["variants"])
 def scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, perm_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
-    du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dz_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr,
+    slot_turn_ptr, du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dz_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr,
     seg_gstart_ptr, seg_dtsum_ptr, seg_gcarry_ptr,
     n_channels, chans_per_group, n_groups, n_state, seq_len, n_dir, n_seg, seg_len, n_chunks,
-    out_scale, variants,
+    out_scale, variants, scratch_values,
     U_PER_DIR: tl.constexpr, DT_PER_DIR: tl.constexpr, A_PER_DIR: tl.constexpr,
     B_PER_DIR: tl.constexpr, C_PER_DIR: tl.constexpr, DB_PER_DIR: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -427,7 +428,7 @@ def scan_bwd_kernel(
     """Backward scan of one program, a token per step, checkpoint intervals (CHUNK tokens) in reverse.
 
     For each interval a forward loop recomputes the states from its checkpoint into the program's
-    ``scratch`` rows ``[CHUNK, BLOCK_D, n]`` (cache-resident: written and read back by the same
+    ``scratch`` rows ``[CHUNK, BLOCK_D, BLOCK_N]`` (cache-resident: written and read back by the same
     program), then a reverse loop carries ``a_t·G_t`` (``G_t`` the adjoint of ``h_t``) and produces du,
     dΔ, dz (written directly, or atomically when a shared input feeds several directions), dB and dC
     (atomic adds, summed over the block's channels), and per-program partial sums of dA, dD and dbias.
@@ -441,7 +442,20 @@ def scan_bwd_kernel(
     ``BATCH_IO``: the reverse loop collects each interval's dB, dC rows (n, CHUNK) and du, dΔ, dz rows
     (BLOCK_D, CHUNK) in registers and writes them once per interval, token-contiguous (coalesced
     atomics and stores) instead of n scattered atomics and BLOCK_D strided stores per token.
+
+    The scratch has rows for the programs that can run at once, not for all of them (``scratch_values``
+    fp32 values: S = scratch_values // (CHUNK·BLOCK_D·BLOCK_N) slots). A program takes a ticket when it
+    starts (``slot_turn[0]``, so tickets follow start order) and uses slot ticket mod S once the slot's
+    previous holders, tickets ticket - S, ticket - 2S, …, are done (``slot_turn[1 + slot]`` counts them).
+    The holder it waits for started earlier, so it is running or done: no program waits on one that
+    cannot run. With S at least the programs resident at once, nobody waits in practice.
     """
+    n_slots = scratch_values // (CHUNK * BLOCK_D * BLOCK_N)
+    if not LOCAL_PASS:  # a scratch slot (see above); the first thing, so that little is live while waiting
+        ticket = tl.atomic_add(slot_turn_ptr, 1)
+        done = tl.atomic_add(slot_turn_ptr + 1 + ticket % n_slots, 0, sem="acquire")
+        while done < ticket // n_slots:
+            done = tl.atomic_add(slot_turn_ptr + 1 + ticket % n_slots, 0, sem="acquire")
     pid_b, k, seg, grp, ch, ch_mask = _program_channels(chans_per_group, n_seg, BLOCK_D)
     nn = tl.arange(0, BLOCK_N)
     n_mask = nn < n_state
@@ -463,8 +477,13 @@ def scan_bwd_kernel(
     seg_off = (dir_slot * n_seg + seg) * n_channels
     state_tile = ch[:, None] * n_state + nn[None, :]
     row_stride = n_channels * n_state
-    # this program's scratch rows: step j of a chunk at scratch[slot, j, ch, :]
-    scratch_rows = scratch_ptr + (dir_slot * n_seg + seg) * CHUNK * row_stride + state_tile
+    # this program's scratch rows: step j of a chunk at scratch[slot, j, channel in the block, :]
+    scratch_stride = BLOCK_D * BLOCK_N
+    block_tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + nn[None, :]
+    if LOCAL_PASS:  # no states kept: no slot
+        scratch_rows = scratch_ptr + block_tile
+    else:
+        scratch_rows = scratch_ptr + (ticket % n_slots).to(tl.int64) * (CHUNK * scratch_stride) + block_tile
 
     seg_start = seg * seg_len
     seg_end = tl.minimum(seg_start + seg_len, seq_len)
@@ -513,7 +532,7 @@ def scan_bwd_kernel(
                                                   u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
                                                   HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
                 h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
-                tl.store(scratch_rows + (t - c_start) * row_stride, h, mask=dn_mask)
+                tl.store(scratch_rows + (t - c_start) * scratch_stride, h, mask=dn_mask)
                 if PREFETCH:
                     dt, u, Bt = dt_n, u_n, Bt_n
             tl.debug_barrier()  # the states are visible to every thread of the program
@@ -527,20 +546,20 @@ def scan_bwd_kernel(
         if PREFETCH:
             pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
                 perm_ptr, k, c_end - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
-                C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0, ch_mask, n_mask, dn_mask,
+                C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0, ch_mask, n_mask, dn_mask,
                 bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
         for j in range(0, n_tok):
             t = c_end - 1 - j
             if PREFETCH:
                 pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n = _reverse_inputs(
                     perm_ptr, k, t - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off,
-                    B_ptr + B_off, C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0,
+                    B_ptr + B_off, C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0,
                     ch_mask, n_mask, dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z,
                     LOCAL_PASS)
             else:
                 pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
                     perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
-                    C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, row_stride, h0, ch_mask, n_mask,
+                    C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0, ch_mask, n_mask,
                     dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
             a = tl.exp(dt[:, None] * A)
             if HAS_Z:
@@ -606,6 +625,9 @@ def scan_bwd_kernel(
                 _write_grad(du_ptr + u_off[:, None] + tok[None, :], du_rows, dt_mask, DU_ATOMIC)
                 _write_grad(ddelta_ptr + delta_off[:, None] + tok[None, :], ddt_rows, dt_mask, DDELTA_ATOMIC)
 
+    if not LOCAL_PASS:
+        tl.debug_barrier()  # every thread is done with the slot's rows: hand it to its next ticket
+        tl.atomic_xchg(slot_turn_ptr + 1 + ticket % n_slots, ticket // n_slots + 1, sem="release")
     _store_backward_partials(seg_gstart_ptr, seg_dtsum_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, seg_off, n_state,
                              state_tile, ch, dn_mask, ch_mask, G, dt_next_sum, dA_acc, dD_acc, dbias_acc,
                              LOCAL_PASS, HAS_D, HAS_BIAS)

@@ -17,7 +17,9 @@ needs triton). They run compiled on CUDA tensors, or on CPU tensors under the Tr
 
 Memory: the forward saves only the inputs plus the state before every ``chunk``-th token,
 ``b·K·d·n·ceil(l/chunk)`` fp32 values. The default (token) backward recomputes the states one interval
-at a time into a scratch of ``b·K·d·n·chunk`` values (``chunk`` ≈ sqrt(l): 32 at PAMM's l ≈ 1000);
+at a time into scratch rows of ``d_block·n·chunk`` values per program (``chunk`` ≈ sqrt(l): 32 at PAMM's
+l ≈ 1000), with rows only for the programs that can run at once, handed from program to program
+(at most ``b·K·d·n·chunk`` values; 69 MB on an H200 at S3 and S4 instead of 403 and 335 MB);
 the tile backward (``$PAMM_TRITON_BWD=tile``) works on 256-token intervals with a scratch of
 ``b·K·d·chunk`` values (at PAMM's PASCAL shape S4: 84 MB of checkpoints and scratch instead of 670).
 Gradients of B and C are accumulated with fp32 atomics, so they (and merged outputs) are not bitwise
@@ -64,6 +66,9 @@ _DISK_CACHE = ({"cache_results": True}
                if triton is not None and "cache_results" in inspect.signature(triton.autotune).parameters else {})
 
 
+_BWD_BLOCK_DS = (2, 4, 8, 16, 32)  # the token backward's autotuned channel blocks
+
+
 @functools.lru_cache(maxsize=1)
 def _kernels():
     """Import the kernels once and wrap them with autotuning (a fixed config under the interpreter)."""
@@ -85,9 +90,9 @@ def _kernels():
         )(tk.scan_fwd_kernel)
         bwd = triton.autotune(
             configs=[triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
-                     for bd in (2, 4, 8, 16, 32) for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)],
+                     for bd in _BWD_BLOCK_DS for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)],
             key=key + ["variants"], prune_configs_by={"early_config_prune": _prune_bwd_configs},
-            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr"], **_DISK_CACHE,
+            reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr", "slot_turn_ptr"], **_DISK_CACHE,
         )(tk.scan_bwd_kernel)
         bwd_tile = triton.autotune(
             configs=[triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8) for nw in (2, 4, 8)],
@@ -213,6 +218,7 @@ class _Plan:
     bwd_kind: str = "token"  # "token": scan_bwd_kernel; "tile": scan_bwd_tile_kernel (chunk = its tile)
     bwd_prefetch: bool | None = None  # backward variant (scan_bwd_kernel's PREFETCH); None: autotuned
     bwd_batch_io: bool | None = None  # backward variant (BATCH_IO); None: autotuned
+    bwd_slots: int | None = None  # token backward's scratch slots (at the widest block); None: the resident programs'
 
     def n_chunks(self, seq_len: int) -> int:
         return -(-seq_len // self.chunk)
@@ -238,7 +244,8 @@ _PLAN_OVERRIDE: dict | None = None
 def _force_plan(**fields) -> Iterator[None]:
     """Testing (and benchmarking) hook: fix ``chunk``, ``seg_chunks`` (chunks per segment),
     ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps``, the
-    backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``, and
+    backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``, the
+    token backward's scratch slots ``bwd_slots``, and
     the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
@@ -340,7 +347,8 @@ def _auto_plan(problem: _Problem, device: torch.device, bwd_kind: str = "token")
     fwd_seg_chunks = _segment_chunks(n_chunks, sequences * problem.n_channels, target)
     interpreted = _kernels()["interpreted"]
     return _Plan(chunk=chunk, seg_len=seg_chunks * chunk, block_d=4 if interpreted else None,
-                 num_warps=1 if interpreted else 4, fwd_seg_len=fwd_seg_chunks * chunk, bwd_kind=bwd_kind)
+                 num_warps=1 if interpreted else 4, fwd_seg_len=fwd_seg_chunks * chunk, bwd_kind=bwd_kind,
+                 bwd_slots=_INTERPRETED_BWD_SLOTS if interpreted else None)
 
 
 def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
@@ -411,6 +419,41 @@ def _launch(kind: str, problem: _Problem, plan: _Plan, args: dict) -> None:
                            BATCH_IO=True if plan.bwd_batch_io is None else plan.bwd_batch_io)
         raw[(blocks(block_d), problem.batch, problem.n_dir * n_seg)](**args, **variant, BLOCK_D=block_d,
                                                                     num_warps=plan.num_warps)
+
+
+# Every compiled config of scan_bwd_kernel's main pass holds at least 16 registers per state value a
+# thread owns (results/gpu/2026-12-04_h200/prewarm_compile.csv, triton 3.6, S1–S4 single and fused:
+# 16–168; tests/test_triton_compile.py checks it for the installed triton). So the programs resident on
+# one SM own at most regs_per_SM / 16 state values, and scratch rows for that many per SM serve every
+# program that can run at once.
+_REGS_PER_STATE_VALUE = 16
+_INTERPRETED_BWD_SLOTS = 3  # fewer slots than programs: the interpreter tests hand slots on
+
+
+def _token_bwd_scratch(problem: _Problem, plan: _Plan, device: torch.device) -> int:
+    """fp32 values of the token backward's scratch: rows for every program (one per channel block, batch
+    element, direction and segment), unless more than the programs resident at once can use
+    (``_REGS_PER_STATE_VALUE``) or than ``plan.bwd_slots`` programs of the widest block hold."""
+    per_channel = plan.chunk * _block_n(problem.n_state)  # one channel's rows for one interval
+    block_ds = (plan.block_d,) if plan.block_d else _BWD_BLOCK_DS
+    sequences = problem.batch * problem.n_dir * plan.n_seg(problem.seq_len)
+    blocks = lambda bd: problem.n_groups * -(-problem.chans_per_group // bd)  # noqa: E731
+    every_program = max(blocks(bd) * bd for bd in block_ds) * sequences * per_channel
+    one_program = max(block_ds) * per_channel
+    if plan.bwd_slots:
+        cap = plan.bwd_slots * one_program
+    elif device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        regs = getattr(props, "regs_per_multiprocessor", None) or 65536
+        cap = props.multi_processor_count * (regs // _REGS_PER_STATE_VALUE) * plan.chunk
+    else:
+        cap = every_program
+    return max(one_program, min(every_program, cap))
+
+
+def _scratch_slots(scratch_values: int, plan: _Plan, n_state: int, block_d: int) -> int:
+    """Slots of a ``scratch_values`` scratch for programs of ``block_d`` channels (as the kernel counts them)."""
+    return scratch_values // (plan.chunk * block_d * _block_n(n_state))
 
 
 def _launch_carry(problem: _Problem, A: torch.Tensor, local: torch.Tensor, dt_sum: torch.Tensor,
@@ -487,9 +530,14 @@ def _scan_backward(problem: _Problem, plan: _Plan, dout, ckpt, u, delta, A, B, C
         kind = "bwd_tile"
         args["scratch_ptr"] = torch.empty(b * K * n_seg, d, plan.chunk, **f32)
         local_args = {}
-    else:  # the states of one checkpoint interval
+    else:  # the states of one checkpoint interval, in slots handed from program to program
         kind = "bwd"
-        args["scratch_ptr"] = torch.empty(b * K * n_seg, plan.chunk, d, n, **f32)
+        scratch_values = _token_bwd_scratch(problem, plan, device)
+        narrowest = plan.block_d or min(_BWD_BLOCK_DS)
+        args["scratch_ptr"] = torch.empty(scratch_values, **f32)
+        args["scratch_values"] = scratch_values
+        args["slot_turn_ptr"] = torch.zeros(1 + _scratch_slots(scratch_values, plan, n, narrowest), device=device,
+                                            dtype=torch.int32)
         args["variants"] = _variant_mask(plan)
         local_args = {"variants": _variant_mask(plan, local_pass=True)}
     if n_seg > 1:
