@@ -60,8 +60,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from pamm.ops.triton_scan import BWD_KINDS  # noqa: E402  (imports no kernel: those load on first use)
 
 FIELDS = ["call", "shape", "bwd_kind", "kernel", "pass", "block_d", "num_warps", "prefetch", "batch_io", "chunk",
-          "block_n", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instr", "sass_loops",
-          "compile_s", "status"]
+          "block_n", "maxnreg", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instr",
+          "sass_loops", "compile_s", "status"]
 # Per-SM limits of the architectures this report knows: registers, warps, blocks, shared bytes per block.
 SM_LIMITS = {80: (65536, 64, 32, 166912), 86: (65536, 48, 16, 101376), 89: (65536, 48, 24, 101376),
              90: (65536, 64, 32, 232448)}
@@ -137,7 +137,7 @@ class Launch:
     kernel: str
     fn: Any  # the triton.JITFunction
     args: dict
-    configs: list  # [(constexpr dict, num_warps, num_stages)]
+    configs: list  # [(constexpr dict, num_warps, num_stages, maxnreg or None)]
     bwd_kind: str = ""  # the backward kind of the call that made it
 
 
@@ -152,7 +152,7 @@ class _Recorder:
             args = dict(zip(self.fn.arg_names, positional), **named)
             num_warps = args.pop("num_warps", 4)
             num_stages = args.pop("num_stages", 3)
-            configs = self.candidates(args) if self.candidates else [({}, num_warps, num_stages)]
+            configs = self.candidates(args) if self.candidates else [({}, num_warps, num_stages, None)]
             self.sink.append(Launch(self.name, self.fn, args, configs))
 
         return launch
@@ -177,7 +177,7 @@ def _candidates(tuned, prune, mode: str):
         if mode != "all":
             with _env("PAMM_TRITON_AUTOTUNE", "0" if mode == "one" else "1"):
                 configs = prune(configs, args)
-        return [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs]
+        return [(dict(c.kwargs), c.num_warps, c.num_stages, getattr(c, "maxnreg", None)) for c in configs]
 
     return pick
 
@@ -341,18 +341,18 @@ def warps_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
 
 def compile_config(launch: Launch, config: tuple, arch: int, labels: dict) -> dict:
     """Compile one candidate config of one launch; its row."""
-    constexprs, num_warps, num_stages = config
+    constexprs, num_warps, num_stages, maxnreg = config
     row = {**labels, "kernel": launch.kernel, "pass": "local" if launch.args.get("LOCAL_PASS") else "main",
            "block_d": constexprs.get("BLOCK_D", launch.args.get("BLOCK_D")), "num_warps": num_warps,
            "prefetch": constexprs.get("PREFETCH", launch.args.get("PREFETCH", "")),
            "batch_io": constexprs.get("BATCH_IO", launch.args.get("BATCH_IO", "")),
-           "chunk": launch.args.get("CHUNK"), "block_n": launch.args.get("BLOCK_N")}
+           "chunk": launch.args.get("CHUNK"), "block_n": launch.args.get("BLOCK_N"), "maxnreg": maxnreg or ""}
     start = time.perf_counter()
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):  # $TRITON_DUMP_PTXAS_LOG: Triton prints ptxas's -v report
             compiled = launch.fn.warmup(**_mock_args(launch), **constexprs, num_warps=num_warps,
-                                        num_stages=num_stages, grid=(1,))
+                                        num_stages=num_stages, maxnreg=maxnreg, grid=(1,))
         row["compile_s"] = round(time.perf_counter() - start, 2)
         regs, stack, shared = resource_usage(compiled.asm["cubin"])
         shared = max(shared, int(getattr(compiled.metadata, "shared", 0) or 0))

@@ -596,8 +596,7 @@ def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch
     from pamm.ops import triton_scan
 
     monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
-    configs = [triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
-               for bd in (2, 4, 8, 16, 32) for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)]
+    configs = triton_scan._bwd_configs()
 
     def variants(kept):
         return {(c.kwargs["PREFETCH"], c.kwargs["BATCH_IO"]) for c in kept}
@@ -618,7 +617,28 @@ def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch
     assert kept and variants(kept) == {(True, False)}
     monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
     (one,) = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=every)
-    assert (one.kwargs["PREFETCH"], one.kwargs["BATCH_IO"]) == (True, True)
+    assert (one.kwargs["PREFETCH"], one.kwargs["BATCH_IO"], one.maxnreg) == (True, True, None)
+
+
+@pytest.mark.parametrize("n", [16, 64])
+def test_register_capped_backward_twins_are_tuned_at_four_values_per_thread(monkeypatch, n):
+    """A twin capped at 168 registers for each batched-writes config holding 4 state values per thread
+    (where the cap buys 12 warps per SM for little spilling), beside its uncapped config; no twin elsewhere,
+    and none with autotuning off."""
+    from pamm.ops import triton_scan
+
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
+    every = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4))
+    kept = triton_scan._prune_bwd_configs(triton_scan._bwd_configs(), {}, chans_per_group=2048, BLOCK_N=n,
+                                          CHUNK=32, variants=every)
+    capped = [c for c in kept if c.maxnreg is not None]
+    assert capped and all(c.maxnreg == triton_scan._BWD_CAPPED_REGS and c.kwargs["BATCH_IO"] for c in capped)
+    assert all(c.kwargs["BLOCK_D"] * n == 4 * 32 * c.num_warps for c in capped)
+    uncapped = {(tuple(sorted(c.kwargs.items())), c.num_warps) for c in kept if c.maxnreg is None}
+    assert all((tuple(sorted(c.kwargs.items())), c.num_warps) in uncapped for c in capped)
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
+    assert all(c.maxnreg is None for c in triton_scan._prune_bwd_configs(
+        triton_scan._bwd_configs(), {}, chans_per_group=2048, BLOCK_N=n, CHUNK=32, variants=every))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,8 +89,7 @@ def _kernels():
             **_DISK_CACHE,
         )(tk.scan_fwd_kernel)
         bwd = triton.autotune(
-            configs=[triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
-                     for bd in _BWD_BLOCK_DS for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)],
+            configs=_bwd_configs(),
             key=key + ["variants"], prune_configs_by={"early_config_prune": _prune_bwd_configs},
             reset_to_zero=["du_ptr", "ddelta_ptr", "dB_ptr", "dC_ptr", "slot_turn_ptr"], **_DISK_CACHE,
         )(tk.scan_bwd_kernel)
@@ -149,15 +148,38 @@ def _variant_mask(plan: "_Plan", local_pass: bool = False) -> int:
     return sum(_variant_bit(p, b) for p in prefetch for b in batch_io)
 
 
+# Register-capped twins of the batched-writes backward configs. The kernel is stall-bound (results/gpu/
+# 2026-12-04_h200/README.md: ~30 % of the issue rate) and its tuned configs ran at 8 warps per SM. Compiled
+# for sm_90 (triton 3.9, S2–S4), the configs holding 4 state values per thread take 199–230 registers
+# (8–10 warps/SM); capped at 168 they fit 12 warps/SM with 0–64 bytes of spill stores. At 8 values per
+# thread the cap spills 200–360 bytes, and at 2 or fewer the kernel needs under 168 anyway, so only the
+# 4-value twins are tried; the autotuner keeps whichever runs faster.
+_BWD_CAPPED_REGS = 168
+_BWD_CAPPED_VALUES_PER_THREAD = 4
+
+
+def _bwd_configs() -> list:
+    """The token backward's autotuning candidates: every channel block, warp count and variant, and the
+    batched-writes ones again capped at ``_BWD_CAPPED_REGS`` (``_prune_bwd_configs`` narrows them per call)."""
+    configs = [triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
+               for bd in _BWD_BLOCK_DS for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)]
+    return configs + [triton.Config(dict(c.kwargs), num_warps=c.num_warps, maxnreg=_BWD_CAPPED_REGS)
+                      for c in configs if c.kwargs["BATCH_IO"]]
+
+
 def _prune_bwd_configs(configs, named_args, **kwargs):
     """The backward holds (BLOCK_D, n) state tiles: 1–8 values per thread; with ``BATCH_IO`` also an
     interval's (n, CHUNK) dB/dC rows and (BLOCK_D, CHUNK) du/dΔ/dz rows: at most 64 values per thread.
-    Only the variants the caller allows; with autotuning off, one config of the last allowed variant
-    (prefetch and batched writes, when allowed)."""
+    Only the variants the caller allows; the register-capped twins (``_BWD_CAPPED_REGS``) only at 4 state
+    values per thread and only when autotuning. With autotuning off, one uncapped config of the last
+    allowed variant (prefetch and batched writes, when allowed)."""
     args = {**named_args, **kwargs}
     mask = int(args.get("variants", 0b1111))
     allowed = [c for c in configs if mask & _variant_bit(c.kwargs.get("PREFETCH", False), c.kwargs.get("BATCH_IO", False))]
     n, chunk = int(args["BLOCK_N"]), int(args["CHUNK"])
+    values_per_thread = lambda c: c.kwargs["BLOCK_D"] * n / (32 * c.num_warps)  # noqa: E731
+    allowed = [c for c in allowed if getattr(c, "maxnreg", None) is None
+               or (_autotuning() and values_per_thread(c) == _BWD_CAPPED_VALUES_PER_THREAD)]
 
     def rows_fit(c) -> bool:
         rows = (2 * n + 3 * c.kwargs["BLOCK_D"]) * chunk / (32 * c.num_warps)
@@ -168,7 +190,7 @@ def _prune_bwd_configs(configs, named_args, **kwargs):
         last = max(allowed, key=lambda c: _variant_bit(c.kwargs.get("PREFETCH", False), c.kwargs.get("BATCH_IO", False)))
         allowed = [c for c in allowed if (c.kwargs.get("PREFETCH"), c.kwargs.get("BATCH_IO"))
                    == (last.kwargs.get("PREFETCH"), last.kwargs.get("BATCH_IO"))]
-    return _pruned(allowed, args, lambda c: c.kwargs["BLOCK_D"] * n / (32 * c.num_warps), 1, 8, 2, 2)
+    return _pruned(allowed, args, values_per_thread, 1, 8, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------
