@@ -150,10 +150,11 @@ def _variant_mask(plan: "_Plan", local_pass: bool = False) -> int:
 
 # Register-capped twins of the batched-writes backward configs. The kernel is stall-bound (results/gpu/
 # 2026-12-04_h200/README.md: ~30 % of the issue rate) and its tuned configs ran at 8 warps per SM. Compiled
-# for sm_90 (triton 3.9, S2–S4), the configs holding 4 state values per thread take 199–230 registers
-# (8–10 warps/SM); capped at 168 they fit 12 warps/SM with 0–64 bytes of spill stores. At 8 values per
-# thread the cap spills 200–360 bytes, and at 2 or fewer the kernel needs under 168 anyway, so only the
-# 4-value twins are tried; the autotuner keeps whichever runs faster.
+# for sm_90 (triton 3.6 and 3.9; S2–S4 and PAMM's P8), the configs holding 4 state values per thread take
+# up to 234 registers (8–9 warps/SM); capped at 168 they fit 12 warps/SM with 0–116 bytes of spill stores
+# (P8's (32 channels, 4 warps, prefetch): 199–201 registers uncapped, 168 and no spill capped). At 8 values
+# per thread the cap spills 200–360 bytes, and at 2 or fewer the kernel needs under 168 anyway, so only
+# the 4-value twins are tried; the autotuner keeps whichever runs faster.
 _BWD_CAPPED_REGS = 168
 _BWD_CAPPED_VALUES_PER_THREAD = 4
 
