@@ -1,6 +1,5 @@
 """The Snakemake spine end to end on a tiny matrix: DAG, full run, and a second run that does nothing."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
