@@ -16,7 +16,9 @@ backward takes the gradients of u, Δ, A, B, C, D), peak memory above the inputs
 and gradient error against the CUDA kernel, and the triton / cuda time ratio. For S2 and S4 it also
 times the whole multi-direction call: gather → scan → merge with the CUDA kernel against the fused
 Triton entry (orders read and written inside the kernel), with the batch split into tasks x 4
-directions over the 28x36 (S2) or 32x32 (S4) token grid.
+directions over the 28x36 (S2) or 32x32 (S4) token grid, and against the Triton scan behind the
+gather → scan → merge path (``triton@multi=gather``: what ``pamm.ops.multi_direction_scan`` runs when
+``$PAMM_TRITON_MULTI=gather``, or when ``auto`` times it faster).
 
 Where the time goes: ``--kernel-tables DIR`` writes, per row, torch.profiler's table of one forward+backward
 (kernels, copies, fills, by self CUDA time); ``--no-single --scan-kind identity`` times the fused call with
@@ -117,6 +119,8 @@ def forced_plan(call: Callable[[dict], torch.Tensor], spec: str) -> Callable[[di
         fields = BWD_VARIANTS[spec.removeprefix("bwd=")]
     elif spec.startswith("bc="):
         fields = dict(bc_order=spec.removeprefix("bc="))
+    elif spec.startswith("multi="):
+        fields = dict(multi_path=spec.removeprefix("multi="))
     else:
         fields = dict(chunk=int(spec))
 
@@ -208,6 +212,17 @@ def multi_call(backend: str, perm: torch.Tensor, inverse: torch.Tensor) -> Calla
     """cuda: pamm.ops.multi_direction_scan (gather → scan → merge), or that pipeline spelled out."""
     import pamm.ops as ops
 
+    library = getattr(ops, "multi_direction_scan", None)
+
+    def via_library(scan_backend: str) -> Callable[[dict], torch.Tensor]:
+        def call(x: dict) -> torch.Tensor:
+            return library(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True,
+                           perm=perm, inverse=inverse, merge="sum", backend=scan_backend)
+
+        return call
+
+    if backend.startswith("triton@multi="):  # pamm.ops.multi_direction_scan on the triton backend, one path forced
+        return forced_plan(via_library("triton"), backend.split("@", 1)[1])
     if backend.startswith("triton@"):
         return forced_plan(multi_call("triton", perm, inverse), backend.split("@", 1)[1])
     if backend == "triton":
@@ -218,14 +233,8 @@ def multi_call(backend: str, perm: torch.Tensor, inverse: torch.Tensor) -> Calla
                                                True, perm=perm, inverse=inverse, merge="sum")
 
         return fused
-
-    library = getattr(ops, "multi_direction_scan", None)
     if library is not None:
-        def via_library(x: dict) -> torch.Tensor:
-            return library(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True,
-                           perm=perm, inverse=inverse, merge="sum", backend=backend)
-
-        return via_library
+        return via_library(backend)
 
     def spelled_out(x: dict) -> torch.Tensor:
         b, d, L = x["u"].shape
@@ -387,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         if spec["grid"] is not None and not args.no_multi:
             x, perm, inverse = multi_inputs(spec, args.seed, device, args.scan_kind)
             bc_orders = [f"triton@bc={o}" for o in args.triton_bc_orders]
-            rows += run_case("multi_direction", shape, spec, ["cuda", "triton", *chunked, *bc_orders],
+            rows += run_case("multi_direction", shape, spec, ["cuda", "triton", "triton@multi=gather", *chunked,
+                                                              *bc_orders],
                              lambda backend: multi_call(backend, perm, inverse), x, args)
             del x
         torch.cuda.empty_cache()

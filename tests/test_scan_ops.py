@@ -425,3 +425,8 @@ def test_backend_report_names_the_triton_backward(monkeypatch):
     assert ops.backend_report()["triton_bc_order"].startswith("scan order (default")
     monkeypatch.setenv("PAMM_TRITON_BC_ORDER", "token")
     assert ops.backend_report()["triton_bc_order"].startswith("token order ($PAMM_TRITON_BC_ORDER")
+    monkeypatch.delenv("PAMM_TRITON_MULTI", raising=False)
+    assert ops.backend_report()["triton_multi_path"].startswith("auto (default; choices auto, fused, gather)")
+    monkeypatch.setenv("PAMM_TRITON_MULTI", "gather")
+    assert ops.backend_report()["triton_multi_path"].startswith("gather ($PAMM_TRITON_MULTI")
+    assert "multi-direction: gather" in ops.format_backend_report(ops.backend_report())

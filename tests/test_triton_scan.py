@@ -684,3 +684,86 @@ def test_multi_direction_scan_takes_the_fused_triton_path(monkeypatch):
     gathered = ops.multi_direction_scan(u, delta, A, B, C, delta_softplus=True, perm=perm, inverse=inverse, backend="torch")
     assert calls == [1]
     torch.testing.assert_close(fused, gathered, rtol=FP32_RTOL, atol=1e-5)
+    # $PAMM_TRITON_MULTI=gather: the triton scan behind the gather -> scan -> merge path, no fused call
+    monkeypatch.setenv(triton_scan.MULTI_PATH_ENV_VAR, "gather")
+    scans = []
+    plain = triton_scan.selective_scan_triton
+    monkeypatch.setattr(triton_scan, "selective_scan_triton", lambda *a, **k: scans.append(1) or plain(*a, **k))
+    via_gather = ops.multi_direction_scan(u, delta, A, B, C, delta_softplus=True, perm=perm, inverse=inverse,
+                                          backend="triton")
+    assert calls == [1] and scans == [1]
+    torch.testing.assert_close(via_gather, gathered, rtol=FP32_RTOL, atol=1e-5)
+    monkeypatch.setenv(triton_scan.MULTI_PATH_ENV_VAR, "sideways")
+    with pytest.raises(ValueError, match="PAMM_TRITON_MULTI"):
+        ops.multi_direction_scan(u, delta, A, B, C, perm=perm, inverse=inverse, backend="triton")
+
+
+def test_timing_a_multi_direction_path_leaves_the_callers_tensors_alone(monkeypatch):
+    """``_time_path`` runs the path (and its backward) on detached copies: an untimed call, then the median
+    of the timed ones; the caller's leaves get no gradient and the caller's graph is untouched."""
+    from pamm.ops import multi_direction
+
+    elapsed = iter([3.0, 1.0, 2.0])
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return next(elapsed)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    u = torch.randn(1, 4, 12, requires_grad=True)
+    A = torch.randn(4, 2)  # needs no gradient
+    seen = []
+
+    def run(path, args):
+        seen.append((path, args[0] is not u, args[0].requires_grad, args[1].requires_grad, torch.is_grad_enabled()))
+        return (args[0] * 2).sum(-1) + args[1].sum()
+
+    assert multi_direction._time_path(run, "gather", [u, A], wants_grad=True) == 2.0
+    assert seen == [("gather", True, True, False, True)] * 4 and u.grad is None
+    seen.clear()
+    elapsed = iter([1.0, 1.0, 1.0])
+    with torch.no_grad():
+        multi_direction._time_path(run, "fused", [u, A], wants_grad=False)
+    assert seen == [("fused", True, False, False, False)] * 4
+
+
+def test_auto_multi_direction_path_times_both_once_per_problem(monkeypatch):
+    """``auto`` (where it can time: CUDA) keeps the faster path per problem, timing each problem once; a
+    forced path is never timed."""
+    from pamm.ops import multi_direction, triton_scan
+
+    monkeypatch.delenv(triton_scan.MULTI_PATH_ENV_VAR, raising=False)
+    monkeypatch.setattr(multi_direction, "_TRITON_PATHS", {})
+    monkeypatch.setattr(multi_direction, "_can_time", lambda device: True)
+    speed = {"fused": 9.0, "gather": 5.0}
+    timed = []
+
+    def fake_time(run, path, inputs, wants_grad):
+        timed.append((path, tuple(inputs[0].shape), wants_grad))
+        return speed[path]
+
+    monkeypatch.setattr(multi_direction, "_time_path", fake_time)
+    small = [torch.randn(1, 4, 12, requires_grad=True)] + [None] * 6
+    assert multi_direction._triton_path(None, small, ("flags",)) == "gather"
+    assert multi_direction._triton_path(None, small, ("flags",)) == "gather"
+    assert timed == [("fused", (1, 4, 12), True), ("gather", (1, 4, 12), True)]  # once per problem
+    speed["fused"] = 1.0
+    wide = [torch.randn(2, 4, 12, requires_grad=True)] + [None] * 6
+    assert multi_direction._triton_path(None, wide, ("flags",)) == "fused"  # another problem: timed again
+    with torch.no_grad():  # inference: a problem of its own, timed forward only
+        assert multi_direction._triton_path(None, small, ("flags",)) == "fused"
+    assert timed[-1] == ("gather", (1, 4, 12), False) and len(timed) == 6
+    monkeypatch.setenv(triton_scan.MULTI_PATH_ENV_VAR, "fused")
+    assert multi_direction._triton_path(None, wide, ("other",)) == "fused" and len(timed) == 6
+    monkeypatch.setattr(multi_direction, "_can_time", lambda device: False)
+    monkeypatch.delenv(triton_scan.MULTI_PATH_ENV_VAR)
+    assert multi_direction._triton_path(None, wide, ("other",)) == "fused" and len(timed) == 6

@@ -56,6 +56,14 @@ def _triton_bc_order() -> str:
     return f"{order} order {origin}" if origin else order
 
 
+def _triton_multi_path() -> str:
+    """Which path pamm.ops.multi_direction_scan takes on the Triton backend ($PAMM_TRITON_MULTI)."""
+    from pamm.ops import triton_scan
+
+    path, origin = _env_setting(triton_scan._multi_path, triton_scan.MULTI_PATH_ENV_VAR, triton_scan.MULTI_PATHS)
+    return f"{path} {origin}" if origin else path
+
+
 def backend_report() -> dict:
     """Facts about the scan backends on this machine, as a JSON-serialisable dict.
 
@@ -63,6 +71,7 @@ def backend_report() -> dict:
     gpu_capability, python, mamba_ssm {installed_version, importable, error}, triton_version,
     triton_backward (which Triton backward kernel runs, and whether it is autotuned), triton_bc_order
     (B and C in scan order or read through the permutation, in the fused multi-direction call),
+    triton_multi_path (fused call, gather path, or the faster of the two per problem),
     forced_default (set_default_backend / $PAMM_SCAN_BACKEND, or None), registered_backends,
     auto_on_cuda / auto_on_cuda_reason, auto_on_cpu / auto_on_cpu_reason.
     Importing mamba-ssm is attempted (once per process) to get the real error text.
@@ -116,6 +125,7 @@ def backend_report() -> dict:
         "triton_version": _package_version("triton"),
         "triton_backward": _triton_backward(),
         "triton_bc_order": _triton_bc_order(),
+        "triton_multi_path": _triton_multi_path(),
         "forced_default": forced,
         "registered_backends": list(registered_backends()),
         "auto_on_cuda": auto_cuda,
@@ -139,8 +149,8 @@ def format_backend_report(report: dict) -> str:
         lines.append(f"    import error: {mamba['error']}")
     lines += [
         f"  triton: {report['triton_version'] or 'not installed'}"
-        + (f"; backward: {report['triton_backward']}; fused multi-direction B/C: {report['triton_bc_order']}"
-           if report["triton_version"] else ""),
+        + (f"; backward: {report['triton_backward']}; multi-direction: {report['triton_multi_path']}"
+           f"; fused multi-direction B/C: {report['triton_bc_order']}" if report["triton_version"] else ""),
         f"  registered backends: {', '.join(report['registered_backends'])}",
         f"  forced default: {report['forced_default'] or 'none (auto)'}",
         f"  auto on CUDA tensors -> {report['auto_on_cuda']}: {report['auto_on_cuda_reason']}",

@@ -6,9 +6,13 @@ Python loop of scans, the K orders are gathered into a (b, K·d, L) tensor (dire
 the channel axis, B/C as K·G groups), scanned once, gathered back with the inverse permutation
 and merged. Gathers use an autograd function whose backward is another gather (with the inverse
 permutation): a permutation needs no scatter-add, which was 29 % of the released PAMM's step
-(reference §1.11).
+(reference §1.11). On the triton backend a fused entry reads and writes through the orders inside its
+kernels instead; ``$PAMM_TRITON_MULTI`` chooses it, this path, or (``auto``) the faster of the two per
+problem, timed once on first use.
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 
@@ -137,13 +141,78 @@ def multi_direction_scan(
         raise ValueError(f"u has {u.shape[-1]} tokens but the orders have {length}")
     perm = perm.to(u.device)
     inverse = inverse.to(u.device)
-    if resolve_backend(backend, u.device, u.dtype, A.shape[-1]) == "triton":
-        # The Triton entry reads through the orders and merges inside the kernel: no gathers.
-        from pamm.ops.triton_scan import multi_direction_scan_triton
+    if resolve_backend(backend, u.device, u.dtype, A.shape[-1]) != "triton":
+        return _gather_scan_merge(u, delta, A, B, C, D, delta_bias, delta_softplus, perm, inverse, merge, backend)
+    from pamm.ops.triton_scan import multi_direction_scan_triton
 
-        return multi_direction_scan_triton(
-            u, delta, A, B, C, D, delta_bias, delta_softplus, perm=perm, inverse=inverse, merge=merge
-        )
+    def run(path: str, args: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        if path == "fused":  # reads through the orders and merges inside the kernel: no gathers
+            return multi_direction_scan_triton(*args, delta_softplus, perm=perm, inverse=inverse, merge=merge)
+        return _gather_scan_merge(*args, delta_softplus, perm, inverse, merge, "triton")
+
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    return run(_triton_path(run, inputs, (delta_softplus, merge, tuple(perm.shape))), inputs)
+
+
+# Per process: the faster triton path of each problem that ``auto`` has timed.
+_TRITON_PATHS: dict[tuple, str] = {}
+
+
+def _triton_path(run: Callable[[str, Sequence[torch.Tensor | None]], torch.Tensor],
+                 inputs: Sequence[torch.Tensor | None], flags: tuple) -> str:
+    """``fused`` or ``gather`` for this call (``$PAMM_TRITON_MULTI``, see ``triton_scan._multi_path``). ``auto``
+    on CUDA times both paths once per problem (shapes, dtypes, which inputs need gradients, ``flags``) on
+    detached copies, forward and, when gradients are wanted, backward, and keeps the faster."""
+    from pamm.ops.triton_scan import _multi_path
+
+    path = _multi_path()
+    if path != "auto":
+        return path
+    if not _can_time(inputs[0].device):
+        return "fused"
+    wants_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    key = (inputs[0].device, wants_grad, flags,
+           tuple(None if x is None else (tuple(x.shape), x.dtype, x.requires_grad) for x in inputs))
+    if key not in _TRITON_PATHS:
+        times = {p: _time_path(run, p, inputs, wants_grad) for p in ("fused", "gather")}
+        _TRITON_PATHS[key] = min(times, key=times.get)
+    return _TRITON_PATHS[key]
+
+
+def _can_time(device: torch.device) -> bool:
+    """Whether ``auto`` may time the two paths here: on a CUDA device, outside CUDA-graph capture."""
+    return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+
+
+def _time_path(run: Callable[[str, Sequence[torch.Tensor | None]], torch.Tensor], path: str,
+               inputs: Sequence[torch.Tensor | None], wants_grad: bool, repeats: int = 3) -> float:
+    """Median milliseconds of ``run(path, …)`` (with its backward when ``wants_grad``) on detached copies,
+    after one untimed call that compiles and autotunes its kernels."""
+    leaves = [None if x is None else x.detach().requires_grad_(wants_grad and x.requires_grad) for x in inputs]
+    needing = [x for x in leaves if x is not None and x.requires_grad]
+
+    def once() -> None:
+        with torch.enable_grad() if wants_grad else torch.no_grad():
+            out = run(path, leaves)
+            if needing:
+                torch.autograd.grad(out, needing, torch.ones_like(out))
+
+    once()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        once()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def _gather_scan_merge(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, perm: torch.Tensor,
+                       inverse: torch.Tensor, merge: str, backend: str) -> torch.Tensor:
+    """The K orders gathered into one (b, K·d, L) scan, scanned, gathered back and merged."""
+    directions, length = perm.shape
     u_per_dir = _per_direction(u, 3, "u", directions)
     delta_per_dir = _per_direction(delta, 3, "delta", directions)
     batch, channels = u.shape[0], u.shape[-2]

@@ -268,7 +268,8 @@ def _force_plan(**fields) -> Iterator[None]:
     """Testing (and benchmarking) hook: fix ``chunk``, ``seg_chunks`` (chunks per segment),
     ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps``, the
     backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``, the
-    token backward's scratch slots ``bwd_slots``, and
+    token backward's scratch slots ``bwd_slots``, the multi-direction path ``multi_path`` (see
+    :func:`_multi_path`), and
     the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
@@ -331,6 +332,20 @@ def _bc_order() -> str:
     return _env_choice(BC_ORDER_ENV_VAR, BC_ORDERS, (_PLAN_OVERRIDE or {}).get("bc_order"))
 
 
+MULTI_PATH_ENV_VAR = "PAMM_TRITON_MULTI"
+MULTI_PATHS = ("auto", "fused", "gather")
+
+
+def _multi_path() -> str:
+    """How :func:`pamm.ops.multi_direction_scan` runs K scan orders on this backend (``$PAMM_TRITON_MULTI``):
+    ``fused`` (:func:`multi_direction_scan_triton`), ``gather`` (gather → this backend's plain scan →
+    merge, the other backends' path), or ``auto`` (default): on CUDA, time both once per problem and keep
+    the faster (on an H200 the fused call measured 2.5–2.7× the gather path's time with the mamba-ssm
+    kernel, whose scan is itself 1.3–1.8× faster than this backend's: results/gpu/2026-12-04_h200);
+    elsewhere ``fused``. ``_force_plan(multi_path=...)`` overrides the variable."""
+    return _env_choice(MULTI_PATH_ENV_VAR, MULTI_PATHS, (_PLAN_OVERRIDE or {}).get("multi_path"))
+
+
 def _in_scan_order(x: torch.Tensor, perm: torch.Tensor, per_dir: bool) -> torch.Tensor:
     """B or C, (b, G, n, L) shared or (b, K, G, n, L) per direction, as (b, K, G, n, L) in each direction's
     scan order: step t of direction k at ``[..., k, :, :, t]``. Differentiable (torch's gather and index
@@ -385,6 +400,7 @@ def _plan_for(problem: _Problem, device: torch.device) -> _Plan:
     fields = dict(_PLAN_OVERRIDE)
     fields.pop("bwd_kind", None)
     fields.pop("bc_order", None)  # not part of the plan: the fused entry reads it (_bc_order)
+    fields.pop("multi_path", None)  # nor this: pamm.ops.multi_direction_scan reads it (_multi_path)
     if {"chunk", "seg_chunks", "fwd_seg_chunks"} & fields.keys():
         chunk = fields.pop("chunk", plan.chunk)
         seg_chunks = fields.pop("seg_chunks", None) or -(-problem.seq_len // chunk)
