@@ -269,8 +269,7 @@ def _force_plan(**fields) -> Iterator[None]:
     ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps``, the
     backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``, the
     token backward's scratch slots ``bwd_slots``, the multi-direction path ``multi_path`` (see
-    :func:`_multi_path`), and
-    the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
+    :func:`_multi_path`), and the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
     try:
