@@ -720,6 +720,8 @@ def test_timing_a_multi_direction_path_leaves_the_callers_tensors_alone(monkeypa
             return next(elapsed)
 
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    cuda = torch.device("cuda")  # only the timing sees it: the tensors stay on the CPU
     u = torch.randn(1, 4, 12, requires_grad=True)
     A = torch.randn(4, 2)  # needs no gradient
     seen = []
@@ -728,12 +730,12 @@ def test_timing_a_multi_direction_path_leaves_the_callers_tensors_alone(monkeypa
         seen.append((path, args[0] is not u, args[0].requires_grad, args[1].requires_grad, torch.is_grad_enabled()))
         return (args[0] * 2).sum(-1) + args[1].sum()
 
-    assert multi_direction._time_path(run, "gather", [u, A], wants_grad=True) == 2.0
+    assert multi_direction._time_path(run, "gather", [u, A], wants_grad=True, device=cuda) == 2.0
     assert seen == [("gather", True, True, False, True)] * 4 and u.grad is None
     seen.clear()
     elapsed = iter([1.0, 1.0, 1.0])
     with torch.no_grad():
-        multi_direction._time_path(run, "fused", [u, A], wants_grad=False)
+        multi_direction._time_path(run, "fused", [u, A], wants_grad=False, device=cuda)
     assert seen == [("fused", True, False, False, False)] * 4
 
 
@@ -748,7 +750,7 @@ def test_auto_multi_direction_path_times_both_once_per_problem(monkeypatch):
     speed = {"fused": 9.0, "gather": 5.0}
     timed = []
 
-    def fake_time(run, path, inputs, wants_grad):
+    def fake_time(run, path, inputs, wants_grad, device):
         timed.append((path, tuple(inputs[0].shape), wants_grad))
         return speed[path]
 

@@ -12,6 +12,7 @@ problem, timed once on first use.
 """
 from __future__ import annotations
 
+import statistics
 from typing import Callable, Sequence
 
 import torch
@@ -174,7 +175,7 @@ def _triton_path(run: Callable[[str, Sequence[torch.Tensor | None]], torch.Tenso
     key = (inputs[0].device, wants_grad, flags,
            tuple(None if x is None else (tuple(x.shape), x.dtype, x.requires_grad) for x in inputs))
     if key not in _TRITON_PATHS:
-        times = {p: _time_path(run, p, inputs, wants_grad) for p in ("fused", "gather")}
+        times = {p: _time_path(run, p, inputs, wants_grad, inputs[0].device) for p in ("fused", "gather")}
         _TRITON_PATHS[key] = min(times, key=times.get)
     return _TRITON_PATHS[key]
 
@@ -185,9 +186,13 @@ def _can_time(device: torch.device) -> bool:
 
 
 def _time_path(run: Callable[[str, Sequence[torch.Tensor | None]], torch.Tensor], path: str,
-               inputs: Sequence[torch.Tensor | None], wants_grad: bool, repeats: int = 3) -> float:
+               inputs: Sequence[torch.Tensor | None], wants_grad: bool, device: torch.device,
+               repeats: int = 3) -> float:
     """Median milliseconds of ``run(path, …)`` (with its backward when ``wants_grad``) on detached copies,
-    after one untimed call that compiles and autotunes its kernels."""
+    after one untimed call that compiles and autotunes its kernels (the suite's timing loop,
+    :func:`pamm.engine.profile.timed_runs`)."""
+    from pamm.engine.profile import timed_runs
+
     leaves = [None if x is None else x.detach().requires_grad_(wants_grad and x.requires_grad) for x in inputs]
     needing = [x for x in leaves if x is not None and x.requires_grad]
 
@@ -197,16 +202,7 @@ def _time_path(run: Callable[[str, Sequence[torch.Tensor | None]], torch.Tensor]
             if needing:
                 torch.autograd.grad(out, needing, torch.ones_like(out))
 
-    once()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        once()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return statistics.median(timed_runs(once, device, warmup=1, repeats=repeats))
 
 
 def _gather_scan_merge(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, perm: torch.Tensor,
