@@ -91,8 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "single-segment plans only, so use with S2-S4")
     parser.add_argument("--triton-bwd-variants", nargs="*", default=[], choices=list(BWD_VARIANTS),
                         help="also time the triton backend with its backward held to one variant (backend "
-                             "'triton@bwd=V'): the token kernel's four (plain 'triton' lets the autotuner choose "
-                             "between the two batched ones) or the tile kernel ($PAMM_TRITON_BWD=tile)")
+                             "'triton@bwd=V'): the token kernel's four, its split form, the autotuned choice "
+                             "without the split form ('nosplit'; plain 'triton' lets the autotuner choose among "
+                             "the two batched ones and the split one) or the tile kernel ($PAMM_TRITON_BWD=tile)")
     parser.add_argument("--triton-bc-orders", nargs="*", default=[], choices=["scan", "token"],
                         help="also time the fused multi-direction call with B and C handed over in each "
                              "direction's scan order (the default) or read through the permutation (backend "
@@ -100,12 +101,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# the backward, by name: scan_bwd_kernel's (PREFETCH, BATCH_IO) pairs, or the tile kernel
+# the backward, by name: scan_bwd_kernel's (PREFETCH, BATCH_IO) pairs, its SPLIT form, the autotuned choice
+# without SPLIT, or the tile kernel
 BWD_VARIANTS = {
     "plain": dict(bwd_prefetch=False, bwd_batch_io=False),
     "prefetch": dict(bwd_prefetch=True, bwd_batch_io=False),
     "batched": dict(bwd_prefetch=False, bwd_batch_io=True),
     "both": dict(bwd_prefetch=True, bwd_batch_io=True),
+    "split": dict(bwd_split=True),
+    "nosplit": dict(bwd_split=False),
     "tile": dict(bwd_kind="tile"),
 }
 

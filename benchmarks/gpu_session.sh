@@ -136,7 +136,7 @@ stage_scan() {
 
 stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
     cached_run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
-        --triton-bwd-variants batched both tile --triton-bc-orders token --kernel-tables "$WORK/kernels"
+        --triton-bwd-variants split nosplit --triton-bc-orders token --kernel-tables "$WORK/kernels"
 }
 
 stage_tdiag() {  # S2, S4, P8 fused calls without (identity) and with some (raster) permuted accesses

@@ -59,9 +59,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from pamm.ops.triton_scan import BWD_KINDS  # noqa: E402  (imports no kernel: those load on first use)
 
-FIELDS = ["call", "shape", "bwd_kind", "kernel", "pass", "block_d", "num_warps", "prefetch", "batch_io", "chunk",
-          "block_n", "maxnreg", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instr",
-          "sass_loops", "compile_s", "status"]
+FIELDS = ["call", "shape", "bwd_kind", "kernel", "pass", "block_d", "num_warps", "prefetch", "batch_io", "split", "sub",
+          "chunk", "block_n", "maxnreg", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm",
+          "sass_instr", "sass_loops", "compile_s", "status"]
 # Per-SM limits of the architectures this report knows: registers, warps, blocks, shared bytes per block.
 SM_LIMITS = {80: (65536, 64, 32, 166912), 86: (65536, 48, 16, 101376), 89: (65536, 48, 24, 101376),
              90: (65536, 64, 32, 232448)}
@@ -346,6 +346,8 @@ def compile_config(launch: Launch, config: tuple, arch: int, labels: dict) -> di
            "block_d": constexprs.get("BLOCK_D", launch.args.get("BLOCK_D")), "num_warps": num_warps,
            "prefetch": constexprs.get("PREFETCH", launch.args.get("PREFETCH", "")),
            "batch_io": constexprs.get("BATCH_IO", launch.args.get("BATCH_IO", "")),
+           "split": constexprs.get("SPLIT", launch.args.get("SPLIT", "")),
+           "sub": constexprs.get("SUB", launch.args.get("SUB", "")),
            "chunk": launch.args.get("CHUNK"), "block_n": launch.args.get("BLOCK_N"), "maxnreg": maxnreg or ""}
     start = time.perf_counter()
     log = io.StringIO()

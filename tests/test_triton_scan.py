@@ -14,6 +14,7 @@ long-l regime) all occur.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -254,10 +255,12 @@ def test_selective_scan_fp32_matches_float64_reference(case):
     _check_against_reference(ins, softplus, plan, FP32_RTOL)
 
 
-BACKWARD_VARIANTS = {  # scan_bwd_kernel's (PREFETCH, BATCH_IO); the default plan under the interpreter runs (True, True)
+# scan_bwd_kernel's (PREFETCH, BATCH_IO), or SPLIT; the interpreter's default plan runs (True, True)
+BACKWARD_VARIANTS = {
     "plain": dict(bwd_prefetch=False, bwd_batch_io=False),
     "prefetch": dict(bwd_prefetch=True, bwd_batch_io=False),
     "batched-writes": dict(bwd_prefetch=False, bwd_batch_io=True),
+    "split": dict(bwd_split=True),
 }
 
 
@@ -284,12 +287,33 @@ def test_every_backward_variant_matches_float64_reference(variant):
 
 
 @pytest.mark.parametrize("slots", [1, 2, 50])
-def test_token_backward_hands_scratch_slots_on(slots):
+@pytest.mark.parametrize("split", [False, True])
+def test_token_backward_hands_scratch_slots_on(slots, split):
     """The token backward's scratch slots: one slot handed through every program, two taken in turns
     (unequal counts), or more slots than programs; the same gradients each time."""
     b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES["grouped-all-features-three-segments"]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
-    _check_against_reference(ins, softplus, {**plan, "bwd_slots": slots}, FP32_RTOL)
+    _check_against_reference(ins, softplus, {**plan, "bwd_slots": slots, "bwd_split": split}, FP32_RTOL)
+
+
+@pytest.mark.parametrize("case", [c for c in SINGLE_CASES if c != "grouped-all-features-three-segments"])
+def test_split_backward_matches_float64_reference(case):
+    """The split backward (the adjoint chain alone, then every gradient of a sub-block at once) on every
+    single-direction case: ragged intervals and sub-blocks, l = 1, n = 1 and 64, segments, gate, D, bias."""
+    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES[case]
+    ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
+    _check_against_reference(ins, softplus, {**plan, "bwd_split": True}, FP32_RTOL)
+
+
+def test_split_backward_sub_blocks_shorter_than_an_interval():
+    """Several sub-blocks per interval, the last one ragged (chunk 16; the interpreter's one warp and an
+    8-channel block give 4-token sub-blocks; 37 tokens = two full intervals and a 5-token one), across
+    two segments."""
+    from pamm.ops import triton_scan
+
+    assert triton_scan._split_sub(4 * 16 / 32, 16) == 8 and triton_scan._split_sub(8 * 16 / 32, 16) == 4
+    ins = _make_inputs(2, 16, 37, 16, 2, D=True, z=True, bias=True)
+    _check_against_reference(ins, True, dict(chunk=16, seg_chunks=2, block_d=8, bwd_split=True), FP32_RTOL)
 
 
 def test_fused_multi_direction_shares_scratch_slots_across_directions():
@@ -298,8 +322,9 @@ def test_fused_multi_direction_shares_scratch_slots_across_directions():
 
 def test_token_backward_scratch_holds_the_resident_programs_only(monkeypatch):
     """At S2 every program gets its own scratch slot; at S3 and S4 the scratch holds only what an H200's
-    registers can keep resident (regs/16 state values per SM: 69 MB instead of 403 and 335 MB), at every
-    channel block the autotuner may pick."""
+    registers can keep resident (regs/16 state values per SM: 91 MB instead of 528 and 440 MB), at every
+    channel block the autotuner may pick, for the split backward's longer slots (42 rows) as for the others
+    (32: one per token of an interval)."""
     import types
 
     from pamm.ops import triton_scan
@@ -311,13 +336,22 @@ def test_token_backward_scratch_holds_the_resident_programs_only(monkeypatch):
                           ((20, 2048, 1024, 64), True)):
         b, d, L, n = shape
         plan = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
+        rows = 32 + 8 + 2  # an interval's states, the one before it, a sub-block's 8 + 1 adjoint rows
+        assert triton_scan._slot_rows(plan) == rows
         values = triton_scan._token_bwd_scratch(_cuda_problem(b, d, L, n), plan, torch.device("cuda"))
-        every_program = b * d * 32 * n  # d a multiple of every block, n a power of two: no padding
-        assert values == (resident_values * 32 if capped else every_program), shape
+        every_program = b * d * rows * n  # d a multiple of every block, n a power of two: no padding
+        assert values == (resident_values * rows if capped else every_program), shape
         for block_d in triton_scan._BWD_BLOCK_DS:
-            slots = triton_scan._scratch_slots(values, plan, n, block_d)
-            assert slots == (resident_values // (block_d * n) if capped else b * d // block_d), (shape, block_d)
-    forced = triton_scan._Plan(chunk=32, seg_len=1024, block_d=8, num_warps=4, bwd_slots=10)
+            for split, slot_rows in ((True, rows), (False, 32)):
+                slots = triton_scan._scratch_slots(values, plan, n, block_d, split=split)
+                assert slots == values // (slot_rows * block_d * n), (shape, block_d)
+                assert slots >= (resident_values // (block_d * n) if capped else b * d // block_d), (shape, block_d)
+    for fields in ({}, {"bwd_split": True}, {"bwd_split": True, "bwd_prefetch": True}, {"bwd_split": False},
+                   {"bwd_batch_io": True}):  # rows for the split backward wherever _variant_mask lets it run
+        plan = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4, **fields)
+        split_allowed = bool(triton_scan._variant_mask(plan) & triton_scan._variant_bit(False, False, split=True))
+        assert triton_scan._slot_rows(plan) == (42 if split_allowed else 32), fields
+    forced = triton_scan._Plan(chunk=32, seg_len=1024, block_d=8, num_warps=4, bwd_slots=10, bwd_split=False)
     values = triton_scan._token_bwd_scratch(_cuda_problem(16, 1536, 1008, 16), forced, torch.device("cuda"))
     assert (values, triton_scan._scratch_slots(values, forced, 16, 8)) == (10 * 8 * 32 * 16, 10)
 
@@ -398,7 +432,9 @@ def test_fused_multi_direction_matches_gather_scan_merge(case, bc_order):
                          + [("plain", "shared-inputs-sum-one-segment", "token"),
                             ("tile", "shared-inputs-sum-one-segment", "scan"),
                             ("tile", "shared-inputs-sum-one-segment", "token"),
-                            ("tile", "per-direction-inputs-mean-segments", "scan")])
+                            ("tile", "per-direction-inputs-mean-segments", "scan"),
+                            ("split", "per-direction-inputs-mean-segments", "token"),
+                            ("split", "mixed-layouts-bf16", "scan")])
 def test_fused_multi_direction_every_backward_variant(variant, case, bc_order):
     """Permuted directions (shared inputs: atomic du/dΔ; per-direction inputs over segments) with every
     backward variant and with the tile backward; the per-token dB/dC atomics and the tile backward's
@@ -599,13 +635,17 @@ def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch
     configs = triton_scan._bwd_configs()
 
     def variants(kept):
-        return {(c.kwargs["PREFETCH"], c.kwargs["BATCH_IO"]) for c in kept}
+        return {"split" if c.kwargs["SPLIT"] else (c.kwargs["PREFETCH"], c.kwargs["BATCH_IO"]) for c in kept}
 
     free = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
     every = triton_scan._variant_mask(free)
     kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=64, CHUNK=32, variants=every)
-    # unforced, only the batched writes are tuned (they won everywhere on the H200), with and without prefetch
-    assert variants(kept) == {(False, True), (True, True)}
+    # unforced, the batched writes are tuned (they won everywhere on the H200), with and without prefetch,
+    # and the split backward (untimed), each config at the sub-block that gives it 16-value tiles
+    assert variants(kept) == {(False, True), (True, True), "split"}
+    split = [c for c in kept if c.kwargs["SPLIT"]]
+    assert all(c.kwargs["SUB"] == max(2, min(8, 16 * 32 * c.num_warps // (c.kwargs["BLOCK_D"] * 64))) for c in split)
+    assert len({(c.kwargs["BLOCK_D"], c.num_warps) for c in split}) == len(split)
     # batched writes hold (n, CHUNK) rows: at n = 64 one warp would need 128 registers a thread for them
     assert all(c.num_warps > 1 for c in kept if c.kwargs["BATCH_IO"])
     local = triton_scan._variant_mask(free, local_pass=True)  # writes no gradients: batching is moot there
@@ -615,9 +655,21 @@ def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch
                                                          bwd_prefetch=True, bwd_batch_io=False))
     kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=forced)
     assert kept and variants(kept) == {(True, False)}
-    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
+    only_split = triton_scan._variant_mask(replace(free, bwd_split=True))
+    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=only_split)
+    assert kept and variants(kept) == {"split"}
+    assert triton_scan._variant_mask(replace(free, bwd_split=True), local_pass=True) == local  # gradients only
+    no_split = triton_scan._variant_mask(replace(free, bwd_split=False))
+    assert variants(triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32,
+                                                   variants=no_split)) == {(False, True), (True, True)}
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")  # untuned: the measured default, split only when forced
     (one,) = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=every)
-    assert (one.kwargs["PREFETCH"], one.kwargs["BATCH_IO"], one.maxnreg) == (True, True, None)
+    assert (one.kwargs["PREFETCH"], one.kwargs["BATCH_IO"], one.kwargs["SPLIT"]) == (True, True, False)
+    assert one.maxnreg is None
+    (one,) = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32,
+                                            variants=only_split)
+    per_thread = one.kwargs["BLOCK_D"] * 16 / (32 * one.num_warps)
+    assert one.kwargs["SPLIT"] and one.kwargs["SUB"] == triton_scan._split_sub(per_thread, 32)
 
 
 @pytest.mark.parametrize("n", [16, 64])

@@ -17,8 +17,9 @@ D, bias       ``[(K), d]``                fp32
 z, out, dout  ``[b, d, L]``               row-major token order
 perm          ``[K, L]`` int32            scan step ``t`` of direction ``k`` visits token ``perm[k, t]``
 ckpt          ``[b, K, n_ckpt, d, n]``    fp32 state *before* every CKPT-th token, for the backward
-scratch       ``[S, CKPT, BLOCK_D, BN]``  fp32 states of one checkpoint interval in each of S slots, one
-                                          per running token-backward program (``BN`` = ``BLOCK_N``)
+scratch       ``[S, R, BLOCK_D, BN]``     fp32 states of one checkpoint interval in each of S slots, one
+                                          per running token-backward program (``BN`` = ``BLOCK_N``; R =
+                                          CKPT rows, or with ``SPLIT`` CKPT + 1 states and SUB + 1 adjoints)
 seg_*         ``[b, K, n_seg, d, (n)]``   fp32 carries between segments (long-l regime)
 partials      ``[b, K, n_seg, d, (n)]``   fp32 per-program dA / dD / dbias, summed by the caller
 ============  ==========================  ===============================================
@@ -43,7 +44,11 @@ Two structures, each the faster one measured on an H100 (2026-11-23, ``results/g
   per state column, measured 1.5–1.8× slower; ``associative_scan(reverse=True)`` is avoided because
   its compiled results for non-commutative combines have been wrong, triton-lang/triton#4362.)
   The backward comes in four variants that the autotuner chooses among (prefetching the next step's
-  inputs; writing each interval's gradients in one coalesced pass).
+  inputs; writing each interval's gradients in one coalesced pass), and a fifth structure, ``SPLIT``
+  (written 2026-12-04 without a GPU, not yet timed): per sub-block of ``SUB`` tokens, an unrolled
+  reverse loop carries the adjoint alone (``a_t·G_t`` into scratch rows: no reductions, no barrier),
+  then every gradient of the sub-block comes from (SUB, BLOCK_D, BLOCK_N) tiles of states and
+  adjoints at once, so the per-token reductions over channels and states leave the sequential loop.
 * tile backward (:func:`scan_bwd_tile_kernel`, ``$PAMM_TRITON_BWD=tile``): the forward's structure
   run backwards without a flip: the adjoint scan is a forward scan over the tile *loaded* in reverse
   order, and comes back to token order through memory; 256-token checkpoint intervals, scratch
@@ -408,6 +413,125 @@ def _reverse_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_row, u_row, B
     return pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev
 
 
+@triton.jit
+def _slot_rows(CHUNK: tl.constexpr, SUB: tl.constexpr, SPLIT: tl.constexpr):
+    """(BLOCK_D, BLOCK_N) rows in one token-backward scratch slot: the interval's states, and with
+    ``SPLIT`` the state before it (row 0) and the adjoint rows of one sub-block (``SUB`` + 1)."""
+    if SPLIT:
+        return CHUNK + SUB + 2
+    else:
+        return CHUNK
+
+
+@triton.jit
+def _state_row(t, c_start, SPLIT: tl.constexpr):
+    """Scratch row of h_t in its interval: ``SPLIT`` keeps h_{c_start - 1} (the checkpoint) in row 0."""
+    if SPLIT:
+        return t - c_start + 1
+    else:
+        return t - c_start
+
+
+@triton.jit
+def _adjoint_steps(carry, sb_lo, sb_hi, adj_rows, scratch_stride, dn_mask, A, perm_ptr, k, seq_len, delta_row,
+                   dout_row, z_row, C_col, ch_mask, n_mask, bias, out_scale, HAS_PERM: tl.constexpr,
+                   BC_SCAN_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   HAS_Z: tl.constexpr, SUB: tl.constexpr):
+    """The split backward's sequential part over steps [sb_lo, sb_hi) (at most ``SUB``), in reverse:
+    only the adjoint, ``carry_t = a_t·G_t`` with ``G_t = dy_t C_t + carry_{t+1}``; no reductions. Writes
+    carry_t to ``adj_rows`` row t - sb_lo and the entering carry to row ``SUB`` (steps past sb_hi are
+    identity maps, so rows sb_hi - sb_lo .. SUB all hold it). Unrolled: every step's loads are
+    independent of the carry and can be issued ahead of the chain. Returns the carry and G_{sb_lo}."""
+    tl.store(adj_rows + SUB * scratch_stride, carry, mask=dn_mask)
+    G = carry
+    for jj in tl.static_range(SUB):
+        t = sb_lo + (SUB - 1 - jj)
+        step = tl.minimum(t, seq_len - 1)
+        pos = _token(perm_ptr, k, step, seq_len, HAS_PERM)
+        m_d = _step_mask(ch_mask, t, sb_lo, sb_hi)
+        dt, _raw = _delta_at(delta_row, pos, m_d, bias, HAS_BIAS, SOFTPLUS)
+        dy = tl.load(dout_row + pos, mask=m_d, other=0.0).to(tl.float32) * out_scale
+        if HAS_Z:
+            zt = tl.load(z_row + pos, mask=m_d, other=0.0).to(tl.float32)
+            dy = dy * zt * _sigmoid(zt)
+        Ct = tl.load(C_col + _bc_index(step, pos, BC_SCAN_ORDER), mask=_step_mask(n_mask, t, sb_lo, sb_hi),
+                     other=0.0).to(tl.float32)
+        G = dy[:, None] * Ct[None, :] + carry
+        carry = tl.exp(dt[:, None] * A) * G
+        tl.store(adj_rows + (SUB - 1 - jj) * scratch_stride, carry, mask=dn_mask)
+    return carry, G
+
+
+@triton.jit
+def _split_gradients(sb_lo, sb_hi, c_start, state_rows, adj_rows, scratch_stride, A, D, bias,
+                     out_scale, dA_acc, dD_acc, dbias_acc, perm_ptr, k, seq_len, delta_row, u_row, dout_row, z_row,
+                     B_col, C_col, dB_col, dC_col, du_row, ddelta_row, dz_row, ch_mask, n_mask, dn_mask,
+                     HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, DU_ATOMIC: tl.constexpr,
+                     DDELTA_ATOMIC: tl.constexpr, SUB: tl.constexpr):
+    """The split backward's parallel part: every gradient of steps [sb_lo, sb_hi) at once, from the
+    (SUB, BLOCK_D, BLOCK_N) tiles of h_{t-1}, h_t (state rows) and carry_t, carry_{t+1} (adjoint rows),
+    ``G_t = dy_t C_t + carry_{t+1}`` and ``a_t G_t h_{t-1} = carry_t h_{t-1}``: the reductions over
+    channels (dB, dC) and states (du, dΔ, dz) run for the whole sub-block in one go instead of one token
+    after another. Writes du, dΔ, dz, adds dB, dC (token-contiguous rows); returns the dA, dD, dbias sums."""
+    tt = tl.arange(0, SUB)
+    t = sb_lo + tt
+    valid = t < sb_hi
+    step = tl.minimum(t, seq_len - 1)
+    pos = _positions(perm_ptr, k, step, valid, seq_len, HAS_PERM)
+    bc = _bc_index(step, pos, BC_SCAN_ORDER)
+    m_td = valid[:, None] & ch_mask[None, :]
+    m_tn = valid[:, None] & n_mask[None, :]
+    m_tdn = valid[:, None, None] & dn_mask[None, :, :]
+    at_d = pos[:, None]  # (SUB, BLOCK_D) token offsets of per-channel rows
+    dt, dt_raw = _delta_at(delta_row[None, :], at_d, m_td, bias[None, :], HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_row[None, :] + at_d, mask=m_td, other=0.0).to(tl.float32)
+    dout = tl.load(dout_row[None, :] + at_d, mask=m_td, other=0.0).to(tl.float32) * out_scale
+    if HAS_Z:
+        zt = tl.load(z_row[None, :] + at_d, mask=m_td, other=0.0).to(tl.float32)
+        sig_z = _sigmoid(zt)
+        dy = dout * zt * sig_z
+    else:
+        dy = dout
+    Bt = tl.load(B_col[None, :] + bc[:, None], mask=m_tn, other=0.0).to(tl.float32)
+    Ct = tl.load(C_col[None, :] + bc[:, None], mask=m_tn, other=0.0).to(tl.float32)
+
+    states = state_rows[None, :, :] + (t - c_start)[:, None, None] * scratch_stride  # row of h_{t-1}
+    h_prev = tl.load(states, mask=m_tdn, other=0.0)
+    h_t = tl.load(states + scratch_stride, mask=m_tdn, other=0.0)
+    adjoints = adj_rows[None, :, :] + tt[:, None, None] * scratch_stride  # row of carry_t
+    carry_t = tl.load(adjoints, mask=m_tdn, other=0.0)
+    carry_next = tl.load(adjoints + scratch_stride, mask=m_tdn, other=0.0)
+
+    G = dy[:, :, None] * Ct[:, None, :] + carry_next
+    g_decayed = carry_t * h_prev  # G_t a_t h_{t-1}
+    dtu = dt * u
+    dC = tl.sum(dy[:, :, None] * h_t, axis=1)
+    dB = tl.sum(G * dtu[:, :, None], axis=1)
+    g_dot_B = tl.sum(G * Bt[:, None, :], axis=2)
+    du = dt * g_dot_B
+    if HAS_D:
+        du += D[None, :] * dy
+        dD_acc += tl.sum(dy * u, axis=0)
+    ddt = u * g_dot_B + tl.sum(g_decayed * A[None, :, :], axis=2)
+    dA_acc += tl.sum(g_decayed * dt[:, :, None], axis=0)
+    if SOFTPLUS:
+        ddt = ddt * _sigmoid(dt_raw)
+    ddt = tl.where(m_td, ddt, 0.0)
+    dbias_acc += tl.sum(ddt, axis=0)
+    tl.atomic_add(dC_col[None, :] + bc[:, None], dC, mask=m_tn)
+    tl.atomic_add(dB_col[None, :] + bc[:, None], dB, mask=m_tn)
+    if HAS_Z:
+        y = tl.sum(h_t * Ct[:, None, :], axis=2)
+        if HAS_D:
+            y += D[None, :] * u
+        dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
+        _write_grad(dz_row[None, :] + at_d, dz, m_td, False)
+    _write_grad(du_row[None, :] + at_d, du, m_td, DU_ATOMIC)
+    _write_grad(ddelta_row[None, :] + at_d, ddt, m_td, DDELTA_ATOMIC)
+    return dA_acc, dD_acc, dbias_acc
+
+
 # ``variants`` only keys the autotuner: unspecialised, so a forced variant (mask 1 would compile as a
 # constant) reuses the binaries of the others (and of benchmarks/triton_compile_report.py --prewarm).
 @triton.jit(do_not_specialize=["variants"])
@@ -423,7 +547,7 @@ def scan_bwd_kernel(
     HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, DU_ATOMIC: tl.constexpr, DDELTA_ATOMIC: tl.constexpr,
     LOCAL_PASS: tl.constexpr, MULTI_SEG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-    PREFETCH: tl.constexpr, BATCH_IO: tl.constexpr,
+    PREFETCH: tl.constexpr, BATCH_IO: tl.constexpr, SPLIT: tl.constexpr, SUB: tl.constexpr,
 ):
     """Backward scan of one program, a token per step, checkpoint intervals (CHUNK tokens) in reverse.
 
@@ -450,7 +574,7 @@ def scan_bwd_kernel(
     The holder it waits for started earlier, so it is running or done: no program waits on one that
     cannot run. With S at least the programs resident at once, nobody waits in practice.
     """
-    n_slots = scratch_values // (CHUNK * BLOCK_D * BLOCK_N)
+    n_slots = scratch_values // (_slot_rows(CHUNK, SUB, SPLIT) * BLOCK_D * BLOCK_N)
     if not LOCAL_PASS:  # a scratch slot (see above); the first thing, so that little is live while waiting
         ticket = tl.atomic_add(slot_turn_ptr, 1)
         done = tl.atomic_add(slot_turn_ptr + 1 + ticket % n_slots, 0, sem="acquire")
@@ -483,7 +607,9 @@ def scan_bwd_kernel(
     if LOCAL_PASS:  # no states kept: no slot
         scratch_rows = scratch_ptr + block_tile
     else:
-        scratch_rows = scratch_ptr + (ticket % n_slots).to(tl.int64) * (CHUNK * scratch_stride) + block_tile
+        scratch_rows = (scratch_ptr + (ticket % n_slots).to(tl.int64) * (_slot_rows(CHUNK, SUB, SPLIT) * scratch_stride)
+                        + block_tile)
+    adj_rows = scratch_rows + (CHUNK + 1) * scratch_stride  # SPLIT: one sub-block's adjoint rows
 
     seg_start = seg * seg_len
     seg_end = tl.minimum(seg_start + seg_len, seq_len)
@@ -517,6 +643,8 @@ def scan_bwd_kernel(
             h0 = tl.load(ckpt_ptr + ckpt_off + state_tile, mask=dn_mask, other=0.0)
             h = h0
             tl.debug_barrier()  # the previous chunk's reverse loop is done with the scratch rows
+            if SPLIT:
+                tl.store(scratch_rows, h0, mask=dn_mask)
             if PREFETCH:
                 dt, u, Bt = _recompute_inputs(perm_ptr, k, c_start, c_start, c_end, seq_len, delta_ptr + delta_off,
                                               u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
@@ -532,98 +660,118 @@ def scan_bwd_kernel(
                                                   u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
                                                   HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
                 h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
-                tl.store(scratch_rows + (t - c_start) * scratch_stride, h, mask=dn_mask)
+                tl.store(scratch_rows + _state_row(t, c_start, SPLIT) * scratch_stride, h, mask=dn_mask)
                 if PREFETCH:
                     dt, u, Bt = dt_n, u_n, Bt_n
             tl.debug_barrier()  # the states are visible to every thread of the program
             h_t = h
-        if BATCH_IO:
-            dB_rows = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
-            dC_rows = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
-            du_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-            ddt_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-            dz_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-        if PREFETCH:
-            pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
-                perm_ptr, k, c_end - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
-                C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0, ch_mask, n_mask, dn_mask,
-                bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
-        for j in range(0, n_tok):
-            t = c_end - 1 - j
+        if SPLIT and not LOCAL_PASS:  # sub-blocks in reverse: the adjoint chain, then the gradients in parallel
+            n_sub = tl.cdiv(n_tok, SUB)
+            for s in range(0, n_sub):
+                sb_lo = c_start + (n_sub - 1 - s) * SUB
+                sb_hi = tl.minimum(sb_lo + SUB, c_end)
+                carry, G = _adjoint_steps(carry, sb_lo, sb_hi, adj_rows, scratch_stride, dn_mask, A, perm_ptr, k,
+                                          seq_len, delta_ptr + delta_off, dout_ptr + row, z_ptr + row, C_ptr + C_off,
+                                          ch_mask, n_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS,
+                                          SOFTPLUS, HAS_Z, SUB)
+                tl.debug_barrier()  # the adjoint rows are visible to every thread of the program
+                dA_acc, dD_acc, dbias_acc = _split_gradients(
+                    sb_lo, sb_hi, c_start, scratch_rows, adj_rows, scratch_stride, A, D, bias, out_scale,
+                    dA_acc, dD_acc, dbias_acc, perm_ptr, k, seq_len, delta_ptr + delta_off, u_ptr + u_off,
+                    dout_ptr + row, z_ptr + row, B_ptr + B_off, C_ptr + C_off, dB_ptr + B_off, dC_ptr + C_off,
+                    du_ptr + u_off, ddelta_ptr + delta_off, dz_ptr + row, ch_mask, n_mask, dn_mask, HAS_PERM,
+                    BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, DU_ATOMIC, DDELTA_ATOMIC, SUB)
+                tl.debug_barrier()  # ... and read by all of them before the next sub-block overwrites them
+        else:
+            if BATCH_IO:
+                dB_rows = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
+                dC_rows = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
+                du_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                ddt_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                dz_rows = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
             if PREFETCH:
-                pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n = _reverse_inputs(
-                    perm_ptr, k, t - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off,
+                pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
+                    perm_ptr, k, c_end - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off,
                     B_ptr + B_off, C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0,
                     ch_mask, n_mask, dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z,
                     LOCAL_PASS)
-            else:
-                pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
-                    perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
-                    C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0, ch_mask, n_mask,
-                    dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
-            a = tl.exp(dt[:, None] * A)
-            if HAS_Z:
-                sig_z = _sigmoid(zt)
-                dy = dout * zt * sig_z
-            else:
-                dy = dout
-            G = dy[:, None] * Ct[None, :] + carry
-            carry = a * G
-            if LOCAL_PASS:
-                dt_next_sum += tl.where(t > seg_start, dt, 0.0)
-            else:
-                if HAS_Z:
-                    y = tl.sum(h_t * Ct[None, :], axis=1)
-                    if HAS_D:
-                        y += D * u
-                    dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-                dC_t = tl.sum(dy[:, None] * h_t, axis=0)
-                dtu = dt * u
-                dB_t = tl.sum(G * dtu[:, None], axis=0)
-                g_dot_B = tl.sum(G * Bt[None, :], axis=1)
-                g_decayed = G * a * h_prev  # G_t a_t h_{t-1}
-                du = dt * g_dot_B
-                if HAS_D:
-                    du += D * dy
-                    dD_acc += dy * u
-                ddt = u * g_dot_B + tl.sum(g_decayed * A, axis=1)
-                dA_acc += g_decayed * dt[:, None]
-                if SOFTPLUS:
-                    ddt = ddt * _sigmoid(dt_raw)
-                ddt = tl.where(ch_mask, ddt, 0.0)
-                dbias_acc += ddt
-                if BATCH_IO:
-                    at_t = cols[None, :] == t - c_start
-                    dC_rows = tl.where(at_t, dC_t[:, None], dC_rows)
-                    dB_rows = tl.where(at_t, dB_t[:, None], dB_rows)
-                    du_rows = tl.where(at_t, du[:, None], du_rows)
-                    ddt_rows = tl.where(at_t, ddt[:, None], ddt_rows)
-                    if HAS_Z:
-                        dz_rows = tl.where(at_t, dz[:, None], dz_rows)
+            for j in range(0, n_tok):
+                t = c_end - 1 - j
+                if PREFETCH:
+                    pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n = _reverse_inputs(
+                        perm_ptr, k, t - 1, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off,
+                        B_ptr + B_off, C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0,
+                        ch_mask, n_mask, dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z,
+                        LOCAL_PASS)
                 else:
-                    bc = _bc_index(t, pos, BC_SCAN_ORDER)
-                    tl.atomic_add(dC_ptr + C_off + bc, dC_t, mask=n_mask)
-                    tl.atomic_add(dB_ptr + B_off + bc, dB_t, mask=n_mask)
-                    if HAS_Z:
-                        _write_grad(dz_ptr + row + pos, dz, ch_mask, False)
-                    _write_grad(du_ptr + u_off + pos, du, ch_mask, DU_ATOMIC)
-                    _write_grad(ddelta_ptr + delta_off + pos, ddt, ch_mask, DDELTA_ATOMIC)
-                h_t = h_prev
-            if PREFETCH:
-                pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n, u_n, Bt_n, h_prev_n
-        if BATCH_IO:
-            if not LOCAL_PASS:  # the interval's gradients, token-contiguous
-                in_chunk = cols < n_tok
-                tok = _positions(perm_ptr, k, c_start + cols, in_chunk, seq_len, HAS_PERM)
-                bc_cols = _bc_index(c_start + cols, tok, BC_SCAN_ORDER)
-                nt_mask = n_mask[:, None] & in_chunk[None, :]
-                tl.atomic_add(dC_ptr + C_off[:, None] + bc_cols[None, :], dC_rows, mask=nt_mask)
-                tl.atomic_add(dB_ptr + B_off[:, None] + bc_cols[None, :], dB_rows, mask=nt_mask)
-                dt_mask = ch_mask[:, None] & in_chunk[None, :]
+                    pos, dt, dt_raw, dout, zt, Ct, u, Bt, h_prev = _reverse_inputs(
+                        perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
+                        C_ptr + C_off, dout_ptr + row, z_ptr + row, scratch_rows, scratch_stride, h0, ch_mask, n_mask,
+                        dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS)
+                a = tl.exp(dt[:, None] * A)
                 if HAS_Z:
-                    _write_grad(dz_ptr + row[:, None] + tok[None, :], dz_rows, dt_mask, False)
-                _write_grad(du_ptr + u_off[:, None] + tok[None, :], du_rows, dt_mask, DU_ATOMIC)
-                _write_grad(ddelta_ptr + delta_off[:, None] + tok[None, :], ddt_rows, dt_mask, DDELTA_ATOMIC)
+                    sig_z = _sigmoid(zt)
+                    dy = dout * zt * sig_z
+                else:
+                    dy = dout
+                G = dy[:, None] * Ct[None, :] + carry
+                carry = a * G
+                if LOCAL_PASS:
+                    dt_next_sum += tl.where(t > seg_start, dt, 0.0)
+                else:
+                    if HAS_Z:
+                        y = tl.sum(h_t * Ct[None, :], axis=1)
+                        if HAS_D:
+                            y += D * u
+                        dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
+                    dC_t = tl.sum(dy[:, None] * h_t, axis=0)
+                    dtu = dt * u
+                    dB_t = tl.sum(G * dtu[:, None], axis=0)
+                    g_dot_B = tl.sum(G * Bt[None, :], axis=1)
+                    g_decayed = G * a * h_prev  # G_t a_t h_{t-1}
+                    du = dt * g_dot_B
+                    if HAS_D:
+                        du += D * dy
+                        dD_acc += dy * u
+                    ddt = u * g_dot_B + tl.sum(g_decayed * A, axis=1)
+                    dA_acc += g_decayed * dt[:, None]
+                    if SOFTPLUS:
+                        ddt = ddt * _sigmoid(dt_raw)
+                    ddt = tl.where(ch_mask, ddt, 0.0)
+                    dbias_acc += ddt
+                    if BATCH_IO:
+                        at_t = cols[None, :] == t - c_start
+                        dC_rows = tl.where(at_t, dC_t[:, None], dC_rows)
+                        dB_rows = tl.where(at_t, dB_t[:, None], dB_rows)
+                        du_rows = tl.where(at_t, du[:, None], du_rows)
+                        ddt_rows = tl.where(at_t, ddt[:, None], ddt_rows)
+                        if HAS_Z:
+                            dz_rows = tl.where(at_t, dz[:, None], dz_rows)
+                    else:
+                        bc = _bc_index(t, pos, BC_SCAN_ORDER)
+                        tl.atomic_add(dC_ptr + C_off + bc, dC_t, mask=n_mask)
+                        tl.atomic_add(dB_ptr + B_off + bc, dB_t, mask=n_mask)
+                        if HAS_Z:
+                            _write_grad(dz_ptr + row + pos, dz, ch_mask, False)
+                        _write_grad(du_ptr + u_off + pos, du, ch_mask, DU_ATOMIC)
+                        _write_grad(ddelta_ptr + delta_off + pos, ddt, ch_mask, DDELTA_ATOMIC)
+                    h_t = h_prev
+                if PREFETCH:
+                    pos, dt, dt_raw, dout, zt, Ct = pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n
+                    u, Bt, h_prev = u_n, Bt_n, h_prev_n
+            if BATCH_IO:
+                if not LOCAL_PASS:  # the interval's gradients, token-contiguous
+                    in_chunk = cols < n_tok
+                    tok = _positions(perm_ptr, k, c_start + cols, in_chunk, seq_len, HAS_PERM)
+                    bc_cols = _bc_index(c_start + cols, tok, BC_SCAN_ORDER)
+                    nt_mask = n_mask[:, None] & in_chunk[None, :]
+                    tl.atomic_add(dC_ptr + C_off[:, None] + bc_cols[None, :], dC_rows, mask=nt_mask)
+                    tl.atomic_add(dB_ptr + B_off[:, None] + bc_cols[None, :], dB_rows, mask=nt_mask)
+                    dt_mask = ch_mask[:, None] & in_chunk[None, :]
+                    if HAS_Z:
+                        _write_grad(dz_ptr + row[:, None] + tok[None, :], dz_rows, dt_mask, False)
+                    _write_grad(du_ptr + u_off[:, None] + tok[None, :], du_rows, dt_mask, DU_ATOMIC)
+                    _write_grad(ddelta_ptr + delta_off[:, None] + tok[None, :], ddt_rows, dt_mask, DDELTA_ATOMIC)
 
     if not LOCAL_PASS:
         tl.debug_barrier()  # every thread is done with the slot's rows: hand it to its next ticket

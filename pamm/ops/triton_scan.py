@@ -17,9 +17,10 @@ needs triton). They run compiled on CUDA tensors, or on CPU tensors under the Tr
 
 Memory: the forward saves only the inputs plus the state before every ``chunk``-th token,
 ``b·K·d·n·ceil(l/chunk)`` fp32 values. The default (token) backward recomputes the states one interval
-at a time into scratch rows of ``d_block·n·chunk`` values per program (``chunk`` ≈ sqrt(l): 32 at PAMM's
-l ≈ 1000), with rows only for the programs that can run at once, handed from program to program
-(at most ``b·K·d·n·chunk`` values; 69 MB on an H200 at S3 and S4 instead of 403 and 335 MB);
+at a time into scratch rows of ``d_block·n·rows`` values per program (``chunk`` ≈ sqrt(l): 32 at PAMM's
+l ≈ 1000; rows = chunk, or chunk + 10 where the split backward may run), with rows only for the programs
+that can run at once, handed from program to program (at most ``b·K·d·n·rows`` values; 91 MB on an H200
+at S3 and S4 instead of 528 and 440 MB);
 the tile backward (``$PAMM_TRITON_BWD=tile``) works on 256-token intervals with a scratch of
 ``b·K·d·chunk`` values (at PAMM's PASCAL shape S4: 84 MB of checkpoints and scratch instead of 670).
 Gradients of B and C are accumulated with fp32 atomics, so they (and merged outputs) are not bitwise
@@ -132,9 +133,14 @@ def _prune_bwd_tile_configs(configs, named_args, **kwargs):
                    2, 8, 4, 1)
 
 
-def _variant_bit(prefetch: bool, batch_io: bool) -> int:
-    """Bit of one backward variant in the kernel's ``variants`` mask."""
-    return 1 << (2 * int(prefetch) + int(batch_io))
+def _variant_bit(prefetch: bool, batch_io: bool, split: bool = False) -> int:
+    """Bit of one backward variant in the kernel's ``variants`` mask (``split`` takes neither of the others)."""
+    return 1 << 4 if split else 1 << (2 * int(prefetch) + int(batch_io))
+
+
+def _config_bit(c) -> int:
+    """:func:`_variant_bit` of an autotuning config."""
+    return _variant_bit(c.kwargs.get("PREFETCH", False), c.kwargs.get("BATCH_IO", False), c.kwargs.get("SPLIT", False))
 
 
 def _variant_mask(plan: "_Plan", local_pass: bool = False) -> int:
@@ -142,10 +148,18 @@ def _variant_mask(plan: "_Plan", local_pass: bool = False) -> int:
     win. On an H200 (2026-12-04, ``results/gpu/2026-12-04_h200``) the batched writes won at every shape
     and the per-token writes (plain, prefetch alone) never, so only the batched ones are tuned, with and
     without prefetching; the long-l regime's local pass writes no gradients, so there batching is moot
-    and only the per-token loops are tried. Half the candidates: half the autotuning."""
+    and only the per-token loops are tried. Half the candidates: half the autotuning. The split backward
+    (not yet timed) is tried beside them, except in the local pass (it writes gradients only); forcing it
+    (``bwd_split=True``) allows nothing else, forcing another variant leaves it out."""
+    if plan.bwd_split and not local_pass:
+        return _variant_bit(False, False, split=True)
     prefetch = (plan.bwd_prefetch,) if plan.bwd_prefetch is not None else (False, True)
     batch_io = (plan.bwd_batch_io,) if plan.bwd_batch_io is not None else (not local_pass,)
-    return sum(_variant_bit(p, b) for p in prefetch for b in batch_io)
+    mask = sum(_variant_bit(p, b) for p in prefetch for b in batch_io)
+    forced_other = plan.bwd_split is False or plan.bwd_prefetch is not None or plan.bwd_batch_io is not None
+    if not (local_pass or forced_other):
+        mask |= _variant_bit(False, False, split=True)
+    return mask
 
 
 # Register-capped twins of the batched-writes backward configs. The kernel is stall-bound (results/gpu/
@@ -159,28 +173,50 @@ _BWD_CAPPED_REGS = 168
 _BWD_CAPPED_VALUES_PER_THREAD = 4
 
 
+# The split backward's sub-blocks: SUB tokens' (SUB, BLOCK_D, BLOCK_N) tiles, _SPLIT_TILE_VALUES values per
+# thread each (h_{t-1}, h_t, two adjoint rows, G and products: about six live at once), 2..8 tokens (each
+# token more is a scratch row more per slot).
+_SPLIT_TILE_VALUES = 16
+_SPLIT_SUBS = (2, 4, 8)
+
+
+def _split_sub(values_per_thread: float, chunk: int) -> int:
+    """Sub-block length of the split backward for a config holding ``values_per_thread`` state values."""
+    sub = int(min(max(_SPLIT_TILE_VALUES / max(values_per_thread, 1e-9), min(_SPLIT_SUBS)), max(_SPLIT_SUBS)))
+    return min(_next_pow2(sub), _next_pow2(chunk))
+
+
 def _bwd_configs() -> list:
-    """The token backward's autotuning candidates: every channel block, warp count and variant, and the
-    batched-writes ones again capped at ``_BWD_CAPPED_REGS`` (``_prune_bwd_configs`` narrows them per call)."""
-    configs = [triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio}, num_warps=nw)
+    """The token backward's autotuning candidates: every channel block, warp count and variant, the
+    batched-writes ones again capped at ``_BWD_CAPPED_REGS``, and the split backward at every sub-block
+    length (``_prune_bwd_configs`` narrows them per call)."""
+    configs = [triton.Config({"BLOCK_D": bd, "PREFETCH": pf, "BATCH_IO": bio, "SPLIT": False, "SUB": 1},
+                             num_warps=nw)
                for bd in _BWD_BLOCK_DS for nw in (1, 2, 4) for pf in (False, True) for bio in (False, True)]
-    return configs + [triton.Config(dict(c.kwargs), num_warps=c.num_warps, maxnreg=_BWD_CAPPED_REGS)
-                      for c in configs if c.kwargs["BATCH_IO"]]
+    capped = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, maxnreg=_BWD_CAPPED_REGS)
+              for c in configs if c.kwargs["BATCH_IO"]]
+    split = [triton.Config({"BLOCK_D": bd, "PREFETCH": False, "BATCH_IO": False, "SPLIT": True, "SUB": sub},
+                           num_warps=nw)
+             for bd in _BWD_BLOCK_DS for nw in (1, 2, 4) for sub in _SPLIT_SUBS]
+    return configs + capped + split
 
 
 def _prune_bwd_configs(configs, named_args, **kwargs):
     """The backward holds (BLOCK_D, n) state tiles: 1–8 values per thread; with ``BATCH_IO`` also an
     interval's (n, CHUNK) dB/dC rows and (BLOCK_D, CHUNK) du/dΔ/dz rows: at most 64 values per thread.
     Only the variants the caller allows; the register-capped twins (``_BWD_CAPPED_REGS``) only at 4 state
-    values per thread and only when autotuning. With autotuning off, one uncapped config of the last
-    allowed variant (prefetch and batched writes, when allowed)."""
+    values per thread and only when autotuning; the split backward only at its sub-block length
+    (``_split_sub``). With autotuning off, one uncapped config of the last allowed variant (prefetch and
+    batched writes, when allowed), the split backward only when nothing else is."""
     args = {**named_args, **kwargs}
     mask = int(args.get("variants", 0b1111))
-    allowed = [c for c in configs if mask & _variant_bit(c.kwargs.get("PREFETCH", False), c.kwargs.get("BATCH_IO", False))]
+    allowed = [c for c in configs if mask & _config_bit(c)]
     n, chunk = int(args["BLOCK_N"]), int(args["CHUNK"])
     values_per_thread = lambda c: c.kwargs["BLOCK_D"] * n / (32 * c.num_warps)  # noqa: E731
     allowed = [c for c in allowed if getattr(c, "maxnreg", None) is None
                or (_autotuning() and values_per_thread(c) == _BWD_CAPPED_VALUES_PER_THREAD)]
+    allowed = [c for c in allowed
+               if not c.kwargs.get("SPLIT") or c.kwargs["SUB"] == _split_sub(values_per_thread(c), chunk)]
 
     def rows_fit(c) -> bool:
         rows = (2 * n + 3 * c.kwargs["BLOCK_D"]) * chunk / (32 * c.num_warps)
@@ -188,9 +224,9 @@ def _prune_bwd_configs(configs, named_args, **kwargs):
 
     allowed = [c for c in allowed if rows_fit(c)] or allowed
     if not _autotuning():
-        last = max(allowed, key=lambda c: _variant_bit(c.kwargs.get("PREFETCH", False), c.kwargs.get("BATCH_IO", False)))
-        allowed = [c for c in allowed if (c.kwargs.get("PREFETCH"), c.kwargs.get("BATCH_IO"))
-                   == (last.kwargs.get("PREFETCH"), last.kwargs.get("BATCH_IO"))]
+        measured = [c for c in allowed if not c.kwargs.get("SPLIT")] or allowed
+        last = max(measured, key=_config_bit)
+        allowed = [c for c in measured if _config_bit(c) == _config_bit(last)]
     return _pruned(allowed, args, values_per_thread, 1, 8, 2, 2)
 
 
@@ -241,6 +277,7 @@ class _Plan:
     bwd_kind: str = "token"  # "token": scan_bwd_kernel; "tile": scan_bwd_tile_kernel (chunk = its tile)
     bwd_prefetch: bool | None = None  # backward variant (scan_bwd_kernel's PREFETCH); None: autotuned
     bwd_batch_io: bool | None = None  # backward variant (BATCH_IO); None: autotuned
+    bwd_split: bool | None = None  # the split backward (SPLIT); True: only it, False: never, None: autotuned
     bwd_slots: int | None = None  # token backward's scratch slots (at the widest block); None: the resident programs'
 
     def n_chunks(self, seq_len: int) -> int:
@@ -267,7 +304,8 @@ _PLAN_OVERRIDE: dict | None = None
 def _force_plan(**fields) -> Iterator[None]:
     """Testing (and benchmarking) hook: fix ``chunk``, ``seg_chunks`` (chunks per segment),
     ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps``, the
-    backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io``, the
+    backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io`` /
+    ``bwd_split``, the
     token backward's scratch slots ``bwd_slots``, the multi-direction path ``multi_path`` (see
     :func:`_multi_path`), and the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
     global _PLAN_OVERRIDE
@@ -452,9 +490,12 @@ def _launch(kind: str, problem: _Problem, plan: _Plan, args: dict) -> None:
         block_d = plan.block_d or 4
         raw = getattr(kernels["module"], f"scan_{kind}_kernel")
         variant = {}
-        if kind == "bwd":  # untuned: the forced variant, else prefetch and batched writes
+        if kind == "bwd" and plan.bwd_split and not args["LOCAL_PASS"]:  # untuned: the forced variant
+            per_thread = block_d * args["BLOCK_N"] / (32 * plan.num_warps)
+            variant = dict(PREFETCH=False, BATCH_IO=False, SPLIT=True, SUB=_split_sub(per_thread, plan.chunk))
+        elif kind == "bwd":  # else prefetch and batched writes
             variant = dict(PREFETCH=True if plan.bwd_prefetch is None else plan.bwd_prefetch,
-                           BATCH_IO=True if plan.bwd_batch_io is None else plan.bwd_batch_io)
+                           BATCH_IO=True if plan.bwd_batch_io is None else plan.bwd_batch_io, SPLIT=False, SUB=1)
         raw[(blocks(block_d), problem.batch, problem.n_dir * n_seg)](**args, **variant, BLOCK_D=block_d,
                                                                     num_warps=plan.num_warps)
 
@@ -471,8 +512,9 @@ _INTERPRETED_BWD_SLOTS = 3  # fewer slots than programs: the interpreter tests h
 def _token_bwd_scratch(problem: _Problem, plan: _Plan, device: torch.device) -> int:
     """fp32 values of the token backward's scratch: rows for every program (one per channel block, batch
     element, direction and segment), unless more than the programs resident at once can use
-    (``_REGS_PER_STATE_VALUE``) or than ``plan.bwd_slots`` programs of the widest block hold."""
-    per_channel = plan.chunk * _block_n(problem.n_state)  # one channel's rows for one interval
+    (``_REGS_PER_STATE_VALUE``) or than ``plan.bwd_slots`` programs of the widest block hold. Sized for
+    the longest slot a backward variant the plan allows may use (:func:`_slot_rows`)."""
+    per_channel = _slot_rows(plan) * _block_n(problem.n_state)  # one channel's rows for one interval
     block_ds = (plan.block_d,) if plan.block_d else _BWD_BLOCK_DS
     sequences = problem.batch * problem.n_dir * plan.n_seg(problem.seq_len)
     blocks = lambda bd: problem.n_groups * -(-problem.chans_per_group // bd)  # noqa: E731
@@ -483,15 +525,27 @@ def _token_bwd_scratch(problem: _Problem, plan: _Plan, device: torch.device) -> 
     elif device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         regs = getattr(props, "regs_per_multiprocessor", None) or 65536
-        cap = props.multi_processor_count * (regs // _REGS_PER_STATE_VALUE) * plan.chunk
+        cap = props.multi_processor_count * (regs // _REGS_PER_STATE_VALUE) * _slot_rows(plan)
     else:
         cap = every_program
     return max(one_program, min(every_program, cap))
 
 
-def _scratch_slots(scratch_values: int, plan: _Plan, n_state: int, block_d: int) -> int:
-    """Slots of a ``scratch_values`` scratch for programs of ``block_d`` channels (as the kernel counts them)."""
-    return scratch_values // (plan.chunk * block_d * _block_n(n_state))
+def _slot_rows(plan: _Plan, split: bool | None = None) -> int:
+    """(channel, state) rows of one scratch slot, as the kernel's ``_slot_rows`` counts them: an interval's
+    states, and for the split backward also the state before it and a sub-block's adjoint (at most
+    max(_SPLIT_SUBS) + 1 rows). ``split`` None: the longest the plan allows (the split backward unless it
+    is ruled out)."""
+    if split is None:  # as _variant_mask allows it
+        split = bool(plan.bwd_split) or (plan.bwd_split is None and plan.bwd_prefetch is None
+                                          and plan.bwd_batch_io is None)
+    return plan.chunk + min(max(_SPLIT_SUBS), _next_pow2(plan.chunk)) + 2 if split else plan.chunk
+
+
+def _scratch_slots(scratch_values: int, plan: _Plan, n_state: int, block_d: int, split: bool = False) -> int:
+    """Slots of a ``scratch_values`` scratch for programs of ``block_d`` channels (as the kernel counts them;
+    ``split``: for the split backward at its longest sub-block)."""
+    return scratch_values // (_slot_rows(plan, split) * block_d * _block_n(n_state))
 
 
 def _launch_carry(problem: _Problem, A: torch.Tensor, local: torch.Tensor, dt_sum: torch.Tensor,
