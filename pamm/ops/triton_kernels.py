@@ -45,10 +45,11 @@ Two structures, each the faster one measured on an H100 (2026-11-23, ``results/g
   its compiled results for non-commutative combines have been wrong, triton-lang/triton#4362.)
   The backward comes in four variants that the autotuner chooses among (prefetching the next step's
   inputs; writing each interval's gradients in one coalesced pass), and a fifth structure, ``SPLIT``
-  (written 2026-12-04 without a GPU, not yet timed): per sub-block of ``SUB`` tokens, an unrolled
-  reverse loop carries the adjoint alone (``a_t·G_t`` into scratch rows: no reductions, no barrier),
-  then every gradient of the sub-block comes from (SUB, BLOCK_D, BLOCK_N) tiles of states and
-  adjoints at once, so the per-token reductions over channels and states leave the sequential loop.
+  (written 2026-12-04 without a GPU, not yet timed): both loops run ``SUB`` tokens at a time, unrolled
+  (a sub-block's loads are issued ahead of its chain); the reverse one carries the adjoint alone
+  (``a_t·G_t`` into scratch rows: no reductions, no barrier), then every gradient of the sub-block
+  comes from (SUB, BLOCK_D, BLOCK_N) tiles of states and adjoints at once, so the per-token
+  reductions over channels and states leave the sequential loop.
 * tile backward (:func:`scan_bwd_tile_kernel`, ``$PAMM_TRITON_BWD=tile``): the forward's structure
   run backwards without a flip: the adjoint scan is a forward scan over the tile *loaded* in reverse
   order, and comes back to token order through memory; 256-token checkpoint intervals, scratch
@@ -424,12 +425,19 @@ def _slot_rows(CHUNK: tl.constexpr, SUB: tl.constexpr, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _state_row(t, c_start, SPLIT: tl.constexpr):
-    """Scratch row of h_t in its interval: ``SPLIT`` keeps h_{c_start - 1} (the checkpoint) in row 0."""
-    if SPLIT:
-        return t - c_start + 1
-    else:
-        return t - c_start
+def _recompute_steps(h, sb_lo, sb_hi, c_start, state_rows, scratch_stride, dn_mask, A, perm_ptr, k, seq_len, delta_row,
+                     u_row, B_col, ch_mask, n_mask, bias, HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SUB: tl.constexpr):
+    """The split backward's state recompute over steps [sb_lo, sb_hi) (at most ``SUB``): h_t into state row
+    t - c_start + 1. Unrolled, like :func:`_adjoint_steps`, so that the sub-block's loads are issued ahead of
+    the chain; steps past sb_hi are identity maps and store nothing."""
+    for jj in tl.static_range(SUB):
+        t = sb_lo + jj
+        dt, u, Bt = _recompute_inputs(perm_ptr, k, t, sb_lo, sb_hi, seq_len, delta_row, u_row, B_col, ch_mask, n_mask,
+                                      bias, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
+        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+        tl.store(state_rows + (t - c_start + 1) * scratch_stride, h, mask=_step_mask(dn_mask, t, sb_lo, sb_hi))
+    return h
 
 
 @triton.jit
@@ -566,9 +574,13 @@ def scan_bwd_kernel(
     ``BATCH_IO``: the reverse loop collects each interval's dB, dC rows (n, CHUNK) and du, dΔ, dz rows
     (BLOCK_D, CHUNK) in registers and writes them once per interval, token-contiguous (coalesced
     atomics and stores) instead of n scattered atomics and BLOCK_D strided stores per token.
+    ``SPLIT`` (a different structure; the two above are off): both loops walk sub-blocks of ``SUB``
+    tokens (:func:`_recompute_steps`, :func:`_adjoint_steps`), and each sub-block's gradients come from
+    its tiles at once (:func:`_split_gradients`); the slot also holds the state before the interval and
+    the sub-block's adjoints (:func:`_slot_rows`).
 
     The scratch has rows for the programs that can run at once, not for all of them (``scratch_values``
-    fp32 values: S = scratch_values // (CHUNK·BLOCK_D·BLOCK_N) slots). A program takes a ticket when it
+    fp32 values: S = scratch_values // (rows·BLOCK_D·BLOCK_N) slots). A program takes a ticket when it
     starts (``slot_turn[0]``, so tickets follow start order) and uses slot ticket mod S once the slot's
     previous holders, tickets ticket - S, ticket - 2S, …, are done (``slot_turn[1 + slot]`` counts them).
     The holder it waits for started earlier, so it is running or done: no program waits on one that
@@ -643,26 +655,33 @@ def scan_bwd_kernel(
             h0 = tl.load(ckpt_ptr + ckpt_off + state_tile, mask=dn_mask, other=0.0)
             h = h0
             tl.debug_barrier()  # the previous chunk's reverse loop is done with the scratch rows
-            if SPLIT:
+            if SPLIT:  # the state before the interval in row 0, then the interval's states a sub-block at a time
                 tl.store(scratch_rows, h0, mask=dn_mask)
-            if PREFETCH:
-                dt, u, Bt = _recompute_inputs(perm_ptr, k, c_start, c_start, c_end, seq_len, delta_ptr + delta_off,
-                                              u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
-                                              HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
-            for t in range(c_start, c_end):
+                for s in range(0, tl.cdiv(n_tok, SUB)):
+                    sb_lo = c_start + s * SUB
+                    h = _recompute_steps(h, sb_lo, tl.minimum(sb_lo + SUB, c_end), c_start, scratch_rows,
+                                         scratch_stride, dn_mask, A, perm_ptr, k, seq_len, delta_ptr + delta_off,
+                                         u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias, HAS_PERM,
+                                         BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, SUB)
+            else:
                 if PREFETCH:
-                    dt_n, u_n, Bt_n = _recompute_inputs(perm_ptr, k, t + 1, c_start, c_end, seq_len,
-                                                        delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
-                                                        ch_mask, n_mask, bias, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS,
-                                                        SOFTPLUS)
-                else:
-                    dt, u, Bt = _recompute_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off,
-                                                  u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
-                                                  HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
-                h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
-                tl.store(scratch_rows + _state_row(t, c_start, SPLIT) * scratch_stride, h, mask=dn_mask)
-                if PREFETCH:
-                    dt, u, Bt = dt_n, u_n, Bt_n
+                    dt, u, Bt = _recompute_inputs(perm_ptr, k, c_start, c_start, c_end, seq_len,
+                                                  delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off, ch_mask,
+                                                  n_mask, bias, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
+                for t in range(c_start, c_end):
+                    if PREFETCH:
+                        dt_n, u_n, Bt_n = _recompute_inputs(perm_ptr, k, t + 1, c_start, c_end, seq_len,
+                                                            delta_ptr + delta_off, u_ptr + u_off, B_ptr + B_off,
+                                                            ch_mask, n_mask, bias, HAS_PERM, BC_SCAN_ORDER,
+                                                            HAS_BIAS, SOFTPLUS)
+                    else:
+                        dt, u, Bt = _recompute_inputs(perm_ptr, k, t, c_start, c_end, seq_len, delta_ptr + delta_off,
+                                                      u_ptr + u_off, B_ptr + B_off, ch_mask, n_mask, bias,
+                                                      HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS)
+                    h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+                    tl.store(scratch_rows + (t - c_start) * scratch_stride, h, mask=dn_mask)
+                    if PREFETCH:
+                        dt, u, Bt = dt_n, u_n, Bt_n
             tl.debug_barrier()  # the states are visible to every thread of the program
             h_t = h
         if SPLIT and not LOCAL_PASS:  # sub-blocks in reverse: the adjoint chain, then the gradients in parallel
