@@ -478,25 +478,27 @@ def _split_gradients(sb_lo, sb_hi, c_start, state_rows, adj_rows, scratch_stride
                      SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, DU_ATOMIC: tl.constexpr,
                      DDELTA_ATOMIC: tl.constexpr, SUB: tl.constexpr):
     """The split backward's parallel part: every gradient of steps [sb_lo, sb_hi) at once, from the
-    (SUB, BLOCK_D, BLOCK_N) tiles of h_{t-1}, h_t (state rows) and carry_t, carry_{t+1} (adjoint rows),
+    (BLOCK_D, SUB, BLOCK_N) tiles of h_{t-1}, h_t (state rows) and carry_t, carry_{t+1} (adjoint rows),
     ``G_t = dy_t C_t + carry_{t+1}`` and ``a_t G_t h_{t-1} = carry_t h_{t-1}``: the reductions over
     channels (dB, dC) and states (du, dΔ, dz) run for the whole sub-block in one go instead of one token
-    after another. Writes du, dΔ, dz, adds dB, dC (token-contiguous rows); returns the dA, dD, dbias sums."""
+    after another. Writes du, dΔ, dz, adds dB, dC (token-contiguous rows); returns the dA, dD, dbias sums.
+    Channels lead the tiles: compiled for sm_90, (tokens, channels, states) tiles reduced across warps
+    more (at S2 with 32 channels and 4 warps: 9.8 barriers and 44 shuffles per token, against 6.8 and 20)."""
     tt = tl.arange(0, SUB)
     t = sb_lo + tt
     valid = t < sb_hi
     step = tl.minimum(t, seq_len - 1)
     pos = _positions(perm_ptr, k, step, valid, seq_len, HAS_PERM)
     bc = _bc_index(step, pos, BC_SCAN_ORDER)
-    m_td = valid[:, None] & ch_mask[None, :]
+    m_dt = ch_mask[:, None] & valid[None, :]
     m_tn = valid[:, None] & n_mask[None, :]
-    m_tdn = valid[:, None, None] & dn_mask[None, :, :]
-    at_d = pos[:, None]  # (SUB, BLOCK_D) token offsets of per-channel rows
-    dt, dt_raw = _delta_at(delta_row[None, :], at_d, m_td, bias[None, :], HAS_BIAS, SOFTPLUS)
-    u = tl.load(u_row[None, :] + at_d, mask=m_td, other=0.0).to(tl.float32)
-    dout = tl.load(dout_row[None, :] + at_d, mask=m_td, other=0.0).to(tl.float32) * out_scale
+    m_dtn = dn_mask[:, None, :] & valid[None, :, None]
+    at_t = pos[None, :]  # (BLOCK_D, SUB) token offsets of per-channel rows
+    dt, dt_raw = _delta_at(delta_row[:, None], at_t, m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_row[:, None] + at_t, mask=m_dt, other=0.0).to(tl.float32)
+    dout = tl.load(dout_row[:, None] + at_t, mask=m_dt, other=0.0).to(tl.float32) * out_scale
     if HAS_Z:
-        zt = tl.load(z_row[None, :] + at_d, mask=m_td, other=0.0).to(tl.float32)
+        zt = tl.load(z_row[:, None] + at_t, mask=m_dt, other=0.0).to(tl.float32)
         sig_z = _sigmoid(zt)
         dy = dout * zt * sig_z
     else:
@@ -504,39 +506,39 @@ def _split_gradients(sb_lo, sb_hi, c_start, state_rows, adj_rows, scratch_stride
     Bt = tl.load(B_col[None, :] + bc[:, None], mask=m_tn, other=0.0).to(tl.float32)
     Ct = tl.load(C_col[None, :] + bc[:, None], mask=m_tn, other=0.0).to(tl.float32)
 
-    states = state_rows[None, :, :] + (t - c_start)[:, None, None] * scratch_stride  # row of h_{t-1}
-    h_prev = tl.load(states, mask=m_tdn, other=0.0)
-    h_t = tl.load(states + scratch_stride, mask=m_tdn, other=0.0)
-    adjoints = adj_rows[None, :, :] + tt[:, None, None] * scratch_stride  # row of carry_t
-    carry_t = tl.load(adjoints, mask=m_tdn, other=0.0)
-    carry_next = tl.load(adjoints + scratch_stride, mask=m_tdn, other=0.0)
+    states = state_rows[:, None, :] + (t - c_start)[None, :, None] * scratch_stride  # row of h_{t-1}
+    h_prev = tl.load(states, mask=m_dtn, other=0.0)
+    h_t = tl.load(states + scratch_stride, mask=m_dtn, other=0.0)
+    adjoints = adj_rows[:, None, :] + tt[None, :, None] * scratch_stride  # row of carry_t
+    carry_t = tl.load(adjoints, mask=m_dtn, other=0.0)
+    carry_next = tl.load(adjoints + scratch_stride, mask=m_dtn, other=0.0)
 
-    G = dy[:, :, None] * Ct[:, None, :] + carry_next
+    G = dy[:, :, None] * Ct[None, :, :] + carry_next
     g_decayed = carry_t * h_prev  # G_t a_t h_{t-1}
     dtu = dt * u
-    dC = tl.sum(dy[:, :, None] * h_t, axis=1)
-    dB = tl.sum(G * dtu[:, :, None], axis=1)
-    g_dot_B = tl.sum(G * Bt[:, None, :], axis=2)
+    dC = tl.sum(dy[:, :, None] * h_t, axis=0)
+    dB = tl.sum(G * dtu[:, :, None], axis=0)
+    g_dot_B = tl.sum(G * Bt[None, :, :], axis=2)
     du = dt * g_dot_B
     if HAS_D:
-        du += D[None, :] * dy
-        dD_acc += tl.sum(dy * u, axis=0)
-    ddt = u * g_dot_B + tl.sum(g_decayed * A[None, :, :], axis=2)
-    dA_acc += tl.sum(g_decayed * dt[:, :, None], axis=0)
+        du += D[:, None] * dy
+        dD_acc += tl.sum(dy * u, axis=1)
+    ddt = u * g_dot_B + tl.sum(g_decayed * A[:, None, :], axis=2)
+    dA_acc += tl.sum(g_decayed * dt[:, :, None], axis=1)
     if SOFTPLUS:
         ddt = ddt * _sigmoid(dt_raw)
-    ddt = tl.where(m_td, ddt, 0.0)
-    dbias_acc += tl.sum(ddt, axis=0)
+    ddt = tl.where(m_dt, ddt, 0.0)
+    dbias_acc += tl.sum(ddt, axis=1)
     tl.atomic_add(dC_col[None, :] + bc[:, None], dC, mask=m_tn)
     tl.atomic_add(dB_col[None, :] + bc[:, None], dB, mask=m_tn)
     if HAS_Z:
-        y = tl.sum(h_t * Ct[:, None, :], axis=2)
+        y = tl.sum(h_t * Ct[None, :, :], axis=2)
         if HAS_D:
-            y += D[None, :] * u
+            y += D[:, None] * u
         dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-        _write_grad(dz_row[None, :] + at_d, dz, m_td, False)
-    _write_grad(du_row[None, :] + at_d, du, m_td, DU_ATOMIC)
-    _write_grad(ddelta_row[None, :] + at_d, ddt, m_td, DDELTA_ATOMIC)
+        _write_grad(dz_row[:, None] + at_t, dz, m_dt, False)
+    _write_grad(du_row[:, None] + at_t, du, m_dt, DU_ATOMIC)
+    _write_grad(ddelta_row[:, None] + at_t, ddt, m_dt, DDELTA_ATOMIC)
     return dA_acc, dD_acc, dbias_acc
 
 
