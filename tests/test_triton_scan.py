@@ -298,8 +298,9 @@ def test_token_backward_hands_scratch_slots_on(slots, split):
 
 @pytest.mark.parametrize("case", [c for c in SINGLE_CASES if c != "grouped-all-features-three-segments"])
 def test_split_backward_matches_float64_reference(case):
-    """The split backward (the adjoint chain alone, then every gradient of a sub-block at once) on every
-    single-direction case: ragged intervals and sub-blocks, l = 1, n = 1 and 64, segments, gate, D, bias."""
+    """The split backward (the adjoint chain alone, then every gradient of a sub-block at once; with
+    segments, also the local pass's adjoint loop) on every single-direction case: ragged intervals and
+    sub-blocks, l = 1, n = 1 and 64, segments, gate, D, bias."""
     b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES[case]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
     _check_against_reference(ins, softplus, {**plan, "bwd_split": True}, FP32_RTOL)
@@ -650,7 +651,10 @@ def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch
     assert all(c.num_warps > 1 for c in kept if c.kwargs["BATCH_IO"])
     local = triton_scan._variant_mask(free, local_pass=True)  # writes no gradients: batching is moot there
     kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=384, BLOCK_N=16, CHUNK=64, variants=local)
-    assert variants(kept) == {(False, False), (True, False)} and any(c.num_warps == 1 for c in kept)
+    assert variants(kept) == {(False, False), (True, False), "split"} and any(c.num_warps == 1 for c in kept)
+    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=384, BLOCK_N=16, CHUNK=64, variants=local,
+                                          LOCAL_PASS=True)  # no gradient tiles there: the longest sub-block
+    assert {c.kwargs["SUB"] for c in kept if c.kwargs["SPLIT"]} == {8}
     forced = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4,
                                                          bwd_prefetch=True, bwd_batch_io=False))
     kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=forced)
@@ -658,7 +662,8 @@ def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch
     only_split = triton_scan._variant_mask(replace(free, bwd_split=True))
     kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=only_split)
     assert kept and variants(kept) == {"split"}
-    assert triton_scan._variant_mask(replace(free, bwd_split=True), local_pass=True) == local  # gradients only
+    # forced, the local pass runs it too (its unrolled adjoint loop alone)
+    assert triton_scan._variant_mask(replace(free, bwd_split=True), local_pass=True) == only_split
     no_split = triton_scan._variant_mask(replace(free, bwd_split=False))
     assert variants(triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32,
                                                    variants=no_split)) == {(False, True), (True, True)}

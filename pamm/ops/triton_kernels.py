@@ -441,16 +441,18 @@ def _recompute_steps(h, sb_lo, sb_hi, c_start, state_rows, scratch_stride, dn_ma
 
 
 @triton.jit
-def _adjoint_steps(carry, sb_lo, sb_hi, adj_rows, scratch_stride, dn_mask, A, perm_ptr, k, seq_len, delta_row,
-                   dout_row, z_row, C_col, ch_mask, n_mask, bias, out_scale, HAS_PERM: tl.constexpr,
-                   BC_SCAN_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_Z: tl.constexpr, SUB: tl.constexpr):
+def _adjoint_steps(carry, dt_sum, sb_lo, sb_hi, seg_start, adj_rows, scratch_stride, dn_mask, A, perm_ptr, k,
+                   seq_len, delta_row, dout_row, z_row, C_col, ch_mask, n_mask, bias, out_scale,
+                   HAS_PERM: tl.constexpr, BC_SCAN_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, LOCAL_PASS: tl.constexpr, SUB: tl.constexpr):
     """The split backward's sequential part over steps [sb_lo, sb_hi) (at most ``SUB``), in reverse:
     only the adjoint, ``carry_t = a_t·G_t`` with ``G_t = dy_t C_t + carry_{t+1}``; no reductions. Writes
     carry_t to ``adj_rows`` row t - sb_lo and the entering carry to row ``SUB`` (steps past sb_hi are
-    identity maps, so rows sb_hi - sb_lo .. SUB all hold it). Unrolled: every step's loads are
-    independent of the carry and can be issued ahead of the chain. Returns the carry and G_{sb_lo}."""
-    tl.store(adj_rows + SUB * scratch_stride, carry, mask=dn_mask)
+    identity maps, so rows sb_hi - sb_lo .. SUB all hold it); in the ``LOCAL_PASS`` it writes nothing and
+    adds to ``dt_sum`` the Δ of the steps after ``seg_start``. Unrolled: every step's loads are
+    independent of the carry and can be issued ahead of the chain. Returns the carry, G_{sb_lo}, dt_sum."""
+    if not LOCAL_PASS:
+        tl.store(adj_rows + SUB * scratch_stride, carry, mask=dn_mask)
     G = carry
     for jj in tl.static_range(SUB):
         t = sb_lo + (SUB - 1 - jj)
@@ -466,8 +468,11 @@ def _adjoint_steps(carry, sb_lo, sb_hi, adj_rows, scratch_stride, dn_mask, A, pe
                      other=0.0).to(tl.float32)
         G = dy[:, None] * Ct[None, :] + carry
         carry = tl.exp(dt[:, None] * A) * G
-        tl.store(adj_rows + (SUB - 1 - jj) * scratch_stride, carry, mask=dn_mask)
-    return carry, G
+        if LOCAL_PASS:
+            dt_sum += tl.where(t > seg_start, dt, 0.0)
+        else:
+            tl.store(adj_rows + (SUB - 1 - jj) * scratch_stride, carry, mask=dn_mask)
+    return carry, G, dt_sum
 
 
 @triton.jit
@@ -686,23 +691,24 @@ def scan_bwd_kernel(
                         dt, u, Bt = dt_n, u_n, Bt_n
             tl.debug_barrier()  # the states are visible to every thread of the program
             h_t = h
-        if SPLIT and not LOCAL_PASS:  # sub-blocks in reverse: the adjoint chain, then the gradients in parallel
+        if SPLIT:  # sub-blocks in reverse: the adjoint chain, then (main pass) the gradients in parallel
             n_sub = tl.cdiv(n_tok, SUB)
             for s in range(0, n_sub):
                 sb_lo = c_start + (n_sub - 1 - s) * SUB
                 sb_hi = tl.minimum(sb_lo + SUB, c_end)
-                carry, G = _adjoint_steps(carry, sb_lo, sb_hi, adj_rows, scratch_stride, dn_mask, A, perm_ptr, k,
-                                          seq_len, delta_ptr + delta_off, dout_ptr + row, z_ptr + row, C_ptr + C_off,
-                                          ch_mask, n_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS,
-                                          SOFTPLUS, HAS_Z, SUB)
-                tl.debug_barrier()  # the adjoint rows are visible to every thread of the program
-                dA_acc, dD_acc, dbias_acc = _split_gradients(
-                    sb_lo, sb_hi, c_start, scratch_rows, adj_rows, scratch_stride, A, D, bias, out_scale,
-                    dA_acc, dD_acc, dbias_acc, perm_ptr, k, seq_len, delta_ptr + delta_off, u_ptr + u_off,
-                    dout_ptr + row, z_ptr + row, B_ptr + B_off, C_ptr + C_off, dB_ptr + B_off, dC_ptr + C_off,
-                    du_ptr + u_off, ddelta_ptr + delta_off, dz_ptr + row, ch_mask, n_mask, dn_mask, HAS_PERM,
-                    BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, DU_ATOMIC, DDELTA_ATOMIC, SUB)
-                tl.debug_barrier()  # ... and read by all of them before the next sub-block overwrites them
+                carry, G, dt_next_sum = _adjoint_steps(
+                    carry, dt_next_sum, sb_lo, sb_hi, seg_start, adj_rows, scratch_stride, dn_mask, A, perm_ptr, k,
+                    seq_len, delta_ptr + delta_off, dout_ptr + row, z_ptr + row, C_ptr + C_off, ch_mask, n_mask,
+                    bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, LOCAL_PASS, SUB)
+                if not LOCAL_PASS:
+                    tl.debug_barrier()  # the adjoint rows are visible to every thread of the program
+                    dA_acc, dD_acc, dbias_acc = _split_gradients(
+                        sb_lo, sb_hi, c_start, scratch_rows, adj_rows, scratch_stride, A, D, bias, out_scale,
+                        dA_acc, dD_acc, dbias_acc, perm_ptr, k, seq_len, delta_ptr + delta_off, u_ptr + u_off,
+                        dout_ptr + row, z_ptr + row, B_ptr + B_off, C_ptr + C_off, dB_ptr + B_off, dC_ptr + C_off,
+                        du_ptr + u_off, ddelta_ptr + delta_off, dz_ptr + row, ch_mask, n_mask, dn_mask, HAS_PERM,
+                        BC_SCAN_ORDER, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, DU_ATOMIC, DDELTA_ATOMIC, SUB)
+                    tl.debug_barrier()  # ... and read by all of them before the next sub-block overwrites them
         else:
             if BATCH_IO:
                 dB_rows = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)

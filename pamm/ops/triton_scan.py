@@ -149,15 +149,15 @@ def _variant_mask(plan: "_Plan", local_pass: bool = False) -> int:
     and the per-token writes (plain, prefetch alone) never, so only the batched ones are tuned, with and
     without prefetching; the long-l regime's local pass writes no gradients, so there batching is moot
     and only the per-token loops are tried. Half the candidates: half the autotuning. The split backward
-    (not yet timed) is tried beside them, except in the local pass (it writes gradients only); forcing it
+    (not yet timed; in the local pass its unrolled adjoint loop alone) is tried beside them; forcing it
     (``bwd_split=True``) allows nothing else, forcing another variant leaves it out."""
-    if plan.bwd_split and not local_pass:
+    if plan.bwd_split:
         return _variant_bit(False, False, split=True)
     prefetch = (plan.bwd_prefetch,) if plan.bwd_prefetch is not None else (False, True)
     batch_io = (plan.bwd_batch_io,) if plan.bwd_batch_io is not None else (not local_pass,)
     mask = sum(_variant_bit(p, b) for p in prefetch for b in batch_io)
     forced_other = plan.bwd_split is False or plan.bwd_prefetch is not None or plan.bwd_batch_io is not None
-    if not (local_pass or forced_other):
+    if not forced_other:
         mask |= _variant_bit(False, False, split=True)
     return mask
 
@@ -180,9 +180,14 @@ _SPLIT_TILE_VALUES = 16
 _SPLIT_SUBS = (2, 4, 8)
 
 
-def _split_sub(values_per_thread: float, chunk: int) -> int:
-    """Sub-block length of the split backward for a config holding ``values_per_thread`` state values."""
-    sub = int(min(max(_SPLIT_TILE_VALUES / max(values_per_thread, 1e-9), min(_SPLIT_SUBS)), max(_SPLIT_SUBS)))
+def _split_sub(values_per_thread: float, chunk: int, local_pass: bool = False) -> int:
+    """Sub-block length of the split backward for a config holding ``values_per_thread`` state values. The
+    local pass (the long-l regime's first, adjoint alone) builds no tiles: the longest, for the most loads
+    in flight."""
+    if local_pass:
+        sub = max(_SPLIT_SUBS)
+    else:
+        sub = int(min(max(_SPLIT_TILE_VALUES / max(values_per_thread, 1e-9), min(_SPLIT_SUBS)), max(_SPLIT_SUBS)))
     return min(_next_pow2(sub), _next_pow2(chunk))
 
 
@@ -215,8 +220,9 @@ def _prune_bwd_configs(configs, named_args, **kwargs):
     values_per_thread = lambda c: c.kwargs["BLOCK_D"] * n / (32 * c.num_warps)  # noqa: E731
     allowed = [c for c in allowed if getattr(c, "maxnreg", None) is None
                or (_autotuning() and values_per_thread(c) == _BWD_CAPPED_VALUES_PER_THREAD)]
+    local = bool(args.get("LOCAL_PASS", False))
     allowed = [c for c in allowed
-               if not c.kwargs.get("SPLIT") or c.kwargs["SUB"] == _split_sub(values_per_thread(c), chunk)]
+               if not c.kwargs.get("SPLIT") or c.kwargs["SUB"] == _split_sub(values_per_thread(c), chunk, local)]
 
     def rows_fit(c) -> bool:
         rows = (2 * n + 3 * c.kwargs["BLOCK_D"]) * chunk / (32 * c.num_warps)
@@ -490,9 +496,10 @@ def _launch(kind: str, problem: _Problem, plan: _Plan, args: dict) -> None:
         block_d = plan.block_d or 4
         raw = getattr(kernels["module"], f"scan_{kind}_kernel")
         variant = {}
-        if kind == "bwd" and plan.bwd_split and not args["LOCAL_PASS"]:  # untuned: the forced variant
+        if kind == "bwd" and plan.bwd_split:  # untuned: the forced variant
             per_thread = block_d * args["BLOCK_N"] / (32 * plan.num_warps)
-            variant = dict(PREFETCH=False, BATCH_IO=False, SPLIT=True, SUB=_split_sub(per_thread, plan.chunk))
+            sub = _split_sub(per_thread, plan.chunk, args["LOCAL_PASS"])
+            variant = dict(PREFETCH=False, BATCH_IO=False, SPLIT=True, SUB=sub)
         elif kind == "bwd":  # else prefetch and batched writes
             variant = dict(PREFETCH=True if plan.bwd_prefetch is None else plan.bwd_prefetch,
                            BATCH_IO=True if plan.bwd_batch_io is None else plan.bwd_batch_io, SPLIT=False, SUB=1)
