@@ -420,6 +420,10 @@ def test_backend_report_names_the_triton_backward(monkeypatch):
     monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
     assert ops.backend_report()["triton_backward"].startswith("tile kernel ($PAMM_TRITON_BWD")
     assert "one heuristic config" in ops.backend_report()["triton_backward"]
+    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
+    assert ops.backend_report()["triton_backward"].endswith(", autotuned")
+    monkeypatch.setenv("PAMM_TRITON_BWD", "token")
+    assert ops.backend_report()["triton_backward"].endswith("autotuned among its batched-writes and split forms")
     monkeypatch.setenv("PAMM_TRITON_BWD", "sideways")
     assert ops.backend_report()["triton_backward"].startswith("invalid: $PAMM_TRITON_BWD='sideways'")
     assert ops.backend_report()["triton_bc_order"].startswith("scan order (default")

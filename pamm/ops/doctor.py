@@ -44,7 +44,12 @@ def _triton_backward() -> str:
     kind, origin = _env_setting(triton_scan._bwd_kind, triton_scan.BWD_KIND_ENV_VAR, triton_scan.BWD_KINDS)
     if not origin:
         return kind
-    tuned = "autotuned" if triton_scan._autotuning() else "one heuristic config ($PAMM_TRITON_AUTOTUNE=0)"
+    if not triton_scan._autotuning():
+        tuned = "one heuristic config ($PAMM_TRITON_AUTOTUNE=0)"
+    elif kind == "token":
+        tuned = "autotuned among its batched-writes and split forms"
+    else:
+        tuned = "autotuned"
     return f"{kind} kernel {origin}, {tuned}"
 
 
