@@ -29,8 +29,10 @@
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
 # A 15-minute lease (start included) fits one call of at most ~590 s, then a short one on the warm machine
 # (it is released after ~30 s idle: issue it at once; setup/prewarm/build are not repeated there):
-#   PACK_MAMBA_BUILD=0 bash benchmarks/gpu_session.sh setup build prewarm tests wait experts step tscan
+#   PACK_MAMBA_BUILD=0 bash benchmarks/gpu_session.sh setup build prewarm tests wait tscan step experts
 #   bash benchmarks/gpu_session.sh tdiag
+# tscan first: it times the backward variants against issue 11's targets (its split rows are new, untimed);
+# the last stages are the ones a short lease loses.
 # (the build runs beside the prewarm and the tests; the timings wait for it, so no compile competes with
 # them). Measured on an H200, 2026-12-04 (results/gpu/2026-12-04_h200): setup ~30 s, prewarm 37 s (371
 # kernel configs, 438 s of compiles on 16 cores), tests 65 s, the build 176 s in all, tscan 257 s (115
