@@ -48,7 +48,7 @@ Two structures, each the faster one measured on an H100 (2026-11-23, ``results/g
   (written 2026-12-04 without a GPU, not yet timed): both loops run ``SUB`` tokens at a time, unrolled
   (a sub-block's loads are issued ahead of its chain); the reverse one carries the adjoint alone
   (``a_t·G_t`` into scratch rows: no reductions, no barrier), then every gradient of the sub-block
-  comes from (SUB, BLOCK_D, BLOCK_N) tiles of states and adjoints at once, so the per-token
+  comes from (BLOCK_D, SUB, BLOCK_N) tiles of states and adjoints at once, so the per-token
   reductions over channels and states leave the sequential loop.
 * tile backward (:func:`scan_bwd_tile_kernel`, ``$PAMM_TRITON_BWD=tile``): the forward's structure
   run backwards without a flip: the adjoint scan is a forward scan over the tile *loaded* in reverse
@@ -626,8 +626,8 @@ def scan_bwd_kernel(
     if LOCAL_PASS:  # no states kept: no slot
         scratch_rows = scratch_ptr + block_tile
     else:
-        scratch_rows = (scratch_ptr + (ticket % n_slots).to(tl.int64) * (_slot_rows(CHUNK, SUB, SPLIT) * scratch_stride)
-                        + block_tile)
+        slot_values = _slot_rows(CHUNK, SUB, SPLIT) * scratch_stride
+        scratch_rows = scratch_ptr + (ticket % n_slots).to(tl.int64) * slot_values + block_tile
     adj_rows = scratch_rows + (CHUNK + 1) * scratch_stride  # SPLIT: one sub-block's adjoint rows
 
     seg_start = seg * seg_len

@@ -173,7 +173,7 @@ _BWD_CAPPED_REGS = 168
 _BWD_CAPPED_VALUES_PER_THREAD = 4
 
 
-# The split backward's sub-blocks: SUB tokens' (SUB, BLOCK_D, BLOCK_N) tiles, _SPLIT_TILE_VALUES values per
+# The split backward's sub-blocks: SUB tokens' (BLOCK_D, SUB, BLOCK_N) tiles, _SPLIT_TILE_VALUES values per
 # thread each (h_{t-1}, h_t, two adjoint rows, G and products: about six live at once), 2..8 tokens (each
 # token more is a scratch row more per slot).
 _SPLIT_TILE_VALUES = 16
@@ -311,9 +311,8 @@ def _force_plan(**fields) -> Iterator[None]:
     """Testing (and benchmarking) hook: fix ``chunk``, ``seg_chunks`` (chunks per segment),
     ``fwd_seg_chunks`` (the same for the forward alone), ``tile``, ``block_d``, ``num_warps``, the
     backward, ``bwd_kind`` ("token" or "tile") and its variant, ``bwd_prefetch`` / ``bwd_batch_io`` /
-    ``bwd_split``, the
-    token backward's scratch slots ``bwd_slots``, the multi-direction path ``multi_path`` (see
-    :func:`_multi_path`), and the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
+    ``bwd_split``, the token backward's scratch slots ``bwd_slots``, the multi-direction path ``multi_path``
+    (see :func:`_multi_path`), and the fused call's ``bc_order`` ("scan" or "token", see :func:`_bc_order`)."""
     global _PLAN_OVERRIDE
     previous, _PLAN_OVERRIDE = _PLAN_OVERRIDE, dict(fields)
     try:
