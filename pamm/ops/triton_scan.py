@@ -542,9 +542,8 @@ def _slot_rows(plan: _Plan, split: bool | None = None) -> int:
     states, and for the split backward also the state before it and a sub-block's adjoint (at most
     max(_SPLIT_SUBS) + 1 rows). ``split`` None: the longest the plan allows (the split backward unless it
     is ruled out)."""
-    if split is None:  # as _variant_mask allows it
-        split = bool(plan.bwd_split) or (plan.bwd_split is None and plan.bwd_prefetch is None
-                                          and plan.bwd_batch_io is None)
+    if split is None:
+        split = bool(_variant_mask(plan) & _variant_bit(False, False, split=True))
     return plan.chunk + min(max(_SPLIT_SUBS), _next_pow2(plan.chunk)) + 2 if split else plan.chunk
 
 
