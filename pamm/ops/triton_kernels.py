@@ -456,16 +456,13 @@ def _adjoint_steps(carry, dt_sum, sb_lo, sb_hi, seg_start, adj_rows, scratch_str
     G = carry
     for jj in tl.static_range(SUB):
         t = sb_lo + (SUB - 1 - jj)
-        step = tl.minimum(t, seq_len - 1)
-        pos = _token(perm_ptr, k, step, seq_len, HAS_PERM)
-        m_d = _step_mask(ch_mask, t, sb_lo, sb_hi)
-        dt, _raw = _delta_at(delta_row, pos, m_d, bias, HAS_BIAS, SOFTPLUS)
-        dy = tl.load(dout_row + pos, mask=m_d, other=0.0).to(tl.float32) * out_scale
+        # the reverse step's loader in its adjoint-only form (no u, B_t or h_{t-1}: those arguments unused)
+        _pos, dt, _raw, dy, zt, Ct, _u, _Bt, _h = _reverse_inputs(
+            perm_ptr, k, t, sb_lo, sb_hi, seq_len, delta_row, delta_row, C_col, C_col, dout_row, z_row, adj_rows,
+            scratch_stride, carry, ch_mask, n_mask, dn_mask, bias, out_scale, HAS_PERM, BC_SCAN_ORDER, HAS_BIAS,
+            SOFTPLUS, HAS_Z, True)
         if HAS_Z:
-            zt = tl.load(z_row + pos, mask=m_d, other=0.0).to(tl.float32)
             dy = dy * zt * _sigmoid(zt)
-        Ct = tl.load(C_col + _bc_index(step, pos, BC_SCAN_ORDER), mask=_step_mask(n_mask, t, sb_lo, sb_hi),
-                     other=0.0).to(tl.float32)
         G = dy[:, None] * Ct[None, :] + carry
         carry = tl.exp(dt[:, None] * A) * G
         if LOCAL_PASS:
