@@ -1,0 +1,1 @@
+"""Checkpoints: converters from the authors' released checkpoints (``pamm.checkpoints.registry``)."""
