@@ -351,9 +351,10 @@ def convert_released(source: str, released: dict[str, torch.Tensor], model: nn.M
             raise ConversionError(f"{source}: model key {counter!r} is not filled: the released checkpoint lacks "
                                   f"'final_expand.{missing[0]}.1.num_batches_tracked'")
         assembler.fill(counter, torch.tensor(max(counters.values())))
-        if len(set(counters.values())) > 1:
-            notes.append(f"head BN: the tasks' num_batches_tracked {[counters[f"final_expand.{t}.1.num_batches_tracked"] for t in tasks]} differ; "
-                         f"kept their maximum {max(counters.values())} (not read with BN momentum 0.1)")
+        per_task = [counters[f"final_expand.{t}.1.num_batches_tracked"] for t in tasks]
+        if len(set(per_task)) > 1:
+            notes.append(f"head BN: the tasks' num_batches_tracked {per_task} differ; kept their maximum "
+                         f"{max(per_task)} (not read with BN momentum 0.1)")
     for key in assembler.target:
         if key.startswith("output_offset_"):  # train.output_offsets: the release adds no output offset
             assembler.fill(key, torch.zeros(()))
