@@ -308,6 +308,33 @@ def _decoder_rule(key: str, tasks: list[str], source: str, plus_plus: bool) -> _
     )
 
 
+def released_task_order(released: dict[str, torch.Tensor]) -> list[str]:
+    """The release's task order: its modules are registered task by task, so ``final_project.{task}`` keys come
+    in that order; the cross-task blocks concatenate the tasks' features in it."""
+    return [m[1] for key in released if (m := re.fullmatch(r"final_project\.([^.]+)\.weight", key))]
+
+
+# The cross-task blocks' parameters over the tasks' concatenated features (T*C channels), and that axis.
+_CONCAT_AXIS = (
+    (r"block_3\.\d+\.norm_share\.(weight|bias)", -1),
+    (r"block_3\.\d+\.op_share\.in_proj\.weight", -1),
+    (r"block_ctm\.\d+\.0\.norm_share\.(weight|bias)", -1),
+    (r"block_ctm\.\d+\.0\.conv_share\.0\.weight", 1),
+)
+
+
+def _reorder_concatenated(released: dict[str, torch.Tensor], order: list[str], tasks: list[str]) -> dict[str, torch.Tensor]:
+    """Reorder the task blocks of the concatenation-axis parameters from the release's task order to ``tasks``."""
+    out = dict(released)
+    for key, value in released.items():
+        for pattern, axis in _CONCAT_AXIS:
+            if re.fullmatch(pattern, key) and value.shape[axis] % len(tasks) == 0:
+                width = value.shape[axis] // len(tasks)
+                index = torch.cat([torch.arange(width) + order.index(t) * width for t in tasks])
+                out[key] = value.index_select(axis % value.dim(), index)
+    return out
+
+
 def convert_released(source: str, released: dict[str, torch.Tensor], model: nn.Module,
                      unregistered: dict[str, torch.Tensor] | None = None) -> Converted:
     """The full state dict of ``model`` (our MTMamba / MTMamba++) from a released checkpoint's state dict."""
@@ -325,6 +352,12 @@ def convert_released(source: str, released: dict[str, torch.Tensor], model: nn.M
             f"default), the model has {semantics!r}: drop the --set that changes it"
         )
     tasks = list(model.tasks)
+    notes: list[str] = []
+    order = released_task_order(released)
+    if order != tasks and sorted(order) == sorted(tasks):
+        released = _reorder_concatenated(released, order, tasks)
+        notes.append(f"the release's task order {order} differs from the model's {tasks}: the cross-task blocks' "
+                     f"parameters over the concatenated task features were reordered")
     prefix = _backbone_prefix(model, source)
     assembler = _Assembler(source, model, tasks)
     counters: dict[str, int] = {}
@@ -339,7 +372,7 @@ def convert_released(source: str, released: dict[str, torch.Tensor], model: nn.M
         else:
             counters[key] = int(value)
 
-    notes = [
+    notes[:0] = [
         f"{SOURCES[source]} released checkpoint: mmseg Swin names mapped to timm's, PatchMerging channels "
         f"reordered from mmseg's c*4+kh*2+kw to timm's (kw*2+kh)*C+c, relative_position_index checked against "
         f"the window and dropped, norm0..3 -> feature_norms; per-task decoder modules stacked in task order {tasks}",
