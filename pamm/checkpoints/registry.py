@@ -85,3 +85,31 @@ def get_converter(source: str) -> ConverterEntry:
     if source not in _CONVERTERS:
         raise ConversionError(f"no converter for released checkpoints of {source!r}; valid --from values: {sorted(_CONVERTERS)}")
     return _CONVERTERS[source]
+
+
+def reject_unused(released: dict[str, torch.Tensor], used: set[str], source: str, ignored: set[str] = frozenset()) -> None:
+    """Refuse a released checkpoint holding keys the converter did not map (``ignored``: mapped on purpose to nothing)."""
+    left = sorted(set(released) - used - set(ignored))
+    if left:
+        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+        raise ConversionError(
+            f"released {source} checkpoint key {left[0]!r}{more} has no counterpart in the pamm-bench model: "
+            f"is this a {source} checkpoint for this dataset and config? (check --from, --dataset and --set)"
+        )
+
+
+def check_against_model(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """Every target key filled, no extra key, every shape equal: one line naming the first offender."""
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state))
+    if missing:
+        raise ConversionError(f"the {source} converter left model key {missing[0]!r} unfilled ({len(missing)} in all)")
+    extra = sorted(set(state) - set(target))
+    if extra:
+        raise ConversionError(f"the {source} converter produced key {extra[0]!r}, which the model does not have")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise ConversionError(
+                f"{source}: model key {key!r} expects shape {tuple(target[key].shape)}, the checkpoint gives "
+                f"{tuple(value.shape)}: the checkpoint was made with other sizes (check --dataset and --set)"
+            )
