@@ -1,15 +1,20 @@
 """Released MTMamba / MTMamba++ checkpoints (baselines/released_mtmamba.py) and mmseg's Swin semantics
-(pamm/models/swin_mmseg.py), against the golden fixtures made from the authors' code (float64, 1e-10)."""
+(pamm/models/swin_mmseg.py), against the golden fixtures made from the authors' code (float64, 1e-10).
+
+Every checkpoint goes through the public command, ``pamm-bench import-checkpoint`` (in-process), and the run is
+read back with ``pamm.checkpoints.load_run_model``."""
 from __future__ import annotations
 
-import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from pamm.checkpoints.registry import ConversionError, get_converter, list_sources
+from pamm.checkpoints import list_sources, load_run_model
+from pamm.checkpoints.registry import get_converter
+from pamm.cli import main
 from pamm.config import deep_merge, parse_override, resolve_config
 from pamm.engine.train import build_model_for
 from pamm.models import create_model
@@ -18,11 +23,11 @@ from pamm.models.swin_mmseg import shifted_window_attention
 from pamm.tasks import dataset_tasks
 
 import baselines.released_mtmamba as released_mtmamba
+from released_cases import Case, case_outputs, model_outputs, relative_errors, released_cases, run_case
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "released" / "mtmamba"
-CASES = sorted(FIXTURES.glob("**/case.json"))
-needs_fixtures = pytest.mark.skipif(not CASES, reason=f"released MTMamba fixtures absent ({FIXTURES})")
+CASES = released_cases("mtmamba")
+needs_fixtures = pytest.mark.skipif(not CASES, reason="the released MTMamba fixtures (../shared/fixtures/released/"
+                                                      "mtmamba) are absent")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,46 +39,36 @@ def single_intra_op_thread():
     torch.set_num_threads(previous)
 
 
-def case_id(path: Path) -> str:
-    return str(path.parent.relative_to(FIXTURES))
+def case_id(case: Case) -> str:
+    return case.name
 
 
-def load_case(path: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
-    """(case.json, case.pt, the released state dict without DDP's ``module.``)."""
-    info = json.loads(path.read_text())
-    data = torch.load(path.parent / "case.pt", map_location="cpu", weights_only=True)
-    saved = torch.load(path.parent / "released_checkpoint.pth", map_location="cpu", weights_only=True)
-    released = {k.removeprefix("module."): v for k, v in saved["model"].items()}
-    return info, data, released
+def released_state(case: Case) -> dict[str, torch.Tensor]:
+    """The case's released state dict without DDP's ``module.``."""
+    saved = torch.load(case.folder / "released_checkpoint.pth", map_location="cpu", weights_only=True)
+    return {k.removeprefix("module."): v for k, v in saved["model"].items()}
 
 
-def case_config(info: dict, extra: list[str] = ()) -> dict:
-    """The run config of the case's import command: its profile, dataset, model and ``--set`` keys only."""
-    project = info["project"]
-    overrides: dict = {}
-    for text in [*project["set"], *extra]:
-        overrides = deep_merge(overrides, parse_override(text))
-    return resolve_config(project.get("profile", "paper"), project["dataset"], project["model"], overrides=overrides)
+def import_released(case: Case, released: dict[str, torch.Tensor], tmp_path: Path, extra: list[str] = ()) -> tuple[int, Path]:
+    """The case's import command on ``released`` (saved as the authors do: DDP prefix, under "model")."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    checkpoint = tmp_path / "released_checkpoint.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in released.items()}}, checkpoint)
+    run_dir = tmp_path / "run"
+    command = case.command(run_dir)
+    command[command.index("--checkpoint") + 1] = str(checkpoint)
+    return main(command + list(extra)), run_dir
 
 
-def convert_case(info: dict, released: dict[str, torch.Tensor], extra: list[str] = ()) -> torch.nn.Module:
-    """The case's converted model (strict load), float64, eval mode."""
-    cfg = case_config(info, extra)
-    torch.manual_seed(0)
-    model = build_model_for(cfg)
-    converted = get_converter(info["project"]["model"]).convert(released, model, cfg, None)
-    model.load_state_dict(converted.state_dict, strict=True)
-    return model.double().eval()
+def worst(errors: dict[str, float]) -> float:
+    return max(errors.values())
 
 
-def worst_error(model: torch.nn.Module, data: dict) -> float:
-    with torch.no_grad():
-        outputs = model(data["input"])
-    return max(float((outputs[t] - ref).abs().max() / ref.abs().max()) for t, ref in data["outputs"].items())
-
-
-def tolerance(info: dict) -> float:
-    return float(info["comparison"]["recommended_tol"])
+def imported_errors(case: Case, released: dict[str, torch.Tensor], tmp_path: Path) -> float:
+    rc, run_dir = import_released(case, released, tmp_path)
+    assert rc == 0
+    data = case_outputs(case)
+    return worst(relative_errors(model_outputs(run_dir, data["input"]), data["outputs"]))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -86,14 +81,13 @@ def test_both_sources_are_registered() -> None:
 
 
 @needs_fixtures
-@pytest.mark.parametrize("path", CASES, ids=case_id)
-def test_released_checkpoint_reproduces_the_released_outputs(path: Path) -> None:
-    info, data, released = load_case(path)
-    model = convert_case(info, released)
-    assert worst_error(model, data) <= tolerance(info)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_released_checkpoint_reproduces_the_released_outputs(case: Case, tmp_path: Path) -> None:
+    assert worst(run_case(case, tmp_path / "run")) <= case.tolerance
     # Same parameters as the release: its float tensors less BN running statistics (buffers).
+    released = released_state(case)
     released_parameters = sum(v.numel() for k, v in released.items() if v.is_floating_point() and "running_" not in k)
-    assert sum(p.numel() for p in model.parameters()) == released_parameters
+    assert sum(p.numel() for p in load_run_model(tmp_path / "run").parameters()) == released_parameters
 
 
 def _task_swapped(released: dict[str, torch.Tensor], plus_plus: bool, tasks: list[str]) -> dict[str, torch.Tensor]:
@@ -115,34 +109,44 @@ def _perturbed(released: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @needs_fixtures
-@pytest.mark.parametrize("path", CASES, ids=case_id)
-def test_negative_controls_fail(path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_negative_controls_fail(case: Case, tmp_path: Path, monkeypatch) -> None:
     """A swapped task block, a 1 % perturbed backbone weight and PatchMerging left in mmseg's order are caught."""
-    info, data, released = load_case(path)
-    tol = tolerance(info)
-    plus_plus = info["project"]["model"] == "mtmamba_pp"
-    assert worst_error(convert_case(info, _task_swapped(released, plus_plus, info["task_order"])), data) > 1e3 * tol
-    assert worst_error(convert_case(info, _perturbed(released)), data) > 1e3 * tol
+    released = released_state(case)
+    limit = 1e3 * case.tolerance
+    plus_plus = case.info["project"]["model"] == "mtmamba_pp"
+    assert imported_errors(case, released, tmp_path / "own") <= case.tolerance  # the same path, unbroken
+    assert imported_errors(case, _task_swapped(released, plus_plus, case.info["task_order"]), tmp_path / "swap") > limit
+    assert imported_errors(case, _perturbed(released), tmp_path / "perturbed") > limit
     monkeypatch.setattr(released_mtmamba, "mmseg_merge_order", lambda channels: torch.arange(4 * channels))
-    assert worst_error(convert_case(info, released), data) > 1e3 * tol
+    assert imported_errors(case, released, tmp_path / "merge_order") > limit
 
 
 @needs_fixtures
-def test_timm_semantics_is_refused_and_would_not_reproduce() -> None:
-    """With timm's roll-then-pad windows the same weights miss the release; the converter refuses that model."""
-    path = CASES[0]
-    info, data, released = load_case(path)
-    with pytest.raises(ConversionError, match="swin_semantics=mmseg"):
-        convert_case(info, released, ["model.backbone.swin_semantics=timm"])
-    model = convert_case(info, released)
+def test_timm_semantics_is_refused_and_would_not_reproduce(tmp_path: Path, capsys) -> None:
+    """With timm's roll-then-pad windows the same weights miss the release; the import refuses that model."""
+    case = CASES[0]
+    released = released_state(case)
+    rc, _ = import_released(case, released, tmp_path / "timm", ["--set", "model.backbone.swin_semantics=timm"])
+    assert rc == 2 and "swin_semantics=mmseg" in capsys.readouterr().err
+    rc, run_dir = import_released(case, released, tmp_path / "mmseg")
+    model = load_run_model(run_dir).double()
     model.backbone.swin_semantics = "timm"  # the converted weights, run with timm's forward
-    assert worst_error(model, data) > 1e3 * tolerance(info)
+    data = case_outputs(case)
+    with torch.no_grad():
+        assert worst(relative_errors(model(data["input"]), data["outputs"])) > 1e3 * case.tolerance
+
+
+def _case(name: str) -> Case:
+    return next(c for c in CASES if c.name == name)
 
 
 @needs_fixtures
-def test_unmapped_misshaped_missing_and_foreign_keys_are_refused_by_name() -> None:
-    info, _, released = load_case(next(p for p in CASES if "mtmamba/nyud" in str(p)))
-    cases = [
+def test_unmapped_misshaped_missing_and_foreign_keys_are_refused_by_name(tmp_path: Path, capsys) -> None:
+    case = _case("mtmamba/mtmamba/nyud")
+    released = released_state(case)
+    index = "backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"
+    broken_cases = [
         ({**released, "backbone.extra.weight": torch.zeros(1)}, r"'backbone\.extra\.weight'"),
         ({**released, "decoder_extra.weight": torch.zeros(1)}, r"'decoder_extra\.weight'"),
         ({**released, "block_1.semseg_0.op.A_logs": released["block_1.semseg_0.op.A_logs"][:-1]},
@@ -150,22 +154,22 @@ def test_unmapped_misshaped_missing_and_foreign_keys_are_refused_by_name() -> No
         ({k: v for k, v in released.items() if k != "block_3.1.op.edge.Ds"},
          r"'stages\.1\.cross_task\.op\.Ds' is not filled for task 'edge'"),
         ({k: v for k, v in released.items() if k != "backbone.norm2.bias"}, r"'feature_norms\.2\.bias' is not filled"),
-        ({**released, "backbone.stages.0.blocks.0.attn.w_msa.relative_position_index":
-          released["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"].flip(0)},
-         r"relative_position_index' .* not the relative-position index"),
-        ({**{k.replace("semseg", "sal"): v for k, v in released.items()}}, r"task 'sal', which the model does not have"),
+        ({**released, index: released[index].flip(0)}, r"relative_position_index' .* not the relative-position index"),
+        ({k.replace("semseg", "sal"): v for k, v in released.items()}, r"task 'sal', which the model does not have"),
     ]
-    for broken, message in cases:
-        with pytest.raises(ConversionError, match=message):
-            convert_case(info, broken)
+    for number, (broken, message) in enumerate(broken_cases):
+        rc, _ = import_released(case, broken, tmp_path / str(number))
+        err = capsys.readouterr().err
+        assert rc == 2 and re.search(message, err), err
 
 
 @needs_fixtures
-def test_a_checkpoint_of_the_other_model_is_refused() -> None:
-    info, _, released = load_case(next(p for p in CASES if "mtmamba_pp/nyud" in str(p)))
-    info = {**info, "project": {**info["project"], "model": "mtmamba"}}
-    with pytest.raises(ConversionError, match="released key 'concat_layers"):
-        convert_case(info, released)
+def test_a_checkpoint_of_the_other_model_is_refused(tmp_path: Path, capsys) -> None:
+    case = _case("mtmamba/mtmamba_pp/nyud")
+    command = case.command(tmp_path / "run")
+    command[command.index("--from") + 1] = "mtmamba"
+    assert main(command) == 2
+    assert "released key 'concat_layers" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -278,27 +282,34 @@ def released_layout(model: torch.nn.Module, plus_plus: bool, release_order: list
                             "model.d_state=4", "data.tasks=[edge,semseg,normals]"]),
 ])
 @pytest.mark.parametrize("same_order", [True, False])
-def test_conversion_is_exact_at_other_sizes_and_task_sets(name: str, dataset: str, sizes: list[str], same_order: bool) -> None:
-    """A model of other widths, depths, window, heads and tasks, written in the release's layout, converts back to
-    exactly its own weights (and outputs): nothing in the converter is tied to the fixtures' sizes. A release
-    whose tasks come in another order than the model's converts exactly too."""
-    info = {"project": {"profile": "paper", "dataset": dataset, "model": name,
-                        "set": ["data.size=[40,56]", "model.backbone.num_heads=[1,2,2,4]", *sizes]}}
-    cfg = case_config(info)
+def test_conversion_is_exact_at_other_sizes_and_task_sets(name: str, dataset: str, sizes: list[str], same_order: bool,
+                                                          tmp_path: Path) -> None:
+    """A model of other widths, depths, window, heads and tasks, written in the release's layout and imported with
+    the public command, gives back exactly its own weights and outputs: nothing in the converter is tied to the
+    fixtures' sizes. A release whose tasks come in another order than the model's converts exactly too."""
+    sets = ["data.size=[40,56]", "model.backbone.num_heads=[1,2,2,4]", *sizes]
+    overrides: dict = {}
+    for text in sets:
+        overrides = deep_merge(overrides, parse_override(text))
     torch.manual_seed(3)
-    source = build_model_for(cfg)
+    source = build_model_for(resolve_config("paper", dataset, name, overrides=overrides)).eval()
     with torch.no_grad():
         for tensor in source.state_dict().values():
             if tensor.is_floating_point():
                 tensor.add_(0.05 * torch.randn_like(tensor))
     tasks = list(source.tasks)
     released = released_layout(source, name == "mtmamba_pp", tasks if same_order else tasks[::-1])
-    target = convert_case(info, released).float()
+    checkpoint = tmp_path / "released.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in released.items()}}, checkpoint)
+    command = ["import-checkpoint", "--from", name, "--checkpoint", str(checkpoint), "--dataset", dataset,
+               "--out", str(tmp_path / "run")]
+    assert main(command + [word for text in sets for word in ("--set", text)]) == 0
+    target = load_run_model(tmp_path / "run")
     for key, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[key], value, rtol=0, atol=0, msg=key)
     image = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
-        expected, got = source.eval()(image), target(image)
+        expected, got = source(image), target(image)
     for task in expected:
         torch.testing.assert_close(got[task], expected[task], rtol=0, atol=0)
 
