@@ -406,6 +406,30 @@ def test_window_and_shift_are_kept_on_small_maps() -> None:
     assert [tuple(m.shape[-2:]) for m in maps] == [(8, 8), (4, 4), (2, 2), (1, 1)]
 
 
+def test_a_standard_swin_checkpoint_loads_under_mmseg_semantics(tmp_path: Path) -> None:
+    """``pretrained_file`` in the original Swin layout (merges at the end of a stage, ``head.weight``, index buffers:
+    the file the authors convert with swin2mmseg.py) loads through timm exactly as with timm's semantics."""
+    from pamm._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import timm
+
+    sizes = dict(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4)
+    torch.manual_seed(0)
+    source = timm.create_model("swin_tiny_patch4_window7_224", img_size=(64, 64), always_partition=True, **sizes)
+    original = {}
+    for key, value in source.state_dict().items():
+        key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
+        original[key.replace("head.fc.", "head.")] = value
+    original["layers.0.blocks.0.attn.relative_position_index"] = source.layers[0].blocks[0].attn.relative_position_index
+    torch.save({"model": original}, tmp_path / "swin.pth")
+    backbone = Backbone("swin_tiny_patch4_window7_224", (96, 80), pretrained_file=str(tmp_path / "swin.pth"),
+                        swin_semantics="mmseg", **sizes)
+    expected = source.state_dict()
+    for key, value in backbone.model.model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
 def test_swin_semantics_option_is_checked() -> None:
     with pytest.raises(ValueError, match="swin_semantics must be one of"):
         Backbone("swin_tiny_patch4_window7_224", (64, 64), swin_semantics="mmcv")
