@@ -229,7 +229,7 @@ def _convert_backbone(key: str, value: torch.Tensor, model: nn.Module, prefix: s
     return True
 
 
-def _task_stage(key: str, text: str, tasks: list[str], source: str) -> str:
+def _known_task(key: str, text: str, tasks: list[str], source: str) -> str:
     """The task of a released ``{task}`` key part, refused when the model has no such task."""
     if text not in tasks:
         raise ConversionError(
@@ -260,9 +260,9 @@ def _cross_task_rule(key: str, stage: str, rest: str, tasks: list[str], source: 
     if m := re.fullmatch(r"norm_share\.(weight|bias)", rest):
         return _Rule(f"{prefix}.norm_share.{m[1]}")
     if m := re.fullmatch(r"norm\.([^.]+)\.(weight|bias)", rest):
-        return _Rule(f"{prefix}.norm.{m[2]}", _task_stage(key, m[1], tasks, source), "stack")
+        return _Rule(f"{prefix}.norm.{m[2]}", _known_task(key, m[1], tasks, source), "stack")
     if m := re.fullmatch(r"op\.([^.]+)\.(.+)", rest):
-        return _ss2d_rule(key, f"{prefix}.op", _task_stage(key, m[1], tasks, source), m[2], source)
+        return _ss2d_rule(key, f"{prefix}.op", _known_task(key, m[1], tasks, source), m[2], source)
     if plus_plus:
         if m := re.fullmatch(r"conv_share\.([01])\.(weight|bias)", rest):
             return _Rule(f"{prefix}.{('share_reduce', 'share_mix')[int(m[1])]}.{m[2]}")
@@ -271,14 +271,14 @@ def _cross_task_rule(key: str, stage: str, rest: str, tasks: list[str], source: 
             return _ss2d_rule(key, f"{prefix}.op_share", None, rest[len("op_share."):], source)
         if m := re.fullmatch(r"(in_proj|out_proj)\.([^.]+)\.weight", rest):
             name = "gate_proj" if m[1] == "in_proj" else "out_proj"  # the release's in_proj is F-CTM's gate
-            return _Rule(f"{prefix}.{name}.weight", _task_stage(key, m[2], tasks, source), "stack")
+            return _Rule(f"{prefix}.{name}.weight", _known_task(key, m[2], tasks, source), "stack")
     raise ConversionError(f"{source}: released key {key!r} has no counterpart in the model's cross-task block")
 
 
 def _decoder_rule(key: str, tasks: list[str], source: str, plus_plus: bool) -> _Rule | None:
     """The rule of one released decoder key; None for the MTMamba++ BN counters (collapsed separately)."""
     def task_of(text: str) -> str:
-        return _task_stage(key, text, tasks, source)
+        return _known_task(key, text, tasks, source)
 
     if m := re.fullmatch(r"expand_layers\.(.+)_(\d+)\.(expand\.weight|norm\.weight|norm\.bias)", key):
         return _Rule(f"stages.{m[2]}.expand.{m[3]}", task_of(m[1]), "stack")
