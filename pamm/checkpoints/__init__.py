@@ -1,0 +1,1 @@
+"""Released checkpoints into pamm-bench runs: converters registered in ``pamm.checkpoints.registry``."""
