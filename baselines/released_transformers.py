@@ -41,35 +41,32 @@ def _minus_one(group: str, template: str) -> Callable[["re.Match[str]"], str]:
 
 _UP_EMBED_LAYERS = {"1": "0", "2": "1", "4": "3", "5": "4"}  # the release's proj Sequential → our convs
 
+_MTD = r"multi_task_decoder\."
+_INVPT = _MTD + r"invpt\."
+_STAGE = _INVPT + r"invpt_stages\.(?P<s>\d+)\.blocks\.0\."  # each decoder stage holds one block
+
 INVPT_RULES: list[Rule] = [
     _rule(r"backbone\.(?P<rest>.+)", "backbone.model.{rest}"),
-    _rule(rf"multi_task_decoder\.preliminary_decoder\.{_T}\.(?P<k>\d+)\.conv\.weight",
-          "preliminary_decoders.{t}.{k}.0.weight"),
-    _rule(rf"multi_task_decoder\.preliminary_decoder\.{_T}\.(?P<k>\d+)\.bn1\.{_P}", "preliminary_decoders.{t}.{k}.1.{p}"),
-    _rule(rf"multi_task_decoder\.intermediate_head\.{_T}\.{_P}", "intermediate_heads.{t}.{p}"),
-    _rule(rf"multi_task_decoder\.scale_embed\.0\.{_P}", "skip_stage2.{p}"),
-    _rule(rf"multi_task_decoder\.scale_embed\.1\.{_P}", "skip_stage1.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.mix_proj\.{_T}\.0\.{_P}", "mix_proj.{t}.{p}"),
+    _rule(rf"{_MTD}preliminary_decoder\.{_T}\.(?P<k>\d+)\.conv\.weight", "preliminary_decoders.{t}.{k}.0.weight"),
+    _rule(rf"{_MTD}preliminary_decoder\.{_T}\.(?P<k>\d+)\.bn1\.{_P}", "preliminary_decoders.{t}.{k}.1.{p}"),
+    _rule(rf"{_MTD}intermediate_head\.{_T}\.{_P}", "intermediate_heads.{t}.{p}"),
+    _rule(rf"{_MTD}scale_embed\.0\.{_P}", "skip_stage2.{p}"),
+    _rule(rf"{_MTD}scale_embed\.1\.{_P}", "skip_stage1.{p}"),
+    _rule(rf"{_INVPT}mix_proj\.{_T}\.0\.{_P}", "mix_proj.{t}.{p}"),
     _rule(
-        rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>[12])\.patch_embed\.(?P<i>\d+)\.proj\.(?P<k>[1245])\.{_P}",
+        rf"{_INVPT}invpt_stages\.(?P<s>[12])\.patch_embed\.(?P<i>\d+)\.proj\.(?P<k>[1245])\.{_P}",
         lambda m: f"up_embeds.{int(m['s']) - 1}.{m['i']}.convs.{_UP_EMBED_LAYERS[m['k']]}.{m['p']}",
     ),
-    _rule(rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>\d+)\.blocks\.0\.(?P<n>norm1|norm2)\.{_P}",
-          "stages.{s}.{n}.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>\d+)\.blocks\.0\.mlp\.fc1\.{_P}", "stages.{s}.mlp.0.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>\d+)\.blocks\.0\.mlp\.fc2\.{_P}", "stages.{s}.mlp.2.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>\d+)\.blocks\.0\.attn\.conv_proj_q\.(?P<i>\d+)\.conv\.{_P}",
-          "stages.{s}.attn.query_convs.{i}.0.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>\d+)\.blocks\.0\.attn\.conv_proj_q\.(?P<i>\d+)\.bn\.{_P}",
-          "stages.{s}.attn.query_convs.{i}.1.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>\d+)\.blocks\.0\.attn\.(?P<n>proj_q|proj_k|proj_v|proj)\.{_P}",
-          "stages.{s}.attn.{n}.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.invpt_stages\.(?P<s>[12])\.blocks\.0\.attn\.fuse_attn\.{_P}",
-          "stages.{s}.attn.fuse_scores.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.norm_mts\.(?P<s>\d+)\.{_P}", "stage_norms.{s}.{p}"),
-    _rule(rf"multi_task_decoder\.invpt\.redu_chan\.(?P<s>[12])\.(?P<i>\d+)\.{_P}",
-          _minus_one("s", "reduce_channels.{s}.{i}.{p}")),
-    _rule(rf"multi_task_decoder\.invpt\.mt_proj\.{_T}\.(?P<k>[01])\.{_P}", "task_convs.{t}.{k}.{p}"),
+    _rule(rf"{_STAGE}(?P<n>norm1|norm2)\.{_P}", "stages.{s}.{n}.{p}"),
+    _rule(rf"{_STAGE}mlp\.fc1\.{_P}", "stages.{s}.mlp.0.{p}"),
+    _rule(rf"{_STAGE}mlp\.fc2\.{_P}", "stages.{s}.mlp.2.{p}"),
+    _rule(rf"{_STAGE}attn\.conv_proj_q\.(?P<i>\d+)\.conv\.{_P}", "stages.{s}.attn.query_convs.{i}.0.{p}"),
+    _rule(rf"{_STAGE}attn\.conv_proj_q\.(?P<i>\d+)\.bn\.{_P}", "stages.{s}.attn.query_convs.{i}.1.{p}"),
+    _rule(rf"{_STAGE}attn\.(?P<n>proj_q|proj_k|proj_v|proj)\.{_P}", "stages.{s}.attn.{n}.{p}"),
+    _rule(rf"{_STAGE}attn\.fuse_attn\.{_P}", "stages.{s}.attn.fuse_scores.{p}"),
+    _rule(rf"{_INVPT}norm_mts\.(?P<s>\d+)\.{_P}", "stage_norms.{s}.{p}"),
+    _rule(rf"{_INVPT}redu_chan\.(?P<s>[12])\.(?P<i>\d+)\.{_P}", _minus_one("s", "reduce_channels.{s}.{i}.{p}")),
+    _rule(rf"{_INVPT}mt_proj\.{_T}\.(?P<k>[01])\.{_P}", "task_convs.{t}.{k}.{p}"),
     _rule(rf"heads\.{_T}\.linear_pred\.{_P}", "heads.{t}.{p}"),
 ]
 
@@ -82,12 +79,13 @@ INVPT_UNUSED = (
     "multi_task_decoder.invpt.norm_mt.",
 )
 
+_BLOCK = r"backbone\.blocks\.(?P<b>\d+)\."
+
 TASKPROMPTER_RULES: list[Rule] = [
     _rule(r"backbone\.(?P<rest>patch_embed\..+|pos_embed|norm\..+)", "vit.{rest}"),
-    _rule(r"backbone\.blocks\.(?P<b>\d+)\.(?P<rest>(?:norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(?:weight|bias))",
-          "vit.blocks.{b}.{rest}"),
-    _rule(r"backbone\.blocks\.(?P<b>\d+)\.attn\.token_trans\.(?P<p>weight|bias)", "prompt_updates.{b}.to_pixels.{p}"),
-    _rule(r"backbone\.blocks\.(?P<b>\d+)\.attn\.token_trans1\.(?P<p>weight|bias)", "prompt_updates.{b}.to_channels.{p}"),
+    _rule(rf"{_BLOCK}(?P<n>norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.{_P}", "vit.blocks.{b}.{n}.{p}"),
+    _rule(rf"{_BLOCK}attn\.token_trans\.{_P}", "prompt_updates.{b}.to_pixels.{p}"),
+    _rule(rf"{_BLOCK}attn\.token_trans1\.{_P}", "prompt_updates.{b}.to_channels.{p}"),
     _rule(r"backbone\.task_prompts", "prompts"),
     _rule(rf"backbone\.fea_decode_spa\.(?P<l>\d+)\.{_T}\.0\.{_P}", "task_features.{l}.{t}.decode_spatial.{p}"),
     _rule(rf"backbone\.fea_decode_chan\.(?P<l>\d+)\.{_T}\.0\.{_P}", "task_features.{l}.{t}.decode_channel.{p}"),
@@ -147,9 +145,10 @@ def _map_state(
     origin: dict[str, str] = {}
     skipped: list[str] = []
     for key, value in released.items():
-        prefix = next((p for p in unread if key.startswith(p)), None)
-        if prefix is not None:
-            skipped += [prefix.rstrip(".")] if prefix.rstrip(".") not in skipped else []
+        module = next((p.rstrip(".") for p in unread if key.startswith(p)), None)
+        if module is not None:
+            if module not in skipped:
+                skipped.append(module)
             continue
         name = next((build(m) for pattern, build in rules if (m := pattern.fullmatch(key))), None)
         if name is None:
@@ -167,7 +166,7 @@ def _map_state(
         if tuple(value.shape) != tuple(target[name].shape):
             raise ConversionError(
                 f"--from {source}: released key {key!r} has shape {tuple(value.shape)}, model key {name!r} "
-                f"{tuple(target[name].shape)}: set the model sizes to the checkpoint's (--set model....)"
+                f"{tuple(target[name].shape)}: build the model at the checkpoint's sizes ({_size_hint(key)})"
             )
         out[name] = value.detach().to(dtype=target[name].dtype, copy=True)
         origin[name] = key
@@ -178,6 +177,15 @@ def _map_state(
             "build the model with the checkpoint's configuration (--set ...)"
         )
     return out, skipped
+
+
+def _size_hint(key: str) -> str:
+    """Which setting most likely sets this entry's size."""
+    if re.search(r"pos_embed|token_trans", key):
+        return "--set data.size=[H,W]: the training crop fixes the token grid"
+    if key.startswith("backbone."):
+        return "--set model.backbone.embed_dim=... / patch_size=... / num_heads=..."
+    return "--set model.embed_dim=... and the model's other widths"
 
 
 def _refuse_unregistered(source: str, unregistered: dict[str, torch.Tensor] | None) -> None:
