@@ -2,8 +2,9 @@
 
 Fixtures: ``../shared/fixtures/released/transformers/<model>/<dataset>/`` (``released_checkpoint.pth`` as the
 release's training loop saves it, ``case.pt`` with the release's float64 outputs, ``case.json`` with the
-tolerance and the ``--set`` overrides that build the same model here). Every case is converted, loaded and run in
-float64; negative controls (swapped tasks, one perturbed weight, a dropped prompt update) must miss the reference.
+tolerance and the public import command). Every case goes through ``pamm-bench import-checkpoint`` and
+``load_run_model`` in float64; negative controls (swapped tasks, one perturbed weight, a dropped prompt update)
+go through the same command and must miss the reference; malformed checkpoints are refused by name.
 """
 from __future__ import annotations
 
@@ -13,30 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from released_cases import Case, case_outputs, import_case, model_outputs, released_cases, relative_errors, run_case
 
-from pamm.checkpoints.registry import ConversionError, get_converter
-from pamm.config import deep_merge, parse_override, resolve_config
+from pamm.checkpoints import ConversionError, import_checkpoint, load_run_model
+from pamm.cli import main as cli_main
+from pamm.config import resolve_config
 from pamm.engine.train import build_model_for
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def fixtures_dir() -> Path:
-    """``../shared/fixtures/released/transformers`` beside the checkout (beside the main one for a git worktree)."""
-    roots = [REPO_ROOT]
-    git = REPO_ROOT / ".git"
-    if git.is_file():  # a worktree: its .git file points at <main>/.git/worktrees/<name>
-        roots.append(Path(git.read_text().split(":", 1)[1].strip()).parents[2])
-    candidates = [root.parent / "shared" / "fixtures" / "released" / "transformers" for root in roots]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
-FIXTURES = fixtures_dir()
-CASES = sorted(p.parent for p in FIXTURES.glob("*/*/case.json")) if FIXTURES.is_dir() else []
-needs_fixtures = pytest.mark.skipif(not CASES, reason=f"no released-checkpoint fixtures under {FIXTURES}")
-case_params = pytest.mark.parametrize(
-    "folder", CASES or [None], ids=[str(c.relative_to(FIXTURES)) for c in CASES] or ["absent"]
-)
+CASES = released_cases("transformers")
+case_params = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 
 
 @pytest.fixture(autouse=True)
@@ -48,179 +34,157 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def case_json(folder: Path) -> dict:
-    return json.loads((folder / "case.json").read_text())
+def model_of(case: Case) -> str:
+    return case.info["project"]["model"]
 
 
-def case_config(folder: Path) -> dict:
-    """The ``paper`` profile with the case's ``project.set`` overrides, as the import command resolves it."""
-    project = case_json(folder)["project"]
-    overrides: dict = {}
-    for item in project["set"]:
-        overrides = deep_merge(overrides, parse_override(item))
-    return resolve_config("paper", project["dataset"], project["model"], overrides=overrides)
-
-
-def released_entries(folder: Path) -> dict[str, torch.Tensor]:
+def released_entries(case: Case) -> dict[str, torch.Tensor]:
     """The checkpoint's ``model`` with the DDP ``module.`` prefix stripped (as the release's inference.py does)."""
-    checkpoint = torch.load(folder / "released_checkpoint.pth", weights_only=True)
+    checkpoint = torch.load(case.folder / "released_checkpoint.pth", weights_only=True)
     return {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
 
 
-def convert(folder: Path, released: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Build the case's model, convert ``released`` into it, strict-load; float64, eval."""
-    cfg = case_config(folder)
-    model = build_model_for(cfg)
-    converted = get_converter(cfg["run"]["model"]).convert(released, model, cfg, None)
-    model.load_state_dict(converted.state_dict, strict=True)
-    return model.double().eval()
+def import_entries(case: Case, released: dict[str, torch.Tensor], tmp_path: Path) -> Path:
+    """Save ``released`` the way the release's training loop does, then run the case's public import command on it."""
+    path = tmp_path / "edited_checkpoint.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in released.items()}, "epoch": 0, "iter_count": 0}, path)
+    original = str(case.folder / "released_checkpoint.pth")
+    args = [str(path) if word == original else word for word in case.command(tmp_path / "run")]
+    assert str(path) in args
+    assert cli_main(args) == 0
+    return tmp_path / "run"
 
 
-def relative_errors(model: torch.nn.Module, reference: dict) -> dict[str, float]:
-    with torch.no_grad():
-        out = model(reference["input"])
-    errors = {}
-    for task, ref in reference["outputs"].items():
-        assert out[task].shape == ref.shape, task
-        errors[task] = ((out[task] - ref).abs().max() / ref.abs().max()).item()
-    return errors
+def errors_of(run_dir: Path, reference: dict) -> dict[str, float]:
+    return relative_errors(model_outputs(run_dir, reference["input"]), reference["outputs"])
 
 
-def load_case(folder: Path, name: str = "case.pt") -> dict:
-    return torch.load(folder / name, weights_only=True)
+def taskprompter_cases() -> list[Case]:
+    return [c for c in CASES if model_of(c) == "taskprompter"]
 
 
-@needs_fixtures
 @case_params
-def test_released_checkpoint_reproduces_the_released_outputs(folder: Path) -> None:
-    tolerance = case_json(folder)["tolerance"]["rel"]
-    errors = relative_errors(convert(folder, released_entries(folder)), load_case(folder))
-    assert max(errors.values()) <= tolerance, errors
+def test_released_checkpoint_reproduces_the_released_outputs(case: Case, tmp_path: Path) -> None:
+    errors = run_case(case, tmp_path / "run")
+    assert max(errors.values()) <= case.tolerance, errors
+    model = load_run_model(tmp_path / "run")
+    assert not model.training and model.model_name == model_of(case)
 
 
-@needs_fixtures
 @case_params
-def test_swapped_tasks_miss_the_release(folder: Path) -> None:
+def test_swapped_tasks_miss_the_release(case: Case, tmp_path: Path) -> None:
     """The first two tasks' per-task weights swapped (wherever their shapes agree): still loads, must not match."""
-    info = case_json(folder)
-    a, b = info["task_order"][:2]
-    released = released_entries(folder)
+    a, b = case.info["task_order"][:2]
+    released = released_entries(case)
     swapped = dict(released)
     for key in released:
         if f".{a}." in key:
             twin = key.replace(f".{a}.", f".{b}.")
             if released[twin].shape == released[key].shape:
                 swapped[key], swapped[twin] = released[twin], released[key]
-    errors = relative_errors(convert(folder, swapped), load_case(folder))
-    tolerance = info["tolerance"]["rel"]
-    assert errors[a] > 100 * tolerance and errors[b] > 100 * tolerance, errors
+    errors = errors_of(import_entries(case, swapped, tmp_path), case_outputs(case))
+    assert errors[a] > 100 * case.tolerance and errors[b] > 100 * case.tolerance, errors
 
 
-def test_reordered_tasks_are_refused() -> None:
-    """Per-task modules are also indexed by task position: a checkpoint listing its tasks in another order fails."""
-    folder = first_case("taskprompter")
-    released = released_entries(folder)
-    first = case_json(folder)["task_order"][0]
-    reordered = {k: v for k, v in released.items() if not k.startswith(f"heads.{first}.")}
-    reordered.update({k: v for k, v in released.items() if k.startswith(f"heads.{first}.")})
-    with pytest.raises(ConversionError, match="in this order"):
-        convert(folder, reordered)
-
-
-@needs_fixtures
 @case_params
-def test_one_perturbed_decoder_weight_misses_the_release(folder: Path) -> None:
+def test_one_perturbed_decoder_weight_misses_the_release(case: Case, tmp_path: Path) -> None:
     """1e-3 on one weight of the last decoder stage moves that task's output past the tolerance."""
-    info = case_json(folder)
-    task = info["task_order"][0]
+    task = case.info["task_order"][0]
     key = {
         "invpt": f"multi_task_decoder.invpt.mt_proj.{task}.0.weight",
         "taskprompter": f"heads.{task}.mt_proj.0.weight",
-    }[info["project"]["model"]]
-    released = released_entries(folder)
+    }[model_of(case)]
+    released = released_entries(case)
     released[key] = released[key].clone()
     released[key][0, 0, 1, 1] += 1e-3
-    errors = relative_errors(convert(folder, released), load_case(folder))
-    assert errors[task] > info["tolerance"]["rel"], errors
+    errors = errors_of(import_entries(case, released, tmp_path), case_outputs(case))
+    assert errors[task] > case.tolerance, errors
 
 
-TASKPROMPTER_CASES = [c for c in CASES if c.parent.name == "taskprompter"]
-
-
-@pytest.mark.skipif(not TASKPROMPTER_CASES, reason=f"no TaskPrompter fixtures under {FIXTURES}")
-@pytest.mark.parametrize(
-    "folder", TASKPROMPTER_CASES or [None], ids=[c.name for c in TASKPROMPTER_CASES] or ["absent"]
-)
-def test_taskprompter_prompt_update_is_loaded_and_used(folder: Path) -> None:
+@pytest.mark.parametrize("case", taskprompter_cases(), ids=[c.name for c in taskprompter_cases()])
+def test_taskprompter_prompt_update_is_loaded_and_used(case: Case, tmp_path: Path) -> None:
     """With every ``token_trans1`` zeroed we reproduce the release's update-zeroed run; the update changes outputs."""
-    tolerance = case_json(folder)["tolerance"]["rel"]
-    zeroed_reference = load_case(folder, "case_update_zeroed.pt")
-    released = released_entries(folder)
-    for key in released:
-        if ".attn.token_trans1." in key:
-            released[key] = torch.zeros_like(released[key])
-    assert max(relative_errors(convert(folder, released), zeroed_reference).values()) <= tolerance
+    zeroed_reference = torch.load(case.folder / "case_update_zeroed.pt", weights_only=True)
+    released = {
+        k: torch.zeros_like(v) if ".attn.token_trans1." in k else v for k, v in released_entries(case).items()
+    }
+    assert max(errors_of(import_entries(case, released, tmp_path), zeroed_reference).values()) <= case.tolerance
 
-    full = convert(folder, released_entries(folder))
-    assert min(relative_errors(full, zeroed_reference).values()) > 100 * tolerance
+    import_case(case, tmp_path / "full")
+    assert min(errors_of(tmp_path / "full", zeroed_reference).values()) > 100 * case.tolerance
 
 
-# --- refusals: the converter names the entry it cannot map -------------------------------------------------------
+# --- refusals: one line naming the entry that cannot be mapped ---------------------------------------------------
 
 
-def first_case(model_name: str) -> Path:
-    folder = next((c for c in CASES if c.parent.name == model_name), None)
-    if folder is None:
-        pytest.skip(f"no {model_name} fixture under {FIXTURES}")
-    return folder
+def first_case(model_name: str) -> Case:
+    case = next((c for c in CASES if model_of(c) == model_name), None)
+    if case is None:
+        pytest.skip(f"no {model_name} fixture")
+    return case
+
+
+def refusal(case: Case, released: dict[str, torch.Tensor], tmp_path: Path, capsys) -> str:
+    """Run the public import on an edited checkpoint that must be refused; the one-line error it prints."""
+    capsys.readouterr()
+    with pytest.raises(AssertionError):
+        import_entries(case, released, tmp_path)
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and not (tmp_path / "run").exists()
+    return message
 
 
 @pytest.mark.parametrize("model_name", ["invpt", "taskprompter"])
-def test_unknown_missing_and_misshaped_entries_are_refused_by_name(model_name: str) -> None:
-    folder = first_case(model_name)
-    released = released_entries(folder)
+def test_unknown_missing_and_misshaped_entries_are_refused_by_name(model_name: str, tmp_path: Path, capsys) -> None:
+    case = first_case(model_name)
+    released = released_entries(case)
 
     extra = dict(released, **{"multi_task_decoder.something_new.weight": torch.zeros(3)})
-    with pytest.raises(ConversionError, match=r"something_new\.weight"):
-        convert(folder, extra)
+    assert "something_new.weight" in refusal(case, extra, tmp_path, capsys)
 
     head = next(k for k in released if k.startswith("heads.") and k.endswith("linear_pred.bias"))
     missing = {k: v for k, v in released.items() if k != head}
-    with pytest.raises(ConversionError, match="not in the checkpoint"):
-        convert(folder, missing)
+    assert "not in the checkpoint" in refusal(case, missing, tmp_path, capsys)
 
     weight = next(k for k in released if k.endswith("norm1.weight"))
     misshaped = dict(released, **{weight: torch.zeros(released[weight].numel() + 1)})
-    with pytest.raises(ConversionError, match=re.escape(weight)):
-        convert(folder, misshaped)
+    assert weight in refusal(case, misshaped, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("model_name", ["invpt", "taskprompter"])
-def test_a_checkpoint_of_another_dataset_or_depth_is_refused(model_name: str) -> None:
-    folder = first_case(model_name)
-    other = next((c for c in CASES if c.parent.name == model_name and c != folder), None)
+def test_a_checkpoint_of_another_dataset_or_depth_is_refused(model_name: str, tmp_path: Path, capsys) -> None:
+    case = first_case(model_name)
+    other = next((c for c in CASES if model_of(c) == model_name and c != case), None)
     if other is not None:
-        with pytest.raises(ConversionError, match="tasks"):
-            convert(folder, released_entries(other))
+        assert "tasks" in refusal(case, released_entries(other), tmp_path, capsys)
 
-    released = released_entries(folder)
+    released = released_entries(case)
     last = max(int(m.group(1)) for k in released if (m := re.match(r"backbone\.blocks\.(\d+)\.", k)))
     shallower = {k: v for k, v in released.items() if not k.startswith(f"backbone.blocks.{last}.")}
-    with pytest.raises(ConversionError, match=f"depth={last}"):
-        convert(folder, shallower)
+    assert f"depth={last}" in refusal(case, shallower, tmp_path, capsys)
 
 
-def test_invpt_drops_only_the_four_unread_modules() -> None:
-    folder = first_case("invpt")
-    released = released_entries(folder)
-    cfg = case_config(folder)
-    converted = get_converter("invpt").convert(released, build_model_for(cfg), cfg, None)
-    assert len(converted.notes) == 1
+def test_reordered_tasks_are_refused(tmp_path: Path, capsys) -> None:
+    """Per-task modules are also indexed by task position: a checkpoint listing its tasks in another order fails."""
+    case = first_case("taskprompter")
+    released = released_entries(case)
+    first = case.info["task_order"][0]
+    reordered = {k: v for k, v in released.items() if not k.startswith(f"heads.{first}.")}
+    reordered.update({k: v for k, v in released.items() if k.startswith(f"heads.{first}.")})
+    assert "in this order" in refusal(case, reordered, tmp_path, capsys)
+
+
+def test_invpt_drops_only_the_four_unread_modules(tmp_path: Path) -> None:
+    case = first_case("invpt")
+    import_case(case, tmp_path / "run")
+    notes = json.loads((tmp_path / "run" / "provenance.json").read_text())["notes"]
+    assert len(notes) == 1
     for module in ("scale_embed.2", "redu_chan.0", "invpt_stages.0.blocks.0.attn.fuse_attn", "invpt.norm_mt"):
-        assert module in converted.notes[0]
+        assert module in notes[0]
+    released = released_entries(case)
     unread = r"scale_embed\.2\.|redu_chan\.0\.|stages\.0\.blocks\.0\.attn\.fuse_attn\.|invpt\.norm_mt\."
-    kept = {k for k in released if not re.search(unread, k)}
-    assert len(converted.state_dict) == len(kept)
+    kept = [k for k in released if not re.search(unread, k)]
+    assert len(load_run_model(tmp_path / "run").state_dict()) == len(kept)
 
 
 # --- other sizes: a release-format dict written from the README's name map, not from the converter ------------
@@ -280,18 +244,17 @@ def to_release(key: str, table) -> str:
 
 @pytest.mark.parametrize("dataset", ["nyud", "pascal"])
 @pytest.mark.parametrize("model_name", ["invpt", "taskprompter"])
-def test_any_size_round_trips_through_the_release_layout(model_name: str, dataset: str) -> None:
-    """A model at sizes no fixture uses (12×8 grid, 4 blocks, other widths), written out under the release's names
-    (plus the entries the release holds and we drop), converts back into a fresh model with identical outputs."""
+def test_any_size_round_trips_through_the_release_layout(model_name: str, dataset: str, tmp_path: Path) -> None:
+    """A model at sizes no fixture uses (12×8 grid, 4 blocks, other widths), saved under the release's names (plus
+    the entries the release holds and we drop) and imported back through ``import_checkpoint``: identical outputs."""
     overrides = {
         "data": {"size": [48, 32]},
         "model": {"backbone": {"patch_size": 4, "embed_dim": 24, "depth": 4, "num_heads": 2}},
     }
     decoder = {"invpt": {"embed_dim": 20, "pred_channels": 4}, "taskprompter": {"embed_dim": 12, "final_embed_dim": 16}}
     overrides["model"].update(decoder[model_name])
-    cfg = resolve_config("paper", dataset, model_name, overrides=overrides)
     torch.manual_seed(3)
-    source = build_model_for(cfg)
+    source = build_model_for(resolve_config("paper", dataset, model_name, overrides=overrides))
     with torch.no_grad():
         for name, tensor in source.state_dict().items():
             if "running_var" in name:
@@ -299,24 +262,20 @@ def test_any_size_round_trips_through_the_release_layout(model_name: str, datase
             elif tensor.is_floating_point():
                 tensor.normal_(0.0, 0.3)
     table = INVPT_TO_RELEASE if model_name == "invpt" else TASKPROMPTER_TO_RELEASE
-    released = {to_release(k, table): v.clone() for k, v in source.state_dict().items()}
+    released = {f"module.{to_release(k, table)}": v for k, v in source.state_dict().items()}
     if model_name == "invpt":
-        released.update({
-            "multi_task_decoder.scale_embed.2.weight": torch.randn(3),
-            "multi_task_decoder.invpt.redu_chan.0.0.weight": torch.randn(3),
-            "multi_task_decoder.invpt.invpt_stages.0.blocks.0.attn.fuse_attn.weight": torch.randn(3),
-            "multi_task_decoder.invpt.norm_mt.weight": torch.randn(3),
-        })
+        for unread in ("scale_embed.2", "invpt.redu_chan.0.0", "invpt.invpt_stages.0.blocks.0.attn.fuse_attn",
+                       "invpt.norm_mt"):
+            released[f"module.multi_task_decoder.{unread}.weight"] = torch.randn(3)
     else:
-        released["backbone.blocks.3.attn.token_trans1.weight"] = torch.randn(24, 96)
-        released["backbone.blocks.3.attn.token_trans1.bias"] = torch.randn(24)
+        released["module.backbone.blocks.3.attn.token_trans1.weight"] = torch.randn(24, 96)
+        released["module.backbone.blocks.3.attn.token_trans1.bias"] = torch.randn(24)
+    torch.save({"model": released, "epoch": 0, "iter_count": 0}, tmp_path / "released.pth")
 
-    torch.manual_seed(4)
-    target = build_model_for(cfg)
-    target.load_state_dict(get_converter(model_name).convert(released, target, cfg, None).state_dict, strict=True)
+    import_checkpoint(model_name, tmp_path / "released.pth", dataset, tmp_path / "run", overrides=overrides, seed=4)
+    target = load_run_model(tmp_path / "run").double()
     image = torch.randn(2, 3, 48, 32, dtype=torch.float64)
-    source, target = source.double().eval(), target.double().eval()
     with torch.no_grad():
-        expected, got = source(image), target(image)
+        expected, got = source.double().eval()(image), target(image)
     for task in expected:
         assert torch.equal(got[task], expected[task]), task
