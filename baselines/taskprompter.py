@@ -160,7 +160,7 @@ class CrossTaskReweighting(nn.Module):
 
 
 class BiasedConvHead(ConvHead):
-    """``ConvHead`` whose 3×3 conv has a bias and the release's init (trunc normal, std 0.02): its ``ConvHead``."""
+    """The release's TaskPrompter head: ``ConvHead`` with a bias on its 3×3 conv, weights trunc-normal (std 0.02)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels)
