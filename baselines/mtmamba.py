@@ -9,9 +9,13 @@ Head: FinalPatchExpand_X4 (Linear C -> 16C, pixel-shuffle x4, LN) -> 1x1 conv ->
 Tasks run stacked (see ``baselines.ss2d``); only the final 1x1 projections, whose output widths
 differ per task, loop over tasks.
 
+Backbone: timm's Swin modules (``features_only``) run with mmseg's shifted-window semantics
+(``backbone.swin_semantics: mmseg``, the default in the model configs; ``pamm.models.swin_mmseg``), as
+the release. mmseg's Swin layer-norms each output map (``norm0..norm3``); ``feature_norm: true`` adds
+the same four LayerNorms here. Released checkpoints convert with ``baselines.released_mtmamba``.
+
 Differences from the released code, all deliberate:
-* The backbone is timm's Swin (``features_only``), not mmseg's. mmseg's Swin layer-norms each
-  output map (``norm0..norm3``); ``feature_norm: true`` adds the same four LayerNorms here.
+* timm's weight names and PatchMerging channel order inside the backbone (the converter permutes).
 * No ``mamba_ssm``: the scan is ``pamm.ops.multi_direction_scan`` (one call per SS2D for all tasks
   and directions) with whichever backend ``scan_backend`` picks.
 """

@@ -222,19 +222,21 @@ class SS2D(nn.Module):
             raise ImportError("pamm.ops.multi_direction_scan is missing: the scan ops package is not installed yet")
         T, K, di, N, R = self.num_tasks, SCAN_DIRECTIONS, self.d_inner, self.d_state, self.dt_rank
         batch, length = u.shape[0], u.shape[-1]
+        # float32 as released (also under bf16 autocast); a float64 model scans in float64, as the release's math.
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
         projected = torch.einsum("btdl,tkcd->bktcl", selection_source, self.x_proj_weight)
         dt_low, b_ssm, c_ssm = projected.split([R, N, N], dim=3)  # B, C: (B, K, G=T, N, L)
         delta = torch.einsum("bktrl,tkdr->bktdl", dt_low, self.dt_proj_weight).reshape(batch, K, T * di, length)
-        a_matrix = -torch.exp(self.A_logs.float()).transpose(0, 1).reshape(K, T * di, N)
-        d_skip = self.Ds.float().transpose(0, 1).reshape(K, T * di)
-        delta_bias = self.dt_proj_bias.float().transpose(0, 1).reshape(K, T * di)
+        a_matrix = -torch.exp(self.A_logs.to(dtype)).transpose(0, 1).reshape(K, T * di, N)
+        d_skip = self.Ds.to(dtype).transpose(0, 1).reshape(K, T * di)
+        delta_bias = self.dt_proj_bias.to(dtype).transpose(0, 1).reshape(K, T * di)
         perm, inverse = raster_orders(height, width, u.device)
         return scan_ops.multi_direction_scan(
-            u.float(),
-            delta.float(),
+            u.to(dtype),
+            delta.to(dtype),
             a_matrix,
-            b_ssm.float().contiguous(),
-            c_ssm.float().contiguous(),
+            b_ssm.to(dtype).contiguous(),
+            c_ssm.to(dtype).contiguous(),
             d_skip,
             delta_bias,
             delta_softplus=True,
@@ -271,7 +273,7 @@ class SS2D(nn.Module):
             source = u.reshape(batch, T, di, length)
         y = self.scan(u, source, height, width)
         y = y.reshape(batch, T, di, height, width).permute(1, 0, 3, 4, 2)  # (T, B, H, W, di)
-        y = self.out_norm(y.to(projected.dtype))  # the scan runs in fp32; come back to the block's dtype
+        y = self.out_norm(y.to(projected.dtype))  # the scan runs in fp32 (fp64); come back to the block's dtype
         if gate is not None:
             y = y * F.silu(gate)
         return self.out_proj(y) if self.out_proj is not None else y

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from pamm._compat import ensure_torchvision_importable
+from pamm.models.swin_mmseg import mmseg_swin_features, swin_semantics_kwargs
 
 
 def _timm():
@@ -46,11 +47,15 @@ class Backbone(nn.Module):
         pretrained_file: str | None = None,
         taps: Sequence[int] | None = None,
         out_indices: Sequence[int] | None = None,
+        swin_semantics: str = "timm",
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         timm = _timm()
         self.name = name
+        # "mmseg": a Swin run with mmseg's shifted windows (pamm.models.swin_mmseg), as MTMamba's release.
+        timm_kwargs = swin_semantics_kwargs(name, swin_semantics, timm_kwargs)
+        self.swin_semantics = swin_semantics
         pretrained_kwargs: dict[str, Any] = {"pretrained": False}
         if pretrained_file:
             path = Path(pretrained_file)
@@ -99,14 +104,14 @@ class Backbone(nn.Module):
             # Final LayerNorm on the last tap only (PAMM/InvPT/TaskPrompter feed the normed output).
             maps[-1] = self.model.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             return list(maps)
-        feats = self.model(x)
+        feats = mmseg_swin_features(self.model, x) if self.swin_semantics == "mmseg" else self.model(x)
         if self.keep is not None:
             feats = [feats[i] for i in self.keep]
         return list(feats)
 
 
 def create_backbone(cfg: dict[str, Any], img_size: Sequence[int]) -> Backbone:
-    """Build a backbone from a config dict ``{name, pretrained_file?, taps?, out_indices?, **timm_kwargs}``."""
+    """Build a backbone from a config dict ``{name, pretrained_file?, taps?, out_indices?, swin_semantics?, **timm_kwargs}``."""
     cfg = dict(cfg)
     name = cfg.pop("name")
     return Backbone(name, img_size, **cfg)
