@@ -127,11 +127,16 @@ def test_as_released_config_quirks():
     assert nyud["train"]["loss"]["edge_pos_weight"] == 0.88
     assert pascal["train"]["loss"]["edge_pos_weight"] == 0.95
     model, cfg = build("as_released")
-    kernel = cfg["model"]["top_k"]
+    kernel = cfg["model"]["expert_kernel"]
     assert model.stages[0].B_expert.pool_down.kernel_size == (kernel, kernel)
+    assert model.stages[0].B_expert.top_k == cfg["model"]["top_k"] == 9  # the released routing: top 9 of 15
+    assert model.stages[0].B_expert.num_experts == 15
     assert model.options.scan_order == "hilbert_cropped"
+    assert model.backbone.model.cls_token is None  # the released ViT has no class token
+    assert model.backbone.model.pos_embed.shape[1] == math.prod(model.token_grids[0])
     paper = resolve_config("paper", "nyud", "pamm", "as_released")["model"]
-    assert paper["top_k"] == 9 and paper["expert_kernel"] is None
+    assert paper["top_k"] == 9 and paper["expert_kernel"] == 9
+    assert paper["backbone"]["class_token"] is False and paper["backbone"]["pos_embed_resample"] == "bicubic"
 
 
 def test_as_released_refuses_another_resolution_with_a_clear_error():
