@@ -101,6 +101,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from pamm.checkpoints import import_checkpoint
+
+    record = import_checkpoint(
+        args.source, args.checkpoint, args.dataset, args.out, variant=args.variant, profile=args.profile,
+        overrides=_overrides(args.set), unregistered=args.unregistered, seed=args.seed, data_root=args.data_root,
+        trust_pickle=args.trust_pickle,
+    )
+    print(f"{args.out}: {record['run']['model']} from {args.checkpoint} (sha256 {record['checkpoint']['sha256'][:12]})")
+    for note in record["notes"]:
+        print(f"  note: {note}")
+    return 0
+
+
 def _profile_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"batch_sizes": tuple(args.batch_sizes), "dtypes": tuple(args.dtypes), "counters": tuple(args.counters),
             "latency_repeats": args.repeats, "train_batch": args.train_batch, "timing": not args.no_timing}
@@ -245,6 +259,32 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_args(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "import-checkpoint", help="convert an authors' released checkpoint into a run directory (then evaluate it)",
+        description="Read a checkpoint saved by the authors' code (PAMM, MTMamba, MTMamba++, InvPT, TaskPrompter: "
+        "their key names, the DDP 'module.' prefix, mmseg Swin names, per-task modules), map it onto the pamm-bench "
+        "model built from --profile/--variant/--set, refuse any unmapped or mis-shaped key, and write RUN_DIR "
+        "(config.yaml, checkpoint.pt, provenance.json with the file's sha256) for `pamm-bench evaluate --run RUN_DIR`.",
+        epilog="example:\n  pamm-bench import-checkpoint --from invpt --checkpoint InvPT_nyud.pth --dataset nyud \\\n"
+        "      --data-root data/NYUDv2 --out results/runs/nyud/invpt/released/seed0\n"
+        "  pamm-bench evaluate --run results/runs/nyud/invpt/released/seed0",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, choices=["pamm", "mtmamba", "mtmamba_pp", "invpt", "taskprompter"],
+                   help="whose release the checkpoint comes from")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the authors' checkpoint file (.pth)")
+    p.add_argument("--dataset", required=True, choices=["nyud", "pascal"])
+    p.add_argument("--variant", default="default", help="overlay, e.g. as_released for PAMM")
+    p.add_argument("--profile", default="paper", choices=["tiny", "paper"], help="recipe scale of the model (default paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--unregistered", type=Path, default=None,
+                   help="PAMM only: the tensors the release keeps outside state_dict (A_log0, D0, task prompts)")
+    p.add_argument("--seed", type=int, default=0, help="seed for what the checkpoint does not hold (logged)")
+    p.add_argument("--data-root", type=Path, default=None, help="the dataset folder `evaluate` will read")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a checkpoint that holds arbitrary Python objects (only for files you trust)")
+    p.add_argument("--out", type=Path, required=True, help="run directory to create (must not exist or be empty)")
+    p.set_defaults(func=cmd_import_checkpoint)
+
     p = sub.add_parser("profile", help="parameters, FLOPs (fvcore + ptflops, scan counted), latency, peak memory",
                        description="Profile a run's model (--run RUN_DIR -> RUN_DIR/profile.json) or any model at a "
                        "profile's config with random weights (--model/--dataset/--variant/--profile -> --out JSON). "
@@ -337,10 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     known: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
     try:
+        from pamm.checkpoints import ConversionError, RunModelError
         from pamm.data import DatasetError
         from pamm.engine.train import TrainingError
 
-        known = known + (DatasetError, TrainingError)
+        known = known + (ConversionError, DatasetError, RunModelError, TrainingError)
     except ImportError:
         pass
     try:

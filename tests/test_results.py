@@ -312,3 +312,26 @@ def test_single_task_rows_per_backbone_take_composed_variants():
     assert set(single) == {"vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}
     assert single["swin_tiny_patch4_window7_224"]["semseg_miou"][0] == pytest.approx(35.0)
     assert all(c in single["swin_tiny_patch4_window7_224"] for c in ("depth_rmse", "normals_merr", "edge_odsf"))
+
+
+def test_released_checkpoints_get_a_published_vs_reproduced_table(fab, tmp_path):
+    """A run imported from an authors' checkpoint (origin released_checkpoint) leaves the measured rows of the main
+    table and appears beside its published numbers."""
+    summary = pd.read_csv(fab["summary"])
+    summary["origin"] = "trained"
+    released = summary[(summary.dataset == "nyud") & (summary.model == "invpt") & (summary.seed == SEEDS[0])].copy()
+    released["origin"] = "released_checkpoint"
+    released["semseg_miou"] = 53.12
+    frame = pd.concat([summary, released], ignore_index=True)
+    by_config = tmp_path / "by_config.csv"
+    summarise_over_seeds(frame).to_csv(by_config, index=False)
+    written = tables.make_tables(None, by_config, fab["published"], tmp_path / "t", datasets=["nyud"])
+    assert sorted(p.name for p in written if p.name.startswith("released_")) == ["released_nyud.md", "released_nyud.tex"]
+    md = (tmp_path / "t" / "released_nyud.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    assert "Semseg mIoU (%) ↑ published" in header and "Semseg mIoU (%) ↑ reproduced" in header
+    invpt = next(line for line in md.splitlines() if line.startswith("| InvPT"))
+    assert "53.56" in invpt and "53.12" in invpt
+    assert "53.12" not in (tmp_path / "t" / "main_nyud.md").read_text()
+    # Without released runs there is no such table.
+    assert tables.released_table("nyud", summarise_over_seeds(summary), tables.load_published(fab["published"])) is None

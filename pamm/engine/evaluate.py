@@ -13,8 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from pamm import io as pio
-from pamm.config import config_hash, load_run_config
-from pamm.engine.train import TrainingError, build_model_for, configure_scan_backend, move_batch, pick_device
+from pamm.checkpoints.run_model import build_run_model, read_run_checkpoint
+from pamm.config import config_hash
+from pamm.engine.train import TrainingError, configure_scan_backend, move_batch, pick_device
 from pamm.tasks import IGNORE_INDEX, TASK_INFO, dataset_tasks
 
 
@@ -78,20 +79,15 @@ def evaluate_run(
     from pamm.metrics import build_meters, summarise
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir / "config.yaml")
-    ckpt_path = run_dir / "checkpoint.pt"
-    if not ckpt_path.is_file():
-        raise TrainingError(f"{ckpt_path} does not exist: train the run first (pamm-bench train --out {run_dir})")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if state.get("config_hash") != config_hash(cfg):
-        raise TrainingError(f"{ckpt_path} does not match {run_dir / 'config.yaml'} (config hash differs): retrain the run")
+    cfg, state = read_run_checkpoint(run_dir)
+    if cfg["data"].get("root") is None:
+        raise TrainingError(f"{run_dir / 'config.yaml'} names no dataset (data.root is null): import the checkpoint "
+                            f"again with --data-root DIR")
     dev = pick_device(device)
     configure_scan_backend(cfg["train"].get("scan_backend", "auto"))
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
-    model = build_model_for(cfg)
-    model.load_state_dict(state["model"])
-    model.to(dev).eval()
+    model = build_run_model(cfg, state).to(dev)
 
     val = split_loader(cfg, "val", list(tasks))
     meters = build_meters(run["dataset"], list(tasks), edge_save_dir=run_dir / "edge_pred",

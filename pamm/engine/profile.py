@@ -337,14 +337,17 @@ def _release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def profile_config(cfg: dict[str, Any], device: str | None = None, **options: Any) -> dict[str, Any]:
-    """Profile the model of a resolved config at its own resolution, with random weights."""
+def profile_config(
+    cfg: dict[str, Any], device: str | None = None, model: torch.nn.Module | None = None, **options: Any
+) -> dict[str, Any]:
+    """Profile the model of a resolved config at its own resolution (``model``, or one with random weights)."""
     from pamm.engine.train import build_model_for, configure_scan_backend, pick_device
 
     dev = pick_device(device)
     configure_scan_backend(cfg["train"].get("scan_backend", "auto"))
-    torch.manual_seed(0)
-    model = build_model_for(cfg)
+    if model is None:
+        torch.manual_seed(0)
+        model = build_model_for(cfg)
     result = profile_model(model, tuple(cfg["data"]["size"]), dev, **options)
     from pamm import ops
 
@@ -354,15 +357,16 @@ def profile_config(cfg: dict[str, Any], device: str | None = None, **options: An
 
 
 def profile_run(run_dir, device: str | None = None, **options: Any) -> dict[str, Any]:
-    """Profile a run directory's model and write ``profile.json`` beside its checkpoint."""
+    """Profile a run directory's model (its checkpoint's weights) and write ``profile.json`` beside it."""
     from pathlib import Path
 
     from pamm import io as pio
-    from pamm.config import config_hash, load_run_config
+    from pamm.checkpoints.run_model import build_run_model, read_run_checkpoint
+    from pamm.config import config_hash
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir / "config.yaml")
-    result = profile_config(cfg, device=device, **options)
+    cfg, checkpoint = read_run_checkpoint(run_dir)
+    result = profile_config(cfg, device=device, model=build_run_model(cfg, checkpoint), **options)
     result["config_hash"] = config_hash(cfg)
     pio.write_json(run_dir / "profile.json", result)
     return result

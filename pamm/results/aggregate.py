@@ -18,10 +18,12 @@ SUMMARY_COLUMNS = [
     "run_id", "dataset", "model", "variant", "seed", "backbone", "profile", "img_h", "img_w", "iterations",
     "train_seconds", "semseg_miou", "parts_miou", "sal_maxf", "depth_rmse", "normals_merr", "edge_odsf",
     "delta_m_pct", "params_m", "gflops", "latency_ms", "peak_mem_mib", "device", "scan_backend", "git_sha",
-    "config_hash",
+    "config_hash", "origin",
 ]
 # Columns that identify a configuration (everything but the seed) for the over-seeds table.
-CONFIG_KEYS = ["dataset", "model", "variant", "backbone", "profile", "img_h", "img_w", "iterations"]
+CONFIG_KEYS = ["dataset", "model", "variant", "backbone", "profile", "img_h", "img_w", "iterations", "origin"]
+# ``origin`` of a run: trained here, or an authors' checkpoint imported with ``pamm-bench import-checkpoint``.
+TRAINED, RELEASED = "trained", "released_checkpoint"
 PROFILE_COLUMNS = {"params_m": "params_m", "gflops": "gflops", "latency_ms": "latency_ms", "peak_mem_mib": "peak_mem_mib"}
 
 
@@ -36,15 +38,16 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     provenance = pio.read_json(run_dir / "provenance.json") if (run_dir / "provenance.json").is_file() else {}
     profile = pio.read_json(run_dir / "profile.json") if (run_dir / "profile.json").is_file() else {}
     run = cfg["run"]
+    origin = provenance.get("origin", TRAINED)
     row: dict[str, Any] = {
-        "run_id": f"{run['dataset']}/{run['model']}/{run['variant']}/seed{run['seed']}",
+        "run_id": f"{run['dataset']}/{run['model']}/{run['variant']}/" + (f"seed{run['seed']}" if origin == TRAINED else origin),
         "dataset": run["dataset"], "model": run["model"], "variant": run["variant"], "seed": run["seed"],
         "backbone": cfg["model"].get("backbone", {}).get("name"), "profile": run["profile"],
         "img_h": cfg["data"]["size"][0], "img_w": cfg["data"]["size"][1],
         "iterations": cfg["train"]["iterations"], "train_seconds": provenance.get("train_seconds"),
         "device": provenance.get("device"), "scan_backend": provenance.get("scan_backend"),
         "git_sha": provenance.get("git_sha"), "config_hash": metrics.get("config_hash"),
-        "tasks": ",".join(_run_tasks(cfg)),
+        "tasks": ",".join(_run_tasks(cfg)), "origin": origin,
     }
     row.update(metrics["metrics"])
     row.update({f"trivial_{k}": v for k, v in metrics.get("trivial", {}).items()})
@@ -92,6 +95,8 @@ def add_delta_m(frame: pd.DataFrame) -> pd.DataFrame:
 
 def summarise_over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and n over seeds for every numeric column of each configuration."""
+    if "origin" not in frame:  # a summary written before runs recorded their origin: all trained here
+        frame = frame.assign(origin=TRAINED)
     numeric = [c for c in frame.columns if c not in CONFIG_KEYS + ["seed"] and pd.api.types.is_numeric_dtype(frame[c])]
     grouped = frame.groupby(CONFIG_KEYS, dropna=False)[numeric]
     mean, std = grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_std")

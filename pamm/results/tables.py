@@ -8,6 +8,8 @@ Per dataset:
   seeds from ``summary_by_config.csv``, with the number of seeds).
 * ``ablation_<dataset>.{md,tex}``: every PAMM variant against full PAMM (variant ``default``):
   each metric (mean ± std), its difference to full PAMM (± the std of the seed-paired differences).
+* ``released_<dataset>.{md,tex}``, only where an authors' checkpoint was imported and evaluated
+  (``origin`` = released_checkpoint): each metric as published beside the value reproduced here.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pandas as pd
 
 from pamm import io as pio
 from pamm.config import variant_parts
+from pamm.results.aggregate import RELEASED, TRAINED
 from pamm.results import plotting_style as style
 from pamm.tasks import DATASET_TASKS, PAPER_SIZE, TASK_INFO
 
@@ -179,10 +182,12 @@ def load_published(path: str | Path | None) -> pd.DataFrame:
     return frame
 
 
-def _config_rows(by_config: pd.DataFrame, dataset: str) -> pd.DataFrame:
+def _config_rows(by_config: pd.DataFrame, dataset: str, origin: str = TRAINED) -> pd.DataFrame:
+    """``dataset``'s configurations of one origin (trained here, or imported from a released checkpoint)."""
     if by_config is None or by_config.empty:
         return pd.DataFrame()
-    return by_config[by_config["dataset"] == dataset]
+    origins = by_config["origin"].fillna(TRAINED) if "origin" in by_config else pd.Series(TRAINED, index=by_config.index)
+    return by_config[(by_config["dataset"] == dataset) & (origins == origin)]
 
 
 def _setting_text(row: pd.Series) -> str:
@@ -476,6 +481,42 @@ def ablation_table(dataset: str, by_config: pd.DataFrame, summary: pd.DataFrame 
 # ============================================================================================ writing
 
 
+# ============================================================================================ released
+
+
+def released_table(dataset: str, by_config: pd.DataFrame, published: pd.DataFrame) -> Table | None:
+    """Authors' checkpoints evaluated here: each metric as published beside the value reproduced here.
+
+    ``None`` when no released checkpoint of ``dataset`` was imported and evaluated."""
+    frame = _config_rows(by_config, dataset, RELEASED)
+    if frame.empty:
+        return None
+    metrics = [c for c in metric_columns(dataset) if c != "delta_m_pct"]
+    headers = ["Model", "Backbone"]
+    for column in metrics:
+        headers += [f"{style.metric_label(column)} published", f"{style.metric_label(column)} reproduced"]
+    pub = published[published["dataset"] == dataset] if not published.empty else published
+    rows, missing = [], []
+    for _, entry in frame.sort_values(["model", "variant"]).iterrows():
+        match = pub[pub["model"] == entry["model"]] if not pub.empty else pub
+        if match.empty:
+            missing.append(style.model_name(entry["model"]))
+        source = match.iloc[0] if not match.empty else {}
+        approx = bool(source.get("approximate", False)) if len(match) else False
+        row: dict[str, Any] = {"Model": style.model_name(entry["model"], entry["variant"]),
+                               "Backbone": style.backbone_name(entry["backbone"])}
+        for column, (pub_header, ours_header) in zip(metrics, zip(headers[2::2], headers[3::2])):
+            row[pub_header] = {"column": column, "mean": source.get(column, float("nan")), "approx": approx}
+            row[ours_header] = {"column": column, "mean": _value(entry, column, "mean")}
+        rows.append(row)
+    footnotes = ["Published: results/reference/published.csv (the authors' numbers for their checkpoint); reproduced: "
+                 "the same checkpoint imported with `pamm-bench import-checkpoint` and evaluated here."]
+    if missing:
+        footnotes.append("No published row for: " + ", ".join(missing) + ".")
+    return Table(title=f"{style.dataset_name(dataset)}: released checkpoints, published vs reproduced", columns=headers,
+                 rows=rows, footnotes=footnotes, label=f"tab:released_{dataset}")
+
+
 def write_table(table: Table, out_dir: str | Path, stem: str) -> list[Path]:
     out_dir = Path(out_dir)
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.tex"]
@@ -487,7 +528,8 @@ def write_table(table: Table, out_dir: str | Path, stem: str) -> list[Path]:
 def make_tables(summary_csv: str | Path | None, by_config_csv: str | Path, published_csv: str | Path | None,
                 out_dir: str | Path, datasets: Sequence[str] | None = None,
                 ablations_dir: str | Path | None = None) -> list[Path]:
-    """Write ``main_<dataset>.{md,tex}`` and ``ablation_<dataset>.{md,tex}`` for every dataset."""
+    """Write ``main_<dataset>.{md,tex}`` and ``ablation_<dataset>.{md,tex}`` for every dataset, and
+    ``released_<dataset>.{md,tex}`` where released checkpoints were evaluated."""
     by_config = pd.read_csv(by_config_csv)
     summary = pd.read_csv(summary_csv) if summary_csv and Path(summary_csv).is_file() else None
     if summary_csv and summary is None:
@@ -503,4 +545,7 @@ def make_tables(summary_csv: str | Path | None, by_config_csv: str | Path, publi
             raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(DATASET_TASKS)}")
         written += write_table(main_table(dataset, by_config, published), out_dir, f"main_{dataset}")
         written += write_table(ablation_table(dataset, by_config, summary, ablations_dir), out_dir, f"ablation_{dataset}")
+        released = released_table(dataset, by_config, published)
+        if released is not None:
+            written += write_table(released, out_dir, f"released_{dataset}")
     return written
