@@ -448,3 +448,16 @@ def test_a_bad_weights_file_stops_train_with_one_line(tmp_path, capsys):
                "--set", f"model.backbone.pretrained_file={tmp_path / 'weights.pth'}", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "is not a weights file" in err
+
+
+@pytest.mark.parametrize("dataset,released", [("nyud", 669_124_957), ("pascal", 1_059_687_734)])
+def test_paper_parameter_count_is_the_releases_less_its_class_token_row(dataset: str, released: int):
+    """The release's sum(p.numel()) at the paper configs (reference §11), less only pos_embed's unused row 0."""
+    from pamm.models import create_model
+    from pamm.tasks import dataset_tasks
+
+    cfg = resolve_config("paper", dataset, "pamm", "as_released")
+    with torch.device("meta"):
+        model = create_model("pamm", dataset_tasks(dataset), img_size=cfg["data"]["size"], **cfg["model"])
+    width = model.backbone.channels[0]
+    assert sum(p.numel() for p in model.parameters()) == released - width

@@ -4,7 +4,7 @@ ViT backbone -> one PAME module per tap (no sharing across taps) -> per-task cro
 bilinear x4 -> ConvHead per task -> bilinear to the input size. Blocks: ``pamm.models.pamm_blocks``;
 the B/C parameter experts: ``pamm.models.experts``. The ``fidelity`` option switches between the
 paper's description (``as_described``) and the released code's behaviour (``as_released``);
-``docs/pamm_fidelity.md`` lists every difference.
+``docs/fidelity.md#pamm`` lists every difference.
 """
 from __future__ import annotations
 
