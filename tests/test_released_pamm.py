@@ -427,6 +427,25 @@ def test_weights_that_do_not_fit_are_refused_with_counts_unless_opted_in(tmp_pat
     assert torch.equal(vit.blocks[0].attn.qkv.weight, _standard_vit(seed=2).blocks[0].attn.qkv.weight)
 
 
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet18", {}),
+    ("swin_tiny_patch4_window7_224", dict(window_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])),
+])
+def test_feature_backbones_load_their_full_timm_weights(tmp_path, name: str, kwargs: dict):
+    """A hierarchical backbone (features_only) loads its architecture's full weights; the classifier it drops
+    is ignored, a missing tensor is refused."""
+    torch.manual_seed(5)
+    full = _timm().create_model(name, **({"img_size": (64, 64)} if name.startswith("swin") else {}), **kwargs)
+    torch.save({"state_dict": full.state_dict()}, tmp_path / "w.pth")
+    backbone = Backbone(name, (64, 64), pretrained_file=str(tmp_path / "w.pth"), **kwargs)
+    for key, value in backbone.timm_model.state_dict().items():
+        assert torch.equal(value, full.state_dict()[key]), key
+    first = next(iter(backbone.timm_model.state_dict()))
+    torch.save({k: v for k, v in full.state_dict().items() if k != first}, tmp_path / "short.pth")
+    with pytest.raises(PretrainedWeightsError, match=f"1 missing \\({first}\\)"):
+        Backbone(name, (64, 64), pretrained_file=str(tmp_path / "short.pth"), **kwargs)
+
+
 def test_a_text_file_or_npz_as_weights_is_one_clear_line(tmp_path):
     (tmp_path / "weights.pth").write_text("these are not weights\n")
     with pytest.raises(PretrainedWeightsError, match=r"is not a weights file \(a text file\)"):

@@ -320,8 +320,7 @@ def load_pretrained(
             )
         _log.warning("backbone %s: loading only the matching part of %s (pretrained_partial): %s", name, path, detail)
     model.load_state_dict({k: state[k] for k in matched}, strict=False)
-    _log.info(
-        "backbone %s: %d tensors from %s (position grid resized with %s; left out: %s)",
-        name, len(matched), path, pos_embed_resample, ", ".join(dropped + ignored) or "nothing",
-    )
+    resized = f"position grid {pos_embed_resample}; " if "pos_embed" in matched else ""
+    _log.info("backbone %s: %d tensors from %s (%sleft out: %s)", name, len(matched), path, resized,
+              ", ".join(dropped + ignored) or "nothing")
     return counts
