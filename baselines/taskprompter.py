@@ -159,14 +159,11 @@ class CrossTaskReweighting(nn.Module):
         return sum(weights[:, :, :, j : j + 1] * m for j, m in enumerate(task_maps))
 
 
-class BiasedConvHead(ConvHead):
+def released_head(in_channels: int, out_channels: int) -> ConvHead:
     """The release's TaskPrompter head: ``ConvHead`` with a bias on its 3×3 conv, weights trunc-normal (std 0.02)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels)
-        conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
-        nn.init.trunc_normal_(conv.weight, std=0.02)
-        self.body[0] = conv
+    head = ConvHead(in_channels, out_channels, conv_bias=True)
+    nn.init.trunc_normal_(head.body[0].weight, std=0.02)
+    return head
 
 
 class TaskPrompter(nn.Module):
@@ -234,7 +231,7 @@ class TaskPrompter(nn.Module):
             if use_ctr
             else None
         )
-        self.heads = nn.ModuleDict({t: BiasedConvHead(final_embed_dim, c) for t, c in self.tasks.items()})
+        self.heads = nn.ModuleDict({t: released_head(final_embed_dim, c) for t, c in self.tasks.items()})
 
     def _patch_tokens(self, image: torch.Tensor) -> torch.Tensor:
         """Patch embedding + position embedding (patch slots only) -> (B, H·W, C)."""
