@@ -1,36 +1,39 @@
 """TaskPrompter (Ye & Xu, ICLR'23) around timm's own ViT blocks.
 
-What it is (reference.md §3.2, checked against ``prismformore/Multi-Task-Transformer``):
+What it is (reference.md §3.2, checked against ``prismformore/Multi-Task-Transformer`` and its golden fixtures,
+``docs/fidelity.md``):
 
 * One learnable prompt token per task (``prompt_len: 1``, initialised ≈ 1 ± 1) is prepended to the patch tokens
   and runs through every ViT block with them (no position embedding on prompts, no class token: as released).
+* Every block also updates the prompts on their own (the release's ``token_trans`` / ``token_trans1``): the
+  block's ``norm1``-ed prompts are mapped to one value per patch (``Linear(dim, H·W)``, ``to_pixels``) and back
+  (``Linear(H·W, dim)``, ``to_channels``), and that is added to the prompts' attention output before the residual:
+  ``P ← P + Attn([P; X])[P] + to_channels(to_pixels(LN1(P)))``, then the shared MLP residual.
 * At each tap block (6/12/18/24 for ViT-L) the prompts' attention turns into task features:
   - *spatial*: each prompt's pre-softmax q·k scores over the patch tokens, one map per head, scale that head's
     channel slice of the block output (plus the output itself) → 1×1 conv;
-  - *channel*: the prompt, mapped to one value per patch (``Linear(dim, H·W)``), queries the patch tokens'
-    channels inside ``chan_nheads`` spatial windows; the scores scale each channel per window (plus the output)
-    → 1×1 conv;
+  - *channel*: the block's ``to_pixels`` prompts (one value per patch) query the patch tokens' channels inside
+    ``chan_nheads`` spatial windows; the scores scale each channel per window (plus the output) → 1×1 conv;
   - both → ``fea_fuse`` (1×1, 3×3, BN, GELU, 1×1) → one map per task and tap; optional cross-task reweighting
     (``use_ctr``) mixes the task maps with weights read from the prompt→prompt scores.
-* Task maps are summed over the taps, upsampled ×4 and go through a conv head; bilinear to the input size.
-  The last tap uses the final LayerNorm-ed tokens.
+* Task maps are summed over the taps, upsampled ×4 and go through a conv head (3×3 conv with bias, BN, GELU,
+  1×1); bilinear to the input size. The last tap uses the final LayerNorm-ed tokens.
 
-Differences from the release, deliberate:
+Differences from the release, deliberate and without effect on the computed function:
 
-* The ViT is timm's ``VisionTransformer`` (from ``create_backbone``); its blocks run unmodified on
-  ``[prompts; patches]``. The release's blocks also add ``Linear(H·W→dim)(Linear(dim→H·W)(prompt))`` to the prompts
-  inside every block (and compute a channel-attention output nobody reads); that in-block prompt update is not
-  here, and the ``Linear(dim→H·W)`` of the channel branch exists only at the 4 taps. At ViT-L this leaves out
-  ≈46M parameters (see ``scripts/baseline_param_count_transformer.py``).
+* The ViT is timm's ``VisionTransformer`` (from ``create_backbone``); each block's own ``norm1``, ``attn``,
+  ``norm2`` and ``mlp`` run on ``[prompts; patches]`` (``_run_block``) instead of a rewritten block class.
 * Prompt attention is recomputed at the taps from the block's ``norm1`` and ``attn.qkv`` weights for the prompt
-  queries only (``prompt_attention_logits``), instead of being returned by a modified attention.
-* Minor: timm's drop path draws one mask per sample for prompts and patches together (the release draws two), and
-  the shared ``ConvHead``'s 3×3 conv has no bias (it is followed by BN).
+  queries only (``prompt_attention_logits``), instead of being returned by a modified attention; the release's
+  channel-attention output (softmax · values), which nothing reads, is not computed.
+* The last tap block has no ``to_channels`` (the release's ``token_trans1`` of its last block): the prompts that
+  block returns are never read, so it can change no output and get no gradient (the converter drops it).
 
-Kept as released: the spatial and channel scores that scale the features are the raw, unscaled, pre-softmax q·k.
+Kept as released: the spatial and channel scores that scale the features are the raw, unscaled, pre-softmax q·k;
+drop path draws separate masks for prompts and patches; the head's 3×3 conv has a bias.
 
-The channel branch's ``Linear(dim, H·W)`` fixes the token grid at build time (as in the release): the model runs
-at ``img_size`` only (test images are padded to it).
+``to_pixels`` fixes the token grid at build time (as in the release): the model runs at ``img_size`` only (test
+images are padded to it).
 """
 from __future__ import annotations
 
@@ -62,14 +65,32 @@ def prompt_attention_logits(attn: nn.Module, normed_tokens: torch.Tensor, num_pr
     return torch.matmul(q, k.transpose(-2, -1))
 
 
-class PromptChannelAttention(nn.Module):
-    """Task prompts as queries over the channels of the patch tokens, one head per spatial window.
+class PromptUpdate(nn.Module):
+    """One block's prompt path (release ``token_trans`` / ``token_trans1``): dim → H·W → dim.
 
-    Returns pre-softmax scores (B, T, C, windows_h, windows_w): how much each task prompt picks each channel,
-    per window.
+    ``to_pixels`` gives each prompt one value per patch; at a tap block these are also the channel attention's
+    queries. ``to_channels`` maps them back; the result is added to the prompts' attention output. The last tap
+    block has no ``to_channels``: the prompts it returns are never read.
     """
 
-    def __init__(self, dim: int, grid: tuple[int, int], num_heads: int) -> None:
+    def __init__(self, dim: int, pixels: int, maps_back: bool = True) -> None:
+        super().__init__()
+        self.to_pixels = nn.Linear(dim, pixels)
+        self.to_channels = nn.Linear(pixels, dim) if maps_back else None
+        for linear in (self.to_pixels, self.to_channels):  # the release's ViT init for every Linear
+            if linear is not None:
+                nn.init.trunc_normal_(linear.weight, std=0.02)
+                nn.init.zeros_(linear.bias)
+
+
+class PromptChannelAttention(nn.Module):
+    """Task prompts (one value per patch) as queries over the patch tokens' channels, one head per spatial window.
+
+    Returns pre-softmax scores (B, T, C, windows_h, windows_w): how much each task prompt picks each channel,
+    per window. Has no weights: the queries come from the block's ``PromptUpdate.to_pixels``.
+    """
+
+    def __init__(self, grid: tuple[int, int], num_heads: int) -> None:
         super().__init__()
         side = math.isqrt(num_heads)
         if side * side != num_heads:
@@ -80,9 +101,6 @@ class PromptChannelAttention(nn.Module):
             )
         self.grid = grid
         self.side = side
-        self.to_pixels = nn.Linear(dim, grid[0] * grid[1])
-        nn.init.trunc_normal_(self.to_pixels.weight, std=0.02)
-        nn.init.zeros_(self.to_pixels.bias)
 
     def _windows(self, per_pixel: torch.Tensor) -> torch.Tensor:
         """(B, R, H·W) -> (B, side, side, R, window pixels)."""
@@ -91,8 +109,9 @@ class PromptChannelAttention(nn.Module):
         x = per_pixel.view(batch, rows, s, h // s, s, w // s)
         return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, s, s, rows, (h // s) * (w // s))
 
-    def forward(self, normed_prompts: torch.Tensor, normed_patches: torch.Tensor) -> torch.Tensor:
-        queries = self._windows(self.to_pixels(normed_prompts))  # (B, s, s, T, win)
+    def forward(self, prompt_pixels: torch.Tensor, normed_patches: torch.Tensor) -> torch.Tensor:
+        """``prompt_pixels`` (B, T, H·W); ``normed_patches`` (B, H·W, C)."""
+        queries = self._windows(prompt_pixels)  # (B, s, s, T, win)
         keys = self._windows(normed_patches.transpose(1, 2))  # (B, s, s, C, win)
         scores = torch.matmul(queries, keys.transpose(-2, -1))  # (B, s, s, T, C)
         return scores.permute(0, 3, 4, 1, 2)
@@ -140,8 +159,18 @@ class CrossTaskReweighting(nn.Module):
         return sum(weights[:, :, :, j : j + 1] * m for j, m in enumerate(task_maps))
 
 
+def released_head(in_channels: int, out_channels: int) -> ConvHead:
+    """The release's TaskPrompter head: ``ConvHead`` with a bias on its 3×3 conv, weights trunc-normal (std 0.02)."""
+    head = ConvHead(in_channels, out_channels, conv_bias=True)
+    nn.init.trunc_normal_(head.body[0].weight, std=0.02)
+    return head
+
+
 class TaskPrompter(nn.Module):
     """timm ViT with task prompts + prompt-attention decoding; ``forward(image) -> {task: (B, C_t, H, W)}``."""
+
+    # The timm ``Block`` parts ``_run_block`` composes (it adds the prompt update between attention and residual).
+    _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
     def __init__(
         self,
@@ -166,6 +195,13 @@ class TaskPrompter(nn.Module):
         vit_dim = self.vit.embed_dim
         num_heads = self.vit.blocks[0].attn.num_heads
         self.grid = tuple(int(g) for g in self.vit.patch_embed.grid_size)
+        for index, block in enumerate(self.vit.blocks):
+            missing = [part for part in self._BLOCK_PARTS if not hasattr(block, part)]
+            if missing:
+                raise ValueError(
+                    f"TaskPrompter needs timm ViT blocks with {self._BLOCK_PARTS}; backbone {wrapper.name!r} block "
+                    f"{index} ({type(block).__name__}) lacks {missing}: pick a plain vit_* backbone"
+                )
         # As released: no class/register tokens; their position-embedding slot is skipped in forward.
         self.vit.cls_token = None
         self.vit.reg_token = None
@@ -180,9 +216,12 @@ class TaskPrompter(nn.Module):
 
         self.prompts = nn.Parameter(torch.empty(self.num_prompts, vit_dim))
         nn.init.trunc_normal_(self.prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
-        self.channel_attention = nn.ModuleList(
-            PromptChannelAttention(vit_dim, self.grid, chan_nheads) for _ in self.taps
+        pixels = self.grid[0] * self.grid[1]
+        last_tap = self.taps[-1]
+        self.prompt_updates = nn.ModuleList(
+            PromptUpdate(vit_dim, pixels, maps_back=index < last_tap) for index in range(last_tap + 1)
         )
+        self.channel_attention = PromptChannelAttention(self.grid, chan_nheads)
         self.task_features = nn.ModuleList(
             nn.ModuleDict({t: TaskFeatureFromPrompts(vit_dim, embed_dim, final_embed_dim) for t in self.tasks})
             for _ in self.taps
@@ -192,7 +231,7 @@ class TaskPrompter(nn.Module):
             if use_ctr
             else None
         )
-        self.heads = nn.ModuleDict({t: ConvHead(final_embed_dim, c) for t, c in self.tasks.items()})
+        self.heads = nn.ModuleDict({t: released_head(final_embed_dim, c) for t, c in self.tasks.items()})
 
     def _patch_tokens(self, image: torch.Tensor) -> torch.Tensor:
         """Patch embedding + position embedding (patch slots only) -> (B, H·W, C)."""
@@ -211,15 +250,39 @@ class TaskPrompter(nn.Module):
             pos = resample_abs_pos_embed(pos, new_size=grid, old_size=vit.patch_embed.grid_size, num_prefix_tokens=0)
         return vit.norm_pre(vit.pos_drop(x + pos))
 
+    def _drop_path(self, drop_path: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Drop path with separate per-sample masks for the prompt and the patch rows (as released)."""
+        if not self.training or isinstance(drop_path, nn.Identity):
+            return x
+        p = self.num_prompts
+        return torch.cat([drop_path(x[:, :p]), drop_path(x[:, p:])], dim=1)
+
+    def _run_block(
+        self, block: nn.Module, update: PromptUpdate, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One ViT block on ``[prompts; patches]`` with the in-block prompt update.
+
+        Returns the block output, its ``norm1``-ed input (for the tap's prompt attention) and the prompts'
+        ``to_pixels`` values (the tap's channel-attention queries).
+        """
+        p = self.num_prompts
+        normed = block.norm1(tokens)
+        attended = block.attn(normed)
+        prompt_pixels = update.to_pixels(normed[:, :p])
+        if update.to_channels is not None:
+            attended = torch.cat([attended[:, :p] + update.to_channels(prompt_pixels), attended[:, p:]], dim=1)
+        tokens = tokens + self._drop_path(block.drop_path1, block.ls1(attended))
+        tokens = tokens + self._drop_path(block.drop_path2, block.ls2(block.mlp(block.norm2(tokens))))
+        return tokens, normed, prompt_pixels
+
     def _tap_features(
-        self, tap: int, block: nn.Module, block_input: torch.Tensor, patch_out: torch.Tensor
+        self, tap: int, block: nn.Module, normed: torch.Tensor, prompt_pixels: torch.Tensor, patch_out: torch.Tensor
     ) -> list[torch.Tensor]:
         """Per-task maps of one tap from the block's prompt attention and its (possibly normed) patch output."""
-        batch = block_input.shape[0]
+        batch = normed.shape[0]
         h, w = self.grid
-        normed = block.norm1(block_input)
         spatial = prompt_attention_logits(block.attn, normed, self.num_prompts)  # (B, heads, P, P + HW)
-        channel = self.channel_attention[tap](normed[:, : self.num_prompts], normed[:, self.num_prompts :])
+        channel = self.channel_attention(prompt_pixels, normed[:, self.num_prompts :])
         feature = patch_out.transpose(1, 2).reshape(batch, -1, h, w)
         maps = []
         for i, t in enumerate(self.task_names):
@@ -238,13 +301,12 @@ class TaskPrompter(nn.Module):
         summed: list[torch.Tensor | float] = [0.0] * len(self.task_names)
         last_tap = self.taps[-1]
         for index, block in enumerate(self.vit.blocks[: last_tap + 1]):
-            block_input = tokens
-            tokens = block(tokens)
+            tokens, normed, prompt_pixels = self._run_block(block, self.prompt_updates[index], tokens)
             if index in self.taps:
                 patch_out = tokens[:, self.num_prompts :]
                 if index == last_tap:
                     patch_out = self.vit.norm(patch_out)
-                tap_maps = self._tap_features(self.taps.index(index), block, block_input, patch_out)
+                tap_maps = self._tap_features(self.taps.index(index), block, normed, prompt_pixels, patch_out)
                 summed = [s + m for s, m in zip(summed, tap_maps)]
         size = image.shape[-2:]
         out = {}

@@ -121,6 +121,37 @@ def test_taskprompter_prompt_attention_equals_block_attention() -> None:
         torch.testing.assert_close(logits[0, head], direct, rtol=1e-5, atol=1e-5)
 
 
+def test_taskprompter_block_step_is_the_timm_block_plus_the_prompt_update() -> None:
+    """``_run_block`` with the update zeroed is timm's own block; with it, only the prompt rows change."""
+    model, _ = build("taskprompter", "nyud")
+    model.eval()
+    block, update = model.vit.blocks[0], model.prompt_updates[0]
+    with torch.no_grad():
+        update.to_channels.weight.normal_(0.0, 0.5)
+        tokens = torch.cat([model.prompts.unsqueeze(0).expand(2, -1, -1), torch.randn(2, 80, model.vit.embed_dim)], 1)
+        plain = block(tokens)
+        with_update, normed, prompt_pixels = model._run_block(block, update, tokens)
+        p = model.num_prompts
+        torch.testing.assert_close(with_update[:, p:], plain[:, p:], rtol=1e-6, atol=1e-6)
+        assert (with_update[:, :p] - plain[:, :p]).abs().max() > 1e-3
+        torch.testing.assert_close(normed, block.norm1(tokens))
+        torch.testing.assert_close(prompt_pixels, update.to_pixels(block.norm1(tokens)[:, :p]))
+
+        update.to_channels.weight.zero_()
+        update.to_channels.bias.zero_()
+        torch.testing.assert_close(model._run_block(block, update, tokens)[0], plain, rtol=1e-6, atol=1e-6)
+
+
+def test_taskprompter_every_block_but_the_last_tap_maps_its_prompts_back() -> None:
+    model, _ = build("taskprompter", "pascal")
+    assert len(model.prompt_updates) == model.taps[-1] + 1
+    assert all(u.to_channels is not None for u in model.prompt_updates[:-1])
+    assert model.prompt_updates[-1].to_channels is None
+    pixels = model.grid[0] * model.grid[1]
+    assert model.prompt_updates[0].to_pixels.weight.shape == (pixels, model.vit.embed_dim)
+    assert all(h.body[0].bias is not None for h in model.heads.values())
+
+
 def test_invpt_message_passing_equals_explicit_score_fusion() -> None:
     """The SDPA form (head mixing folded into q, message as mask) equals softmax(conv1x1([S, resized M])) @ v."""
     from baselines.invpt import JointTaskAttention

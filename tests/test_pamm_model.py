@@ -127,11 +127,51 @@ def test_as_released_config_quirks():
     assert nyud["train"]["loss"]["edge_pos_weight"] == 0.88
     assert pascal["train"]["loss"]["edge_pos_weight"] == 0.95
     model, cfg = build("as_released")
-    kernel = cfg["model"]["top_k"]
+    kernel = cfg["model"]["expert_kernel"]
     assert model.stages[0].B_expert.pool_down.kernel_size == (kernel, kernel)
+    assert model.stages[0].B_expert.top_k == cfg["model"]["top_k"] == 9  # the released routing: top 9 of 15
+    assert model.stages[0].B_expert.num_experts == 15
     assert model.options.scan_order == "hilbert_cropped"
+    assert model.backbone.model.cls_token is None  # the released ViT has no class token
+    assert model.backbone.model.pos_embed.shape[1] == math.prod(model.token_grids[0])
     paper = resolve_config("paper", "nyud", "pamm", "as_released")["model"]
-    assert paper["top_k"] == 9 and paper["expert_kernel"] is None
+    assert paper["top_k"] == 9 and paper["expert_kernel"] == 9
+    assert paper["backbone"]["class_token"] is False and paper["backbone"]["pos_embed_resample"] == "bicubic"
+
+
+def test_as_released_routes_top_9_whatever_the_expert_kernel():
+    """The release's `topk` reaches the B/C experts only as their kernel; their routing always keeps 9."""
+    for kernel in (3, 5):
+        model, cfg = build("as_released", expert_kernel=kernel)
+        expert = model.stages[0].B_expert
+        assert expert.pool_down.kernel_size == (kernel, kernel) and expert.top_k == 9
+        assert model.stages[0].dead_branch.top_k == kernel  # the release passes its `topk` to the 'L' branch
+        routes = torch.randn(2, len(model.task_names), expert.router.logits.weight.shape[1])
+        weights = expert.eval().routing_weights(routes)
+        assert ((weights > 0).sum(-1) == 9).all()
+    with pytest.raises(ValueError, match="top_k=16 must be in 1..num_experts=15"):
+        build("as_released", top_k=16)
+    with pytest.raises(ValueError, match="expert_kernel=None"):
+        build("as_released", expert_kernel=None)
+
+
+def test_as_released_initialisation_is_the_releases():
+    """Decoder linears TN(0, 0.02) with zero bias (Δ bias 0), per-expert up-projection fan-in, biased head convs;
+    as described keeps Mamba's Δ init and bias-free head convs."""
+    released, _ = build("as_released", seed=3)
+    described, _ = build("default", seed=3)
+    for stage in released.stages:
+        assert torch.equal(stage.delta_bias, torch.zeros_like(stage.delta_bias))
+        for weight in (stage.dt_down.weight, stage.dt_up.weight, stage.B_expert.router.spatial_weight):
+            assert weight.abs().max() < 0.02 * 6 and 0.01 < weight.std() < 0.03
+        assert torch.equal(stage.C_expert.router.spatial_bias, torch.zeros_like(stage.C_expert.router.spatial_bias))
+        r = stage.B_expert.rank
+        assert stage.B_expert.pool_up.weight.abs().max() <= 1 / math.sqrt(r)
+        assert stage.B_expert.pool_up.weight.abs().max() > 1 / math.sqrt(r * stage.B_expert.num_experts)
+    for head in released.heads.values():
+        assert head.body[0].bias is not None and head.body[0].weight.std() < 0.03
+    assert all(head.body[0].bias is None for head in described.heads.values())
+    assert (described.stages[0].delta_bias < -2).all()  # inverse softplus of dt in [1e-3, 1e-1]
 
 
 def test_as_released_refuses_another_resolution_with_a_clear_error():

@@ -207,6 +207,23 @@ class ParameterExpert(nn.Module):
         for conv in convs:
             nn.init.zeros_(conv.bias)
 
+    @torch.no_grad()
+    def apply_released_init(self) -> None:
+        """The release's initialisation where ours differs (PAMM as_released).
+
+        The release's ``init_weights`` re-draws every ``nn.Linear`` with a truncated normal (std 0.02) and a
+        zero bias; in the experts that is the router's spatial ``nn.Linear(H*W -> 1)``. Its pool experts are
+        separate LoRA convs whose up-projections are drawn with fan-in r each; ours are one E*r-wide conv, so
+        each expert's slice is drawn as its own conv would be.
+        """
+        if self.router.spatial == "released_linear":
+            nn.init.trunc_normal_(self.router.spatial_weight, std=0.02)
+            nn.init.zeros_(self.router.spatial_bias)
+        if self.interaction:
+            r = self.rank
+            for e in range(self.num_experts):
+                nn.init.kaiming_uniform_(self.pool_up.weight[:, e * r : (e + 1) * r], a=math.sqrt(5))
+
     def routing_weights(self, routes: torch.Tensor) -> torch.Tensor:
         """Per-task expert weights (b, T, E) from the router outputs."""
         e = self.num_experts

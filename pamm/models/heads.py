@@ -7,13 +7,17 @@ import torch.nn.functional as F
 
 
 class ConvHead(nn.Module):
-    """3x3 conv + BN + GELU, then a 1x1 conv to the task's channels (PAMM's and TaskPrompter's head)."""
+    """3x3 conv + BN + GELU, then a 1x1 conv to the task's channels (PAMM's and TaskPrompter's head).
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int | None = None) -> None:
+    ``conv_bias``: the 3x3 conv carries a bias, as the released PAMM/TaskPrompter heads do (a bias before
+    BatchNorm only shifts its running mean, but folding it there is exact only in float64).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int | None = None, conv_bias: bool = False) -> None:
         super().__init__()
         hidden = hidden or in_channels
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=conv_bias),
             nn.BatchNorm2d(hidden),
             nn.GELU(),
         )

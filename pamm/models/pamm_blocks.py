@@ -40,8 +40,8 @@ class PAMMOptions:
     norm_groups: int = 32  # GroupNorm groups of first_decode and of each task's norm
     num_experts: int = 15  # E: shared (interaction) pool size
     expert_rank: int = 4  # r: rank of the pool experts and of the task expert
-    top_k: int = 9
-    expert_kernel: int | None = 3  # as_described; as_released forces kernel = top_k (null or top_k)
+    top_k: int = 9  # routing: the B/C experts keep the top_k of num_experts routing weights
+    expert_kernel: int = 3  # B/C expert conv kernel; as_released 9 (the release's `topk` sets only this)
     router_noise: bool = True  # noisy top-k in training (learned std), as released
     detach_general: bool = True  # the general projection sees a detached input, as released
     parameter_experts: bool = True  # False: plain per-task 1x1 B/C projections
@@ -78,15 +78,18 @@ class PAMMOptions:
         one_of("scan_call", self.scan_call, SCAN_CALLS)
         if self.embed_dim % self.norm_groups:
             raise ValueError(f"embed_dim={self.embed_dim} must be divisible by norm_groups={self.norm_groups}")
-        if self.released and self.expert_kernel not in (None, self.top_k):
+        if not isinstance(self.expert_kernel, int) or isinstance(self.expert_kernel, bool):
             raise ValueError(
-                f"as_released uses kernel = top_k = {self.top_k} for the B/C experts (the released positional-"
-                f"argument quirk); got expert_kernel={self.expert_kernel}: set it to null"
+                f"pamm option expert_kernel={self.expert_kernel!r}: give the B/C expert conv kernel as an odd "
+                "integer (3 as described, 9 as released; the routing top-k is the separate option top_k)"
             )
-        if not self.released and self.expert_kernel is None:
-            raise ValueError("as_described needs an explicit expert_kernel (e.g. 3)")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"the B/C expert kernel ({self.kernel_size}) must be odd to keep the token grid")
+        if self.parameter_experts and self.interaction_experts and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(
+                f"pamm option top_k={self.top_k} must be in 1..num_experts={self.num_experts} (routing keeps the "
+                "top_k experts; the release keeps 9 of 15)"
+            )
 
     @property
     def released(self) -> bool:
@@ -102,7 +105,12 @@ class PAMMOptions:
 
     @property
     def kernel_size(self) -> int:
-        return self.top_k if self.released else int(self.expert_kernel)
+        return int(self.expert_kernel)
+
+    @property
+    def dead_branch_top_k(self) -> int:
+        """Routing top-k of the discarded 'L' branch: the release passes its `topk` (our expert_kernel)."""
+        return min(self.kernel_size, self.dead_branch_experts)
 
 
 class ScanOrderCache:
@@ -183,7 +191,7 @@ class PAMEStage(nn.Module):
         if opts.released:
             # The discarded MoE 'L' (3x3 LoRA-MoE on each task's normed feature, output thrown away).
             self.dead_branch = ParameterExpert(
-                t, d, d, 3, opts.dead_branch_experts, opts.dead_branch_rank, min(opts.top_k, opts.dead_branch_experts),
+                t, d, d, 3, opts.dead_branch_experts, opts.dead_branch_rank, opts.dead_branch_top_k,
                 router_spatial=router_spatial, token_grid=token_grid,
             )
         self.reset_ssm_parameters()
@@ -214,11 +222,33 @@ class PAMEStage(nn.Module):
                 prior.copy_(nn.init.trunc_normal_(torch.empty(prior.shape), std=PRIOR_STD, generator=generator))
 
     @torch.no_grad()
+    def apply_released_init(self) -> None:
+        """as_released: the release's ``init_weights`` re-draws every decoder ``nn.Linear`` with a truncated
+        normal (std 0.02) and a zero bias. Its Δ projections are such linears (ours are 1x1 convs), so Δ's
+        bias starts at 0 here, not at Mamba's dt init; the experts' routers have one more (see
+        :meth:`ParameterExpert.apply_released_init`)."""
+        for weight in (self.dt_down.weight, self.dt_up.weight):
+            nn.init.trunc_normal_(weight, std=0.02)
+        nn.init.zeros_(self.delta_bias)
+        for expert in (self.B_expert, self.C_expert, getattr(self, "dead_branch", None)):
+            if isinstance(expert, ParameterExpert):
+                expert.apply_released_init()
+
+    def released_priors(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """as_released: the untrained prompts, TN(0, 0.02), drawn from ``generator`` (prior_B, then prior_C)."""
+        if not self.opts.task_prior:
+            return {}
+        return {
+            name: nn.init.trunc_normal_(torch.empty(getattr(self, name).shape), std=PRIOR_STD, generator=generator)
+            for name in ("prior_B", "prior_C")
+        }
+
+    @torch.no_grad()
     def draw_released_priors(self, generator: torch.Generator) -> None:
         """as_released: the prompts are random, never trained; draw them from ``generator`` (seeded, logged)."""
         if self.opts.task_prior and self.prior_B.device.type != "meta":
-            for prior in (self.prior_B, self.prior_C):
-                prior.copy_(nn.init.trunc_normal_(torch.empty(prior.shape), std=PRIOR_STD, generator=generator))
+            for name, value in self.released_priors(generator).items():
+                getattr(self, name).copy_(value)
 
     def check_grid(self, grid: tuple[int, int]) -> None:
         if self.opts.parameter_experts:

@@ -4,7 +4,7 @@ ViT backbone -> one PAME module per tap (no sharing across taps) -> per-task cro
 bilinear x4 -> ConvHead per task -> bilinear to the input size. Blocks: ``pamm.models.pamm_blocks``;
 the B/C parameter experts: ``pamm.models.experts``. The ``fidelity`` option switches between the
 paper's description (``as_described``) and the released code's behaviour (``as_released``);
-``docs/pamm_fidelity.md`` lists every difference.
+``docs/fidelity.md#pamm`` lists every difference.
 """
 from __future__ import annotations
 
@@ -57,9 +57,35 @@ class PAMM(nn.Module):
             for c, grid in zip(channels, self.token_grids)
         )
         self.fusion = CrossStageFusion(num_tasks, opts.embed_dim, len(self.stages))
-        self.heads = nn.ModuleDict({name: ConvHead(opts.embed_dim, out) for name, out in self.tasks.items()})
+        self.heads = nn.ModuleDict(
+            {name: ConvHead(opts.embed_dim, out, conv_bias=opts.released) for name, out in self.tasks.items()}
+        )
         if opts.released:
+            self.apply_released_init()
             self.draw_released_priors()
+
+    @torch.no_grad()
+    def apply_released_init(self) -> None:
+        """The release's initialisation where it differs from ours: every decoder ``nn.Linear`` (the Δ
+        projections, the routers' spatial linears) TN(0, 0.02) with zero bias, so Δ's bias starts at 0; each
+        pool expert's up-projection drawn as its own conv; the heads' 3x3 conv TN(0, 0.02) (bias kept at
+        the conv default) and their 1x1 bias N(0, 0.02). The ViT keeps timm's init, which is the release's."""
+        for stage in self.stages:
+            stage.apply_released_init()
+        for head in self.heads.values():
+            nn.init.trunc_normal_(head.body[0].weight, std=0.02)
+            nn.init.normal_(head.out.bias, std=0.02)
+
+    def released_priors(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """The as-released task prompts drawn from ``seed`` (default ``released_prior_seed``), by state-dict
+        name (``stages.{i}.prior_B`` ...), without touching the model."""
+        seed = int(self.options.released_prior_seed if seed is None else seed)
+        generator = torch.Generator().manual_seed(seed)
+        return {
+            f"stages.{index}.{name}": value
+            for index, stage in enumerate(self.stages)
+            for name, value in stage.released_priors(generator).items()
+        }
 
     @torch.no_grad()
     def draw_released_priors(self) -> None:
