@@ -170,9 +170,9 @@ def _parse(name: str, value: Any, where: str, from_text: bool = False) -> Any:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
+        if from_text and (text in _TRUE or text in _FALSE):
             return text in _TRUE
-        raise ValueError(f"{where}={value!r} must be true or false (1/0, yes/no, on/off)")
+        raise ValueError(f"{where}={value!r} must be true or false" + (" (1/0, yes/no, on/off)" if from_text else ""))
     if name == "torch_block_elements":
         if value is None:
             return None

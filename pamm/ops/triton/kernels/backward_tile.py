@@ -31,7 +31,7 @@ def scan_bwd_tile_kernel(
     Per column: the adjoint ``G_t = dy_t·C_t + a_{t+1}·G_{t+1}`` is a *forward* associative scan over
     the tile read in reverse token order (its inputs loaded through reversed, and for ``a_{t+1}``
     shifted, positions), so no reverse scan and no register flip is needed (``associative_scan(
-    reverse=True)``: triton-lang/triton#4362; ``tl.flip`` measured slow). The reversed adjoint goes
+    reverse=True)``: triton-lang/triton#4362; a ``tl.flip`` per column is slower). The reversed adjoint goes
     back to token order through the program's scratch row, the states come from a forward scan that
     starts at the tile's checkpoint (``CHUNK`` is the checkpoint interval), ``a_t·h_{t-1} = h_t - b_t``,
     and every gradient is formed tile-wide: dB, dC rows as coalesced atomics, du, dΔ, dz once per tile.
