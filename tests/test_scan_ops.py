@@ -524,3 +524,40 @@ def test_backend_report_prints_the_settings_and_their_sources(monkeypatch):
     assert "invalid: $PAMM_TRITON_BWD='sideways'" in ops.format_backend_report(report)
     named = ops.backend_report(ops.ScanSettings(backend="cuda"))
     assert named["auto_on_cpu"] == "error" and "cannot run here" in named["auto_on_cpu_reason"]
+
+
+def test_ops_import_nothing_above_them_and_no_cycle():
+    """pamm.ops sits at the bottom of the package: its modules import nothing of pamm outside pamm.ops (lazy
+    imports inside functions included), and their imports among themselves form no cycle."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ops.__file__).parent
+    modules = {".".join(("pamm", *p.relative_to(root.parent).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+                deps |= subs or {node.module}
+                if len(subs) < len(node.names):
+                    deps.add(node.module)
+        outside = sorted(d for d in deps if d.split(".")[0] == "pamm" and not d.startswith("pamm.ops"))
+        assert not outside, f"{name} imports {outside}"
+        graph[name] = {d for d in deps if d in modules and d != name}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import cycle: " + " -> ".join((*path, name))
+        if name not in done:
+            for dep in graph[name]:
+                visit(dep, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    assert len(graph) > 20  # the walk saw the package, subpackages included
