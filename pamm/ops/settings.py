@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["ScanSettings", "ENV_VARS", "TRITON_BWD_KINDS", "TRITON_BC_ORDERS", "TRITON_MULTI_PATHS"]
+__all__ = ["ScanSettings", "from_environment", "ENV_VARS", "TRITON_BWD_KINDS", "TRITON_BC_ORDERS", "TRITON_MULTI_PATHS"]
 
 TRITON_BWD_KINDS = ("token", "tile")
 TRITON_BC_ORDERS = ("scan", "token")
@@ -162,6 +162,8 @@ def _parse(name: str, value: Any, where: str, from_text: bool = False) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{where}={value!r} must be a string")
         value = value.strip().lower()
+        if name == "backend" and not value.isidentifier():
+            raise ValueError(f"{where}={value!r} is not a backend name (auto, cuda, triton, torch or ref)")
         choices = _CHOICES.get(name)
         if choices is not None and value not in choices:
             raise ValueError(f"{where}={value!r} is not one of {list(choices)}")
