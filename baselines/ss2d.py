@@ -27,20 +27,11 @@ SCAN_DIRECTIONS = 4  # row-major, column-major, and both reversed (VMamba's SS2D
 # direction k, so per-direction weights (x_proj, dt_proj, A_logs, Ds) of a released checkpoint map 1:1.
 MTMAMBA_DIRECTION_ORDER = (0, 2, 1, 3)
 
-# (height, width, device) -> (perm, inverse); the orders never change for a feature-map size.
-_ORDER_CACHE: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-
 
 def raster_orders(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """SS2D's 4 scan orders of an ``height x width`` map in MTMamba's direction order (cached)."""
-    key = (height, width, str(device))
-    if key not in _ORDER_CACHE:
-        if not hasattr(scan_ops, "scan_orders"):
-            raise ImportError("pamm.ops.scan_orders is missing: the scan ops package (pamm/ops) is not installed yet")
-        perm, inverse = scan_ops.scan_orders("raster", height, width, SCAN_DIRECTIONS)
-        reorder = list(MTMAMBA_DIRECTION_ORDER)
-        _ORDER_CACHE[key] = (perm[reorder].to(device).contiguous(), inverse[reorder].to(device).contiguous())
-    return _ORDER_CACHE[key]
+    """SS2D's 4 scan orders of an ``height x width`` map in MTMamba's direction order (pamm.ops' cache)."""
+    return scan_ops.scan_orders("raster", height, width, SCAN_DIRECTIONS, device=device,
+                                reorder=MTMAMBA_DIRECTION_ORDER)
 
 
 def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
@@ -173,6 +164,7 @@ class SS2D(nn.Module):
         self.d_conv = d_conv
         self.gated, self.project_out, self.cross = gated, project_out, cross
         self.scan_backend = scan_backend
+        self.scan_settings = None  # pamm.ops.ScanSettings, set by pamm.ops.set_scan_settings
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         T, K, di, N, R = num_tasks, SCAN_DIRECTIONS, self.d_inner, d_state, self.dt_rank
 
@@ -244,6 +236,7 @@ class SS2D(nn.Module):
             inverse=inverse,
             merge="sum",
             backend=self.scan_backend,
+            settings=self.scan_settings,
         )
 
     def forward(self, x: torch.Tensor, cross_input: torch.Tensor | None = None) -> torch.Tensor:

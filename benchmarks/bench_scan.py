@@ -3,7 +3,7 @@
 
 Prints one row per (dtype, shape, backend): forward and forward+backward medians (ms), peak
 memory, the max error against the float64 sequential reference, and the fwd+bwd speed-up over
-the sequential loop ("ref"). fwd+bwd takes the gradients of u, delta, A, B, C and D (reference §10).
+the sequential loop ("ref"). fwd+bwd takes the gradients of u, delta, A, B, C and D.
 
 Backends:
   ref        the sequential loop (pamm.ops.selective_scan_ref) with plain autograd

@@ -1,7 +1,7 @@
 """Time one training step of PAMM (and its backbone alone) at a paper config.
 
 Why: the released PAMM takes 2.07 s per NYUD training step at batch 8 in bf16 on an H100, 12.6x its
-own ViT-L backbone (reference §1.11): the decoder, not the backbone, is the cost. This script
+own ViT-L backbone (docs/performance.md): the decoder, not the backbone, is the cost. This script
 times the same step here: forward under autocast, the multi-task loss, backward, gradient
 clipping and the optimizer step, on a batch produced by the real data pipeline (synthetic data
 in the real on-disk format at the paper resolution, written to a temporary folder).
@@ -81,10 +81,9 @@ def make_batch(dataset: str, size: tuple[int, int], batch: int, device: torch.de
 
 def build_case(model_name: str, variant: str, overrides: dict, dataset: str, profile: str):
     from pamm.config import resolve_config
-    from pamm.engine.train import build_model_for, configure_scan_backend
+    from pamm.engine.train import build_model_for
 
     cfg = resolve_config(profile, dataset, model_name, variant, 0, overrides={"model": overrides} if overrides else None)
-    configure_scan_backend(cfg["model"].get("scan_backend", cfg["train"].get("scan_backend", "auto")))
     torch.manual_seed(0)
     return cfg, build_model_for(cfg)
 
@@ -121,6 +120,7 @@ def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dty
 def run_case(text: str, args, device: torch.device, workdir: Path, backbone_source: dict) -> dict:
     from pamm import ops
     from pamm.engine.profile import timed_runs, write_kernel_table
+    from pamm.engine.train import scan_settings_for
 
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
@@ -136,8 +136,7 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
     model = model.to(device).train()
     size = tuple(cfg["data"]["size"])
     record.update(img_h=size[0], img_w=size[1], params_m=sum(p.numel() for p in model.parameters()) / 1e6,
-                  scan_backend="-" if backbone_only else ops.resolve_backend(
-                      cfg["model"].get("scan_backend", "auto"), device))
+                  scan_backend="-" if backbone_only else ops.resolve(scan_settings_for(cfg), device))
     batch = make_batch(args.dataset, size, args.batch, device, workdir)
     amp = {"bf16": torch.bfloat16, "fp32": None}[args.amp]
     step = step_function(model, cfg, batch, amp, backbone_only)

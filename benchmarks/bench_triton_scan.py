@@ -1,7 +1,7 @@
 """Benchmark the Triton selective scan against mamba-ssm's CUDA kernel and the pure-PyTorch backend.
 
 Why: the Triton backend is meant to replace a compiled extension, so its cost next to that kernel is
-the number that matters, at the shapes PAMM actually runs (reference §10):
+the number that matters, at the shapes PAMM actually runs:
 
   S1 (b, d, l, n) = (2, 384, 4800, 16)    few channels, long l (the chunked, multi-segment regime)
   S2              = (16, 1536, 1008, 16)  PAMM NYUD stage, batch 1, 4 tasks x 4 directions
@@ -17,8 +17,8 @@ and gradient error against the CUDA kernel, and the triton / cuda time ratio. Fo
 times the whole multi-direction call: gather → scan → merge with the CUDA kernel against the fused
 Triton entry (orders read and written inside the kernel), with the batch split into tasks x 4
 directions over the 28x36 (S2) or 32x32 (S4) token grid, and against the Triton scan behind the
-gather → scan → merge path (``triton@multi=gather``: what ``pamm.ops.multi_direction_scan`` runs when
-``$PAMM_TRITON_MULTI=gather``, or when ``auto`` times it faster).
+gather → scan → merge path (``triton@multi=gather``: what ``pamm.ops.multi_direction_scan`` runs with
+``triton_multi: gather``, the default).
 
 Where the time goes: ``--kernel-tables DIR`` writes, per row, torch.profiler's table of one forward+backward
 (kernels, copies, fills, by self CUDA time); ``--no-single --scan-kind identity`` times the fused call with
@@ -91,48 +91,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "single-segment plans only, so use with S2-S4")
     parser.add_argument("--triton-bwd-variants", nargs="*", default=[], choices=list(BWD_VARIANTS),
                         help="also time the triton backend with its backward held to one variant (backend "
-                             "'triton@bwd=V'): the token kernel's four, its split form, the autotuned choice "
-                             "without the split form ('nosplit'; plain 'triton' lets the autotuner choose among "
-                             "the two batched ones and the split one) or the tile kernel ($PAMM_TRITON_BWD=tile)")
+                             "'triton@bwd=V'): the token kernel's loop without or with prefetching, its split "
+                             "form, the autotuned choice without the split form ('nosplit'; plain 'triton' lets "
+                             "the autotuner choose among all three) or the tile kernel (triton_bwd: tile)")
     parser.add_argument("--triton-bc-orders", nargs="*", default=[], choices=["scan", "token"],
                         help="also time the fused multi-direction call with B and C handed over in each "
                              "direction's scan order (the default) or read through the permutation (backend "
-                             "'triton@bc=O', $PAMM_TRITON_BC_ORDER)")
+                             "'triton@bc=O', triton_bc_order)")
     return parser.parse_args(argv)
 
 
-# the backward, by name: scan_bwd_kernel's (PREFETCH, BATCH_IO) pairs, its SPLIT form, the autotuned choice
-# without SPLIT, or the tile kernel
+# the backward, by name: scan_bwd_kernel's loop without or with PREFETCH, its SPLIT form, the autotuned
+# choice without SPLIT (plan fields), or the tile kernel (a setting)
 BWD_VARIANTS = {
-    "plain": dict(bwd_prefetch=False, bwd_batch_io=False),
-    "prefetch": dict(bwd_prefetch=True, bwd_batch_io=False),
-    "batched": dict(bwd_prefetch=False, bwd_batch_io=True),
-    "both": dict(bwd_prefetch=True, bwd_batch_io=True),
+    "loop": dict(bwd_prefetch=False),
+    "prefetch": dict(bwd_prefetch=True),
     "split": dict(bwd_split=True),
     "nosplit": dict(bwd_split=False),
-    "tile": dict(bwd_kind="tile"),
+    "tile": dict(triton_bwd="tile"),
 }
 
 
-def forced_plan(call: Callable[[dict], torch.Tensor], spec: str) -> Callable[[dict], torch.Tensor]:
-    """Run ``call`` with part of the Triton plan fixed: ``spec`` is a CHUNK ('32'), 'bwd=<variant>' (the
-    backward reuses the plan saved by the forward) or 'bc=<order>' (the fused call's B/C layout)."""
-    from pamm.ops.triton_scan import _force_plan
+def triton_options(spec: str = "") -> dict:
+    """``settings`` (the defaults with the environment's overrides) and ``plan`` for a triton call, parts of
+    them fixed by ``spec``, comma-separated: a CHUNK ('32'), 'bwd=<variant>', 'bc=<order>' (the fused call's
+    B/C layout) or 'multi=<path>' (pamm.ops.multi_direction_scan's path)."""
+    from pamm.ops import ScanSettings
+    from pamm.ops.triton import PlanOverrides
 
-    if spec.startswith("bwd="):
-        fields = BWD_VARIANTS[spec.removeprefix("bwd=")]
-    elif spec.startswith("bc="):
-        fields = dict(bc_order=spec.removeprefix("bc="))
-    elif spec.startswith("multi="):
-        fields = dict(multi_path=spec.removeprefix("multi="))
-    else:
-        fields = dict(chunk=int(spec))
-
-    def run(x: dict) -> torch.Tensor:
-        with _force_plan(**fields):
-            return call(x)
-
-    return run
+    settings, fields = ScanSettings.from_config(None), {}
+    for part in filter(None, spec.split(",")):
+        name, _, value = part.rpartition("=")
+        if name == "bwd":
+            variant = dict(BWD_VARIANTS[value])
+            if "triton_bwd" in variant:
+                settings = settings.forced(triton_bwd=variant.pop("triton_bwd"))
+            fields.update(variant)
+        elif name in ("bc", "multi"):
+            settings = settings.forced(**{"triton_bc_order" if name == "bc" else "triton_multi": value})
+        else:
+            fields["chunk"] = int(value)
+    return {"settings": settings, "plan": PlanOverrides(**fields)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,14 +165,14 @@ def single_call(backend: str) -> Callable[[dict], torch.Tensor]:
     """cuda / torch through pamm.ops.selective_scan; triton called directly (no dispatch in the way)."""
     import pamm.ops as ops
 
-    if backend.startswith("triton@"):
-        return forced_plan(single_call("triton"), backend.split("@", 1)[1])
-    if backend == "triton":
-        from pamm.ops.triton_scan import selective_scan_triton
+    if backend == "triton" or backend.startswith("triton@"):
+        from pamm.ops.triton import selective_scan_triton
+
+        options = triton_options(backend.partition("@")[2])
 
         def run_triton(x: dict) -> torch.Tensor:
             return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"],
-                                         True)
+                                         True, **options)
 
         return run_triton
 
@@ -218,23 +217,23 @@ def multi_call(backend: str, perm: torch.Tensor, inverse: torch.Tensor) -> Calla
 
     library = getattr(ops, "multi_direction_scan", None)
 
-    def via_library(scan_backend: str) -> Callable[[dict], torch.Tensor]:
+    def via_library(scan_backend: str, settings=None) -> Callable[[dict], torch.Tensor]:
         def call(x: dict) -> torch.Tensor:
             return library(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True,
-                           perm=perm, inverse=inverse, merge="sum", backend=scan_backend)
+                           perm=perm, inverse=inverse, merge="sum", backend=scan_backend, settings=settings)
 
         return call
 
-    if backend.startswith("triton@multi="):  # pamm.ops.multi_direction_scan on the triton backend, one path forced
-        return forced_plan(via_library("triton"), backend.split("@", 1)[1])
-    if backend.startswith("triton@"):
-        return forced_plan(multi_call("triton", perm, inverse), backend.split("@", 1)[1])
-    if backend == "triton":
-        from pamm.ops.triton_scan import multi_direction_scan_triton
+    if backend.startswith("triton@multi="):  # pamm.ops.multi_direction_scan on the triton backend, one path set
+        return via_library("triton", triton_options(backend.partition("@")[2])["settings"])
+    if backend == "triton" or backend.startswith("triton@"):
+        from pamm.ops.triton import multi_direction_scan_triton
+
+        options = triton_options(backend.partition("@")[2])
 
         def fused(x: dict) -> torch.Tensor:
             return multi_direction_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"],
-                                               True, perm=perm, inverse=inverse, merge="sum")
+                                               True, perm=perm, inverse=inverse, merge="sum", **options)
 
         return fused
     if library is not None:
@@ -370,11 +369,10 @@ def print_table(records: list[dict]) -> None:
 
 def print_autotuned_configs() -> None:
     """What the autotuner chose per problem key (block, warps and, for the backward, the variant)."""
-    from pamm.ops.triton_scan import _kernels
+    from pamm.ops.triton.launch import kernel_table
 
-    kernels = _kernels()
-    for kind in ("fwd", "bwd", "bwd_tile"):
-        tuned = kernels[f"{kind}_tuned"]
+    table = kernel_table()
+    for kind, tuned in table.tuned.items():
         for key, config in sorted(getattr(tuned, "cache", {}).items(), key=str):
             print(f"autotuned {kind}: key={key} -> {config}")
 
@@ -384,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_triton_scan: needs a CUDA GPU (none found); nothing measured.")
         return 0
-    from pamm.ops.triton_scan import triton_available
+    from pamm.ops.triton import triton_available
 
     ok, why = triton_available()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {why}")

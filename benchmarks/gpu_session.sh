@@ -24,6 +24,8 @@
 #   step         benchmarks/bench_train_step.py: PAMM's NYUD training step, batch 8, bf16
 #   experts      benchmarks/bench_experts.py: the fused B/C expert convolutions against one at a time
 #   steptile     the PAMM step with the triton backend and its tile backward ($PAMM_TRITON_BWD=tile)
+#   stepfused    the PAMM step with the triton backend's fused multi-direction call ($PAMM_TRITON_MULTI=fused;
+#                the default, gather, is in step)
 #   eff:DATASETS scripts/efficiency_table.py for DATASETS (comma list, e.g. eff:nyud,pascal)
 #   sweep        pamm-bench sweep at the paper config, 224..1024 px, PAMM / MTMamba / InvPT
 # Output: $OUT (or results/.tmp/gpu) holds gpu_session.tgz (every log, CSV and trace) and the last log.
@@ -138,7 +140,7 @@ stage_scan() {
 
 stage_tscan() {  # the Triton kernels against the CUDA kernel only (no slow torch rows)
     cached_run tscan "$PY" benchmarks/bench_triton_scan.py --backends cuda triton --csv "$WORK/bench_triton_scan.csv" \
-        --triton-bwd-variants split nosplit --triton-bc-orders token --kernel-tables "$WORK/kernels"
+        --triton-bwd-variants loop prefetch split nosplit --triton-bc-orders token --kernel-tables "$WORK/kernels"
 }
 
 stage_tdiag() {  # S2, S4, P8 fused calls without (identity) and with some (raster) permuted accesses
@@ -156,6 +158,11 @@ stage_step() {
 stage_steptile() {
     run train_step_tile env PAMM_TRITON_BWD=tile "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step_tile.csv" \
         --cases "pamm:as_released,scan_backend=triton" "pamm,scan_backend=triton"
+}
+
+stage_stepfused() {
+    cached_run train_step_fused env PAMM_TRITON_MULTI=fused "$PY" benchmarks/bench_train_step.py \
+        --csv "$WORK/train_step_fused.csv" --cases "pamm:as_released,scan_backend=triton" "pamm,scan_backend=triton"
 }
 
 stage_experts() {
@@ -188,6 +195,7 @@ for stage in "$@"; do
         step) stage_step ;;
         experts) stage_experts ;;
         steptile) stage_steptile ;;
+        stepfused) stage_stepfused ;;
         eff:*) stage_eff "${stage#eff:}" ;;
         sweep) stage_sweep ;;
         *) echo "gpu_session.sh: unknown stage '$stage' (see the header)" >&2; exit 2 ;;

@@ -57,9 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from pamm.ops.triton_scan import BWD_KINDS  # noqa: E402  (imports no kernel: those load on first use)
+from pamm.ops.settings import TRITON_BWD_KINDS as BWD_KINDS  # noqa: E402  (imports no kernel)
 
-FIELDS = ["call", "shape", "bwd_kind", "kernel", "pass", "block_d", "num_warps", "prefetch", "batch_io", "split", "sub",
+FIELDS = ["call", "shape", "bwd_kind", "kernel", "pass", "block_d", "num_warps", "prefetch", "split", "sub",
           "chunk", "block_n", "maxnreg", "regs", "spill_bytes", "stack_bytes", "shared_bytes", "warps_per_sm",
           "sass_instr", "sass_loops", "compile_s", "status"]
 # Per-SM limits of the architectures this report knows: registers, warps, blocks, shared bytes per block.
@@ -82,9 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", nargs="+", default=["single", "multi"], choices=["single", "multi"],
                         help="the plain scan, and the fused multi-direction call (shapes with a grid)")
     parser.add_argument("--bwd", nargs="+", default=list(BWD_KINDS), choices=BWD_KINDS,
-                        help="backward kernels to build (token: scan_bwd_kernel; tile: $PAMM_TRITON_BWD=tile)")
+                        help="backward kernels to build (token: scan_bwd_kernel; tile: triton_bwd: tile)")
     parser.add_argument("--bc-orders", nargs="+", default=["scan", "token"], choices=["scan", "token"],
-                        help="the fused call's B/C layouts to build ($PAMM_TRITON_BC_ORDER; tscan times both)")
+                        help="the fused call's B/C layouts to build (triton_bc_order; tscan times both)")
     parser.add_argument("--configs", default="pruned", choices=["pruned", "all", "one"],
                         help="per launch: the autotuner's candidates after its pruning, every config, or the "
                              "single config it keeps with autotuning off")
@@ -158,82 +158,59 @@ class _Recorder:
         return launch
 
 
-class _KernelModule:
-    """The kernels module, its ``scan_*_kernel`` and ``segment_carry_kernel`` replaced by recorders."""
-
-    def __init__(self, module, sink: list) -> None:
-        self._module, self._sink = module, sink
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._module, name)
-        return _Recorder(name, attr, self._sink) if name.endswith("_kernel") else attr
-
-
-def _candidates(tuned, prune, mode: str):
+def _candidates(kind: str, mode: str):
     """The autotuner's configs for a launch's arguments: pruned as it prunes them, all, or the one it keeps
     with autotuning off."""
+    from pamm.ops.triton import autotune
+
+    configs, prune = autotune.CANDIDATES[kind]
+
     def pick(args: dict) -> list:
-        configs = list(tuned.configs)
-        if mode != "all":
-            with _env("PAMM_TRITON_AUTOTUNE", "0" if mode == "one" else "1"):
-                configs = prune(configs, args)
-        return [(dict(c.kwargs), c.num_warps, c.num_stages, getattr(c, "maxnreg", None)) for c in configs]
+        kept = configs() if mode == "all" else prune(configs(), args, autotune=mode != "one")
+        return [(dict(c.kwargs), c.num_warps, c.num_stages, getattr(c, "maxnreg", None)) for c in kept]
 
     return pick
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-@contextlib.contextmanager
 def recording(sm_count: int, config_mode: str):
-    """Swap the backend's kernel table for recorders; yields the list that collects the launches."""
-    import pamm.ops.triton_scan as ts
+    """Swap the backend's kernel table for recorders (and let it take meta tensors on a device with
+    ``sm_count`` multiprocessors); yields the list that collects the launches."""
+    from pamm.ops.triton import availability, launch
 
-    real = ts._kernels()
-    if real["interpreted"]:
+    real = launch.kernel_table()
+    if real.interpreted:
         raise SystemExit("TRITON_INTERPRET is set: unset it, the report compiles the kernels")
     sink: list[Launch] = []
-    prune = {"fwd": ts._prune_fwd_configs, "bwd": ts._prune_bwd_configs, "bwd_tile": ts._prune_bwd_tile_configs}
-    table = {"module": _KernelModule(real["module"], sink), "interpreted": False}
-    for kind, fn_name in (("fwd", "scan_fwd_kernel"), ("bwd", "scan_bwd_kernel"), ("bwd_tile", "scan_bwd_tile_kernel")):
-        tuned = real[f"{kind}_tuned"]
-        table[f"{kind}_tuned"] = _Recorder(fn_name, getattr(real["module"], fn_name), sink,
-                                           _candidates(tuned, prune[kind], config_mode))
-    saved = (ts._kernels, ts._check_device, ts._sm_count)
-    ts._kernels, ts._check_device, ts._sm_count = (lambda: table), (lambda *t: None), (lambda device: sm_count)
-    ts._auto_plan.cache_clear()
+    names = {kind: fn.__name__ if hasattr(fn, "__name__") else fn.fn.__name__ for kind, fn in real.raw.items()}
+    table = launch.KernelTable(
+        interpreted=False, raw={kind: _Recorder(names[kind], fn, sink) for kind, fn in real.raw.items()},
+        tuned={kind: _Recorder(names[kind], real.raw[kind], sink, _candidates(kind, config_mode)) for kind in real.tuned})
+    saved = (launch.kernel_table, availability.check_device, availability.sm_count)
+    launch.kernel_table = lambda: table
+    availability.check_device = lambda *t: None
+    availability.sm_count = lambda device: sm_count
     try:
         yield sink
     finally:
-        ts._kernels, ts._check_device, ts._sm_count = saved
-        ts._auto_plan.cache_clear()
+        launch.kernel_table, availability.check_device, availability.sm_count = saved
 
 
 def record_call(call: str, spec: dict, bwd_kind: str, sm_count: int, config_mode: str,
                 bc_order: str = "scan") -> list[Launch]:
     """Run one benchmark call forward and backward on meta tensors; return the launches it made."""
     import bench_triton_scan as bench
-    from pamm.ops.triton_scan import _force_plan
 
+    parts = ([f"bwd={bwd_kind}"] if bwd_kind == "tile" else []) + ([f"bc={bc_order}"] if call == "multi" else [])
+    backend = "triton@" + ",".join(parts) if parts else "triton"
     if call == "single":
-        x, fn = _meta_inputs(bench.make_inputs, spec), bench.single_call("triton")
+        x, fn = _meta_inputs(bench.make_inputs, spec), bench.single_call(backend)
     else:
         x, perm, inverse = _meta_multi(bench, spec)
-        fn = bench.multi_call("triton", perm, inverse)
+        fn = bench.multi_call(backend, perm, inverse)
     for name in bench.GRAD_NAMES:
         x[name].requires_grad_(True)
-    with recording(sm_count, config_mode) as sink, _force_plan(bwd_kind=bwd_kind, bc_order=bc_order):
+    with recording(sm_count, config_mode) as sink:
         out = fn(x)
         out.backward(torch.ones_like(out))
     for launch in sink:
@@ -345,7 +322,6 @@ def compile_config(launch: Launch, config: tuple, arch: int, labels: dict) -> di
     row = {**labels, "kernel": launch.kernel, "pass": "local" if launch.args.get("LOCAL_PASS") else "main",
            "block_d": constexprs.get("BLOCK_D", launch.args.get("BLOCK_D")), "num_warps": num_warps,
            "prefetch": constexprs.get("PREFETCH", launch.args.get("PREFETCH", "")),
-           "batch_io": constexprs.get("BATCH_IO", launch.args.get("BATCH_IO", "")),
            "split": constexprs.get("SPLIT", launch.args.get("SPLIT", "")),
            "sub": constexprs.get("SUB", launch.args.get("SUB", "")),
            "chunk": launch.args.get("CHUNK"), "block_n": launch.args.get("BLOCK_N"), "maxnreg": maxnreg or ""}

@@ -26,11 +26,10 @@ def usable_backends() -> list[str]:
 
 def tiny_model(name: str, variant: str, backend: str):
     from pamm.config import resolve_config
-    from pamm.engine.train import build_model_for, configure_scan_backend
+    from pamm.engine.train import build_model_for
 
-    overrides = {"model": {"scan_backend": backend}} if name in SCAN_MODELS else None
+    overrides = {"model": {"scan_backend": backend}, "train": {"scan_backend": backend}} if name in SCAN_MODELS else None
     cfg = resolve_config("tiny", "nyud", name, variant, 0, overrides=overrides)
-    configure_scan_backend(backend)
     torch.manual_seed(0)
     return cfg, build_model_for(cfg).cuda()
 

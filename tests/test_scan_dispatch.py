@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import pamm.ops.backends as backends
+from pamm.ops import ScanSettings
 
 
 @pytest.mark.parametrize(
@@ -13,23 +14,21 @@ import pamm.ops.backends as backends
 )
 def test_auto_on_cuda_prefers_kernel_then_triton_then_torch(monkeypatch, cuda_reason, triton_reason, expected):
     monkeypatch.setattr(backends, "_cuda_supports", lambda *a: cuda_reason)
-    monkeypatch.setattr(backends, "_triton_supports", lambda *a: triton_reason)
-    monkeypatch.setattr(backends, "_default_backend", None)
-    monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
+    monkeypatch.setattr(backends.triton_availability, "supports", lambda *a: triton_reason)
     assert backends.resolve_backend("auto", torch.device("cuda")) == expected
+    assert backends.resolve(ScanSettings(), torch.device("cuda")) == expected
 
 
-def test_auto_on_cpu_is_torch_and_forced_default_wins(monkeypatch):
+def test_auto_on_cpu_is_torch_and_a_named_setting_wins(monkeypatch):
     monkeypatch.setattr(backends, "_cuda_supports", lambda *a: None)
-    monkeypatch.setattr(backends, "_triton_supports", lambda *a: None)
-    monkeypatch.setattr(backends, "_default_backend", None)
-    monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
-    assert backends.resolve_backend("auto", "cpu") == "torch"
-    backends.set_default_backend("ref")
-    try:
-        assert backends.resolve_backend("auto", "cpu") == "ref"
-    finally:
-        backends.set_default_backend(None)
+    monkeypatch.setattr(backends.triton_availability, "supports", lambda *a: None)
+    assert backends.resolve(ScanSettings(), "cpu") == "torch"
+    assert backends.resolve(ScanSettings(backend="ref"), "cpu") == "ref"
+    from_env = ScanSettings.from_config({"backend": "torch"}, environ={"PAMM_SCAN_BACKEND": "ref"})
+    assert backends.resolve(from_env, "cpu") == "ref"
+    unknown = ScanSettings.from_config(None, environ={"PAMM_SCAN_BACKEND": "nope"})
+    with pytest.raises(ValueError, match=r"\$PAMM_SCAN_BACKEND='nope': unknown selective-scan backend"):
+        backends.resolve(unknown, "cpu")
 
 
 def test_forcing_a_backend_that_cannot_run_says_why(monkeypatch):
@@ -109,3 +108,35 @@ def test_inference_and_tracing_go_through_the_op(monkeypatch):
     u = inputs[0].requires_grad_()  # a training input, but traced: the op keeps the graph one node
     graph = torch.jit.trace(lambda x: ops.selective_scan(x, *inputs[1:5], backend="cuda"), u, check_trace=False)
     assert "pamm::selective_scan" in str(graph.graph)
+
+
+@pytest.mark.parametrize("model_name", ["pamm", "mtmamba"])
+def test_a_runs_scan_settings_reach_every_scan_call_and_its_record(monkeypatch, model_name):
+    """The engine builds the model with the run's settings, on every scanning module: every scan call of a
+    forward runs the backend they name (here ``ref``, forced by the config; PAMM only, ``ref`` is slow),
+    the settings travel with the call, and what the run records as its backend is that one. A model's own
+    named backend wins, and is what is recorded."""
+    from pamm import ops
+    from pamm.config import resolve_config
+    from pamm.engine.train import build_model_for, scan_settings_for
+
+    for var in ("PAMM_SCAN_BACKEND", "PAMM_SCAN_BLOCK_ELEMENTS"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = resolve_config("tiny", "nyud", model_name, "default", 0, overrides={"train": {"scan_backend": "ref"}})
+    torch.manual_seed(0)
+    model = build_model_for(cfg).eval()
+    scanning = [m for m in model.modules() if hasattr(m, "scan_settings")]
+    assert scanning and all(m.scan_settings == scan_settings_for(cfg) for m in scanning)
+    assert ops.resolve(scan_settings_for(cfg), "cpu") == "ref"
+    named = resolve_config("tiny", "nyud", model_name, "default", 0,
+                           overrides={"train": {"scan_backend": "ref"}, "model": {"scan_backend": "torch"}})
+    assert ops.resolve(scan_settings_for(named), "cpu") == "torch"
+    if model_name != "pamm":
+        return
+    calls = []
+    real = torch.ops.pamm.selective_scan
+    monkeypatch.setattr(torch.ops.pamm, "selective_scan", lambda *a: calls.append((a[9], a[10])) or real(*a))
+    with torch.no_grad():
+        model(torch.randn(1, 3, *cfg["data"]["size"], generator=torch.Generator().manual_seed(1)))
+    assert calls and {backend for backend, _ in calls} == {"ref"}
+    assert {ScanSettings.from_key(key).backend for _, key in calls} == {"ref"}

@@ -35,9 +35,9 @@ def make_inputs(batch, channels, length, d_state, groups=None, *, D=True, z=True
     }
 
 
-def run_with_grads(inputs, backend, softplus, grad_out=None):
+def run_with_grads(inputs, backend, softplus, grad_out=None, settings=None):
     leaves = {k: (None if v is None else v.detach().clone().requires_grad_(True)) for k, v in inputs.items()}
-    out = selective_scan(**leaves, delta_softplus=softplus, backend=backend)
+    out = selective_scan(**leaves, delta_softplus=softplus, backend=backend, settings=settings)
     if grad_out is None:
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
     present = [k for k in FIELDS if leaves[k] is not None]
@@ -45,12 +45,12 @@ def run_with_grads(inputs, backend, softplus, grad_out=None):
     return out, dict(zip(present, grads)), grad_out
 
 
-def assert_torch_matches_ref(inputs, softplus, atol=1e-10):
+def assert_torch_matches_ref(inputs, softplus, atol=1e-10, settings=None):
     """Forward and every gradient within ``atol`` (relative to the largest reference value when > 1)."""
     if not softplus:  # without softplus callers pass a positive step size; a negative one makes dt·A > 0
         inputs = dict(inputs, delta=inputs["delta"].abs())
     ref_out, ref_grads, grad_out = run_with_grads(inputs, "ref", softplus)
-    out, grads, _ = run_with_grads(inputs, "torch", softplus, grad_out)
+    out, grads, _ = run_with_grads(inputs, "torch", softplus, grad_out, settings)
     torch.testing.assert_close(out, ref_out, atol=atol * max(1.0, ref_out.abs().max().item()), rtol=0)
     assert grads.keys() == ref_grads.keys()
     for key in grads:
@@ -82,11 +82,29 @@ def test_torch_matches_ref_on_random_shapes(batch, channels, length, d_state, gr
     assert_torch_matches_ref(make_inputs(batch, channels, length, d_state, groups), softplus=True)
 
 
-@pytest.mark.parametrize("block_elements", ["1", "40", "200"])
-def test_torch_matches_ref_across_many_blocks(monkeypatch, block_elements):
+@pytest.mark.parametrize("block_elements", [1, 40, 200])
+def test_torch_matches_ref_across_many_blocks(block_elements):
     """Tiny block budgets force many blocks, ragged last blocks and lengths not a multiple of the chunk."""
-    monkeypatch.setenv("PAMM_SCAN_BLOCK_ELEMENTS", block_elements)
-    assert_torch_matches_ref(make_inputs(2, 4, 45, 3, groups=2), softplus=True)
+    settings = ops.ScanSettings(torch_block_elements=block_elements)
+    assert_torch_matches_ref(make_inputs(2, 4, 45, 3, groups=2), softplus=True, settings=settings)
+
+
+def test_block_budget_reaches_the_torch_backend_from_settings_and_environment(monkeypatch):
+    """The saved states have one slot per block plus the final state: 45 positions of 2·4·3 elements are
+    one block under the CPU default, 45 blocks at a budget of 24 elements, set by the settings or, for a
+    call given none, by $PAMM_SCAN_BLOCK_ELEMENTS."""
+    from pamm.ops.backends import get_backend
+
+    inputs = make_inputs(2, 4, 45, 3, groups=2)
+    B4, C4 = inputs["B"], inputs["C"]
+    args = (inputs["u"], inputs["delta"], inputs["A"], B4, C4, inputs["D"], None, None, True)
+    monkeypatch.delenv("PAMM_SCAN_BLOCK_ELEMENTS", raising=False)
+    default = torch.ops.pamm.selective_scan(*args, "torch")[1]
+    tiny = torch.ops.pamm.selective_scan(*args, "torch", ops.ScanSettings(torch_block_elements=24).key())[1]
+    assert (default.shape[2], tiny.shape[2]) == (2, 46)
+    monkeypatch.setenv("PAMM_SCAN_BLOCK_ELEMENTS", "24")
+    assert torch.ops.pamm.selective_scan(*args, "torch")[1].shape[2] == 46
+    assert get_backend("torch").state_slots(2, 4, 45, 3, "cpu", ops.ScanSettings(torch_block_elements=24)) == 46
 
 
 @pytest.mark.parametrize("d_state,groups", [(1, 2), (64, 4)])
@@ -157,7 +175,8 @@ def test_gradcheck_custom_op():
 
 def test_opcheck_custom_op():
     inputs = make_inputs(2, 4, 5, 2, groups=2)
-    args = (*[inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")], True, "torch")
+    settings = ops.ScanSettings(torch_block_elements=16).key()  # several blocks: the fake op must agree
+    args = (*[inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")], True, "torch", settings)
     args = tuple(a.requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(
         torch.ops.pamm.selective_scan.default,
@@ -292,12 +311,31 @@ def test_flop_counter_mode_sees_one_scan_node():
 
     inputs = make_inputs(2, 8, 16, 4, groups=2, dtype=torch.float32)
     leaves = {k: v.requires_grad_(True) for k, v in inputs.items()}
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=ops.flop_counter_formulas()) as counter:
         out = selective_scan(**leaves, delta_softplus=True, backend="torch")
         out.sum().backward()
     forward = selective_scan_flops(2, 16, 8, 4, with_D=True, with_z=True)
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     assert counts == {"pamm.selective_scan": forward, "pamm.selective_scan_backward": 2 * forward}
+
+
+def test_flop_counter_mode_learns_the_formula_only_when_told():
+    """Importing pamm.ops registers nothing with torch's counter; register_flop_counter_formulas() does,
+    for every counter created afterwards (a fresh process: the registry is process-wide)."""
+    code = (
+        "import torch, pamm.ops as ops\n"
+        "from torch.utils.flop_counter import FlopCounterMode\n"
+        "u, delta, B, C = torch.randn(1, 4, 6), torch.rand(1, 4, 6), torch.randn(1, 2, 6), torch.randn(1, 2, 6)\n"
+        "A = -torch.rand(4, 2)\n"
+        "def count():\n"
+        "    with FlopCounterMode(display=False) as counter:\n"
+        "        ops.selective_scan(u, delta, A, B, C, backend='torch')\n"
+        "    return counter.get_total_flops()\n"
+        "assert count() == 0, 'registered at import'\n"
+        "assert ops.register_flop_counter_formulas() and ops.register_flop_counter_formulas()\n"
+        "assert count() == ops.selective_scan_flops(1, 6, 4, 2, with_D=False), count()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_fvcore_handle_sees_pamm_selective_scan():
@@ -335,26 +373,73 @@ def test_ptflops_aten_hook():
 # --------------------------------------------------------------------------------------------
 # Backend selection, import cost, doctor
 # --------------------------------------------------------------------------------------------
-def test_backend_resolution(monkeypatch):
-    monkeypatch.delenv(ops.BACKEND_ENV_VAR, raising=False)
-    ops.set_default_backend(None)
-    try:
-        assert ops.resolve_backend("auto", "cpu") == "torch"
-        assert ops.resolve_backend("ref", "cpu") == "ref"
-        with pytest.raises(RuntimeError):
-            ops.resolve_backend("cuda", "cpu")
-        with pytest.raises(ValueError):
-            ops.resolve_backend("nope", "cpu")
-        monkeypatch.setenv(ops.BACKEND_ENV_VAR, "ref")
-        assert ops.get_default_backend() == "ref"
-        assert ops.resolve_backend("auto", "cpu") == "ref"
-        ops.set_default_backend("torch")  # beats the env var
-        assert ops.resolve_backend("auto", "cpu") == "torch"
-        assert ops.resolve_backend("ref", "cpu") == "ref"  # explicit names are not overridden
-        with pytest.raises(ValueError):
-            ops.set_default_backend("nope")
-    finally:
-        ops.set_default_backend(None)
+def test_backend_resolution_takes_the_settings_and_a_named_backend(monkeypatch):
+    monkeypatch.delenv("PAMM_SCAN_BACKEND", raising=False)
+    assert ops.resolve_backend("auto", "cpu") == "torch"
+    assert ops.resolve_backend("ref", "cpu") == "ref"
+    with pytest.raises(RuntimeError):
+        ops.resolve_backend("cuda", "cpu")
+    with pytest.raises(ValueError):
+        ops.resolve_backend("nope", "cpu")
+    assert ops.resolve(ops.ScanSettings(backend="ref"), "cpu") == "ref"
+    # a call's named backend wins over the settings; "auto" leaves the choice to them
+    inputs = make_inputs(1, 2, 5, 2, groups=None, z=False, bias=False)
+    seen = []
+    real = torch.ops.pamm.selective_scan
+    monkeypatch.setattr(torch.ops.pamm, "selective_scan", lambda *a: seen.append(a[9]) or real(*a))
+    selective_scan(**inputs, settings=ops.ScanSettings(backend="ref"))
+    selective_scan(**inputs, backend="torch", settings=ops.ScanSettings(backend="ref"))
+    monkeypatch.setenv("PAMM_SCAN_BACKEND", "ref")  # a call given no settings: the environment's
+    selective_scan(**inputs)
+    assert seen == ["ref", "torch", "ref"]
+
+
+def test_scan_settings_from_config_environment_and_back():
+    settings = ops.ScanSettings.from_config(
+        {"backend": "triton", "triton_bwd": "tile", "triton_autotune": False, "torch_block_elements": 4096},
+        environ={"PAMM_TRITON_BC_ORDER": "token", "PAMM_TRITON_MULTI": " ", "PAMM_TRITON_BWD": "token"})
+    assert (settings.backend, settings.triton_bwd, settings.triton_bc_order, settings.triton_multi) == (
+        "triton", "token", "token", "gather")  # the environment overrides the section; blank is unset
+    assert settings.env_overrides == (("triton_bwd", "PAMM_TRITON_BWD"), ("triton_bc_order", "PAMM_TRITON_BC_ORDER"))
+    assert settings.source("triton_bwd") == "$PAMM_TRITON_BWD" and settings.source("backend") == "config"
+    record = settings.record()
+    assert record["env_overrides"] == {"triton_bwd": "PAMM_TRITON_BWD", "triton_bc_order": "PAMM_TRITON_BC_ORDER"}
+    again = ops.ScanSettings.from_config(settings.to_dict(), environ={})
+    assert again.to_dict() == settings.to_dict() and again.env_overrides == ()
+    assert ops.ScanSettings.from_key(settings.key()).to_dict() == settings.to_dict()
+    env = ops.ScanSettings.from_config(None, environ={"PAMM_TRITON_AUTOTUNE": "off", "PAMM_SCAN_BLOCK_ELEMENTS": "64"})
+    assert (env.triton_autotune, env.torch_block_elements) == (False, 64)
+    assert env.forced(triton_autotune=True).env_overrides == (("torch_block_elements", "PAMM_SCAN_BLOCK_ELEMENTS"),)
+    assert ops.ScanSettings.from_config({}, environ={}) == ops.ScanSettings()
+
+
+@pytest.mark.parametrize("section, environ, message", [
+    ({"triton_bwd": "sideways"}, {}, r"train.scan.triton_bwd='sideways' is not one of \['token', 'tile'\]"),
+    ({}, {"PAMM_TRITON_MULTI": "auto"}, r"\$PAMM_TRITON_MULTI='auto' is not one of \['gather', 'fused'\]"),
+    ({}, {"PAMM_TRITON_AUTOTUNE": "maybe"}, r"\$PAMM_TRITON_AUTOTUNE='maybe' must be true or false"),
+    ({"torch_block_elements": 0}, {}, r"train.scan.torch_block_elements=0 must be a positive integer"),
+    ({}, {"PAMM_SCAN_BLOCK_ELEMENTS": "1e6"}, r"\$PAMM_SCAN_BLOCK_ELEMENTS='1e6' must be a positive integer"),
+    ({"triton_autotune": "yes"}, {}, r"train.scan.triton_autotune='yes' must be true or false"),
+    ({"bwd": "tile"}, {}, r"train.scan: unknown key\(s\) \['bwd'\]"),
+])
+def test_scan_settings_name_the_bad_key_or_variable(section, environ, message):
+    with pytest.raises(ValueError, match=message):
+        ops.ScanSettings.from_config(section, environ=environ, where="train.scan")
+
+
+def test_set_scan_settings_reaches_every_scanning_module():
+    class Scanner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scan_settings = None
+
+    model = torch.nn.Sequential(Scanner(), torch.nn.Linear(2, 2), torch.nn.Sequential(Scanner()))
+    settings = ops.ScanSettings(backend="ref")
+    assert ops.set_scan_settings(model, settings) == 2
+    assert model[0].scan_settings is settings and model[2][0].scan_settings is settings
+    assert not hasattr(model[1], "scan_settings")
+    with pytest.raises(TypeError, match="ScanSettings"):
+        ops.set_scan_settings(model, {"backend": "ref"})
 
 
 def test_cuda_backend_plumbing_with_a_stand_in_for_mamba_ssm(monkeypatch):
@@ -369,7 +454,7 @@ def test_cuda_backend_plumbing_with_a_stand_in_for_mamba_ssm(monkeypatch):
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     monkeypatch.setattr(backends, "_MAMBA_STATUS", {"available": True, "fn": stand_in, "version": "stand-in", "error": None})
-    monkeypatch.delenv(ops.BACKEND_ENV_VAR, raising=False)
+    monkeypatch.delenv("PAMM_SCAN_BACKEND", raising=False)
     assert ops.resolve_backend("auto", "cuda", torch.float32) == "cuda"
     assert ops.resolve_backend("auto", "cuda", torch.bfloat16) == "cuda"
     assert ops.resolve_backend("auto", "cuda", torch.float64) == "torch"  # the kernel has no fp64
@@ -392,22 +477,26 @@ def test_cuda_backend_plumbing_with_a_stand_in_for_mamba_ssm(monkeypatch):
     assert seen[0] == {"u": torch.bfloat16, "delta": torch.bfloat16, "A": torch.float32, "B": torch.bfloat16, "C": torch.bfloat16, "D": torch.float32}
 
 
-def test_import_is_cheap_and_lazy():
+def test_import_is_cheap_lazy_and_without_side_effects():
     code = (
-        "import sys, pamm.ops\n"
+        "import sys\n"
+        "hooks = list(sys.meta_path)\n"
+        "import pamm.ops, pamm.ops.triton\n"
         "heavy = [m for m in ('mamba_ssm', 'fvcore', 'ptflops', 'triton', 'torch.utils.flop_counter') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
+        "assert sys.meta_path == hooks, sys.meta_path\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_backend_report():
     report = ops.backend_report()
-    for key in ("torch_version", "cuda_available", "gpu", "mamba_ssm", "auto_on_cuda", "auto_on_cpu", "auto_on_cuda_reason"):
+    for key in ("torch_version", "cuda_available", "gpu", "mamba_ssm", "auto_on_cuda", "auto_on_cpu", "auto_on_cuda_reason",
+                "scan_settings"):
         assert key in report
     assert report["auto_on_cpu"] == "torch"
     if not report["mamba_ssm"]["importable"]:
-        from pamm.ops.triton_scan import triton_available
+        from pamm.ops.triton import triton_available
 
         expected = "triton" if triton_available()[0] else "torch"
         assert report["auto_on_cuda"] == expected and report["mamba_ssm"]["error"]
@@ -415,22 +504,60 @@ def test_backend_report():
     assert "auto on CPU tensors" in text and report["torch_version"] in text
 
 
-def test_backend_report_names_the_triton_backward(monkeypatch):
+def test_backend_report_prints_the_settings_and_their_sources(monkeypatch):
+    for var in ("PAMM_SCAN_BACKEND", "PAMM_TRITON_BC_ORDER", "PAMM_TRITON_MULTI", "PAMM_SCAN_BLOCK_ELEMENTS"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PAMM_TRITON_BWD", "tile")
     monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
-    assert ops.backend_report()["triton_backward"].startswith("tile kernel ($PAMM_TRITON_BWD")
-    assert "one heuristic config" in ops.backend_report()["triton_backward"]
+    report = ops.backend_report()
+    assert report["scan_settings"]["triton_bwd"] == {"value": "tile", "source": "$PAMM_TRITON_BWD"}
+    assert report["scan_settings"]["triton_multi"] == {"value": "gather", "source": "config"}
+    assert report["triton_backward"] == "tile kernel, one heuristic config (triton_autotune off)"
+    text = ops.format_backend_report(report)
+    assert "triton_bwd: tile  ($PAMM_TRITON_BWD)" in text and "triton_autotune: false  ($PAMM_TRITON_AUTOTUNE)" in text
     monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
-    assert ops.backend_report()["triton_backward"].endswith(", autotuned")
     monkeypatch.setenv("PAMM_TRITON_BWD", "token")
-    assert ops.backend_report()["triton_backward"].endswith("autotuned among its batched-writes and split forms")
-    monkeypatch.setenv("PAMM_TRITON_BWD", "sideways")
-    assert ops.backend_report()["triton_backward"].startswith("invalid: $PAMM_TRITON_BWD='sideways'")
-    assert ops.backend_report()["triton_bc_order"].startswith("scan order (default")
-    monkeypatch.setenv("PAMM_TRITON_BC_ORDER", "token")
-    assert ops.backend_report()["triton_bc_order"].startswith("token order ($PAMM_TRITON_BC_ORDER")
-    monkeypatch.delenv("PAMM_TRITON_MULTI", raising=False)
-    assert ops.backend_report()["triton_multi_path"].startswith("auto (default; choices auto, fused, gather)")
-    monkeypatch.setenv("PAMM_TRITON_MULTI", "gather")
-    assert ops.backend_report()["triton_multi_path"].startswith("gather ($PAMM_TRITON_MULTI")
-    assert "multi-direction: gather" in ops.format_backend_report(ops.backend_report())
+    assert ops.backend_report()["triton_backward"].startswith("token kernel, autotuned, untimed candidates included")
+    monkeypatch.setenv("PAMM_TRITON_BWD", "sideways")  # the doctor reports a bad variable instead of failing
+    report = ops.backend_report()
+    assert report["scan_settings_error"].startswith("$PAMM_TRITON_BWD='sideways'")
+    assert "invalid: $PAMM_TRITON_BWD='sideways'" in ops.format_backend_report(report)
+    named = ops.backend_report(ops.ScanSettings(backend="cuda"))
+    assert named["auto_on_cpu"] == "error" and "cannot run here" in named["auto_on_cpu_reason"]
+
+
+def test_ops_import_nothing_above_them_and_no_cycle():
+    """pamm.ops sits at the bottom of the package: its modules import nothing of pamm outside pamm.ops (lazy
+    imports inside functions included), and their imports among themselves form no cycle."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ops.__file__).parent
+    modules = {".".join(("pamm", *p.relative_to(root.parent).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+                deps |= subs or {node.module}
+                if len(subs) < len(node.names):
+                    deps.add(node.module)
+        outside = sorted(d for d in deps if d.split(".")[0] == "pamm" and not d.startswith("pamm.ops"))
+        assert not outside, f"{name} imports {outside}"
+        graph[name] = {d for d in deps if d in modules and d != name}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import cycle: " + " -> ".join((*path, name))
+        if name not in done:
+            for dep in graph[name]:
+                visit(dep, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    assert len(graph) > 20  # the walk saw the package, subpackages included

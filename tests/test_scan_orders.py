@@ -146,6 +146,18 @@ def test_orders_are_cached_per_device():
     assert torch.equal(on_cpu[0], first[0])
 
 
+def test_reordered_directions_are_the_same_orders_restacked():
+    """SS2D stacks the raster set as [row, column, row reversed, column reversed]: ``reorder`` returns the
+    directions in that order, each with its own inverse, from the same cache."""
+    perm, inverse = scan_orders("raster", 3, 5, 4)
+    mixed, mixed_inverse = scan_orders("raster", 3, 5, 4, reorder=(0, 2, 1, 3))
+    assert torch.equal(mixed, perm[[0, 2, 1, 3]]) and torch.equal(mixed_inverse, inverse[[0, 2, 1, 3]])
+    assert scan_orders("raster", 3, 5, 4, reorder=[0, 2, 1, 3])[0] is mixed
+    assert scan_orders("raster", 3, 5, 4, device="cpu", reorder=(0, 2, 1, 3))[0].is_contiguous()
+    with pytest.raises(ValueError, match="permutation of range"):
+        scan_orders("raster", 3, 5, 4, reorder=(0, 1, 1, 3))
+
+
 def test_invalid_arguments_raise():
     with pytest.raises(ValueError):
         scan_orders("spiral", 4, 4, 1)

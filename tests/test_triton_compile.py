@@ -49,7 +49,7 @@ def test_every_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
         assert bodies and max(bodies) < int(row["sass_instr"]), row
     token_bwd = [r for r in rows if r["kernel"] == "scan_bwd_kernel" and r["pass"] == "main"]
     assert all(len(r["sass_loops"].split("/")) >= 3 for r in token_bwd)  # intervals, and in each two step loops
-    # the token backward's scratch is sized on this (pamm.ops.triton_scan._REGS_PER_STATE_VALUE): fewer
+    # the token backward's scratch is sized on this (pamm.ops.triton.plan.REGS_PER_STATE_VALUE): fewer
     # registers per state value would let more programs run at once than the scratch has slots for
     for r in token_bwd:
         state_values_per_thread = int(r["block_d"]) * int(r["block_n"]) / (32 * int(r["num_warps"]))

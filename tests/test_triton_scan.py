@@ -7,9 +7,9 @@ same left-to-right fold done one slice at a time (identical results, ~100× fast
 :func:`test_fast_folds_match_stock_interpreter` checks that claim on the stock interpreter.
 
 Every case covers several features at once (tiny shapes: the interpreter is slow). Checkpoint
-intervals (``chunk``), forward tiles and segments are forced small through ``_force_plan`` so that
+intervals (``chunk``), forward tiles and segments are forced small through ``PlanOverrides`` so that
 ragged last intervals and tiles, several of them per segment, and several segments per sequence (the
-long-l regime) all occur.
+long-l regime) all occur. The backward kind and the fused call's B/C order come from ``ScanSettings``.
 """
 from __future__ import annotations
 
@@ -26,15 +26,25 @@ if not ON_GPU:
 
 triton = pytest.importorskip("triton", reason="triton is not installed: the triton scan backend is optional")
 
-from pamm.ops.triton_scan import (  # noqa: E402
-    _force_plan,
+from pamm.ops import ScanSettings  # noqa: E402
+from pamm.ops.triton import (  # noqa: E402
+    PlanOverrides,
+    autotune,
     multi_direction_scan_triton,
+    plan,
     selective_scan_triton,
     triton_available,
 )
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 FP32_RTOL = 1e-4
+
+
+def options(bwd_kind: str = "token", bc_order: str = "scan", **overrides) -> dict:
+    """``settings`` and ``plan`` keyword arguments of the entry points: the backward kind and B/C order, one
+    heuristic config per kernel (no autotuning), and the plan fields ``overrides`` fixes."""
+    settings = ScanSettings(triton_bwd=bwd_kind, triton_bc_order=bc_order, triton_autotune=False)
+    return {"settings": settings, "plan": PlanOverrides(**overrides)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,21 +208,18 @@ def _make_inputs(b, d, L, n, groups, *, D, z, bias, dtype=torch.float32, seed=0)
 
 def _cuda_problem(b: int, d: int, L: int, n: int):
     """A plain single-direction call's problem description (planning tests; no kernel runs)."""
-    from pamm.ops import triton_scan
-
-    return triton_scan._Problem(
+    return plan.Problem(
         batch=b, n_dir=1, n_channels=d, n_groups=1, n_state=n, seq_len=L, u_per_dir=False,
         delta_per_dir=False, A_per_dir=False, B_per_dir=False, C_per_dir=False, db_per_dir=False,
         has_D=True, has_z=False, has_bias=True, softplus=True, has_perm=False, out_scale=1.0)
 
 
-def _check_against_reference(ins, softplus, plan, rtol):
+def _check_against_reference(ins, softplus, fields, rtol):
     names = [k for k, v in ins.items() if v is not None]
-    with _force_plan(**plan):
-        out = selective_scan_triton(**ins, delta_softplus=softplus)
-        assert out.dtype == ins["u"].dtype and out.shape == ins["u"].shape
-        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(DEVICE, out.dtype)
-        grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
+    out = selective_scan_triton(**ins, delta_softplus=softplus, **options(**fields))
+    assert out.dtype == ins["u"].dtype and out.shape == ins["u"].shape
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(DEVICE, out.dtype)
+    grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
     ref_ins = {k: (None if v is None else v.detach().double().requires_grad_(True)) for k, v in ins.items()}
     ref = reference_scan(**ref_ins, delta_softplus=softplus)
     ref_grads = torch.autograd.grad(ref, [ref_ins[k] for k in names], grad_out.double())
@@ -231,7 +238,7 @@ def test_triton_available_reports_version():
 
 
 SINGLE_CASES = {
-    # id: (b, d, L, n, groups, D, z, bias, softplus, plan)
+    # id: (b, d, L, n, groups, D, z, bias, softplus, plan fields)
     "grouped-all-features-one-segment": (2, 6, 37, 16, 2, True, True, True, True, dict(chunk=8)),
     "grouped-all-features-three-tiles": (2, 6, 37, 16, 2, True, True, True, True, dict(chunk=8, tile=16)),
     "grouped-all-features-three-segments": (2, 6, 37, 16, 3, True, True, True, True, dict(chunk=8, seg_chunks=2)),
@@ -250,16 +257,16 @@ SINGLE_CASES = {
 
 @pytest.mark.parametrize("case", list(SINGLE_CASES), ids=list(SINGLE_CASES))
 def test_selective_scan_fp32_matches_float64_reference(case):
-    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES[case]
+    b, d, L, n, groups, D, z, bias, softplus, fields = SINGLE_CASES[case]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
-    _check_against_reference(ins, softplus, plan, FP32_RTOL)
+    _check_against_reference(ins, softplus, fields, FP32_RTOL)
 
 
-# scan_bwd_kernel's (PREFETCH, BATCH_IO), or SPLIT; the interpreter's default plan runs (True, True)
+# scan_bwd_kernel's per-token loop without and with PREFETCH, or SPLIT; the interpreter's default plan
+# runs the loop with prefetching
 BACKWARD_VARIANTS = {
-    "plain": dict(bwd_prefetch=False, bwd_batch_io=False),
-    "prefetch": dict(bwd_prefetch=True, bwd_batch_io=False),
-    "batched-writes": dict(bwd_prefetch=False, bwd_batch_io=True),
+    "loop": dict(bwd_prefetch=False),
+    "prefetch": dict(bwd_prefetch=True),
     "split": dict(bwd_split=True),
 }
 
@@ -270,20 +277,20 @@ TILE_BACKWARD_CASES = ["grouped-all-features-three-tiles", "grouped-all-features
 
 @pytest.mark.parametrize("case", TILE_BACKWARD_CASES)
 def test_tile_backward_matches_float64_reference(case):
-    """``$PAMM_TRITON_BWD=tile``: the tile-parallel backward (reversed-order adjoint scan, checkpoint
+    """``triton_bwd="tile"``: the tile-parallel backward (reversed-order adjoint scan, checkpoint
     interval = tile) gives every gradient, across tiles, ragged last tiles and segments."""
-    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES[case]
+    b, d, L, n, groups, D, z, bias, softplus, fields = SINGLE_CASES[case]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
-    _check_against_reference(ins, softplus, {**plan, "bwd_kind": "tile"}, FP32_RTOL)
+    _check_against_reference(ins, softplus, {**fields, "bwd_kind": "tile"}, FP32_RTOL)
 
 
 @pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
 def test_every_backward_variant_matches_float64_reference(variant):
     """The autotuner may pick any backward variant: each gives the same gradients (segments, ragged
     intervals, gate, D, bias, grouped B/C)."""
-    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES["grouped-all-features-three-segments"]
+    b, d, L, n, groups, D, z, bias, softplus, fields = SINGLE_CASES["grouped-all-features-three-segments"]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
-    _check_against_reference(ins, softplus, {**plan, **BACKWARD_VARIANTS[variant]}, FP32_RTOL)
+    _check_against_reference(ins, softplus, {**fields, **BACKWARD_VARIANTS[variant]}, FP32_RTOL)
 
 
 @pytest.mark.parametrize("slots", [1, 2, 50])
@@ -291,9 +298,9 @@ def test_every_backward_variant_matches_float64_reference(variant):
 def test_token_backward_hands_scratch_slots_on(slots, split):
     """The token backward's scratch slots: one slot handed through every program, two taken in turns
     (unequal counts), or more slots than programs; the same gradients each time."""
-    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES["grouped-all-features-three-segments"]
+    b, d, L, n, groups, D, z, bias, softplus, fields = SINGLE_CASES["grouped-all-features-three-segments"]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
-    _check_against_reference(ins, softplus, {**plan, "bwd_slots": slots, "bwd_split": split}, FP32_RTOL)
+    _check_against_reference(ins, softplus, {**fields, "bwd_slots": slots, "bwd_split": split}, FP32_RTOL)
 
 
 @pytest.mark.parametrize("case", [c for c in SINGLE_CASES if c != "grouped-all-features-three-segments"])
@@ -301,18 +308,16 @@ def test_split_backward_matches_float64_reference(case):
     """The split backward (the adjoint chain alone, then every gradient of a sub-block at once; with
     segments, also the local pass's adjoint loop) on every single-direction case: ragged intervals and
     sub-blocks, l = 1, n = 1 and 64, segments, gate, D, bias."""
-    b, d, L, n, groups, D, z, bias, softplus, plan = SINGLE_CASES[case]
+    b, d, L, n, groups, D, z, bias, softplus, fields = SINGLE_CASES[case]
     ins = _make_inputs(b, d, L, n, groups, D=D, z=z, bias=bias)
-    _check_against_reference(ins, softplus, {**plan, "bwd_split": True}, FP32_RTOL)
+    _check_against_reference(ins, softplus, {**fields, "bwd_split": True}, FP32_RTOL)
 
 
 def test_split_backward_sub_blocks_shorter_than_an_interval():
     """Several sub-blocks per interval, the last one ragged (chunk 16; the interpreter's one warp and an
     8-channel block give 4-token sub-blocks; 37 tokens = two full intervals and a 5-token one), across
     two segments."""
-    from pamm.ops import triton_scan
-
-    assert triton_scan._split_sub(4 * 16 / 32, 16) == 8 and triton_scan._split_sub(8 * 16 / 32, 16) == 4
+    assert plan.split_sub(4 * 16 / 32, 16) == 8 and plan.split_sub(8 * 16 / 32, 16) == 4
     ins = _make_inputs(2, 16, 37, 16, 2, D=True, z=True, bias=True)
     _check_against_reference(ins, True, dict(chunk=16, seg_chunks=2, block_d=8, bwd_split=True), FP32_RTOL)
 
@@ -328,33 +333,32 @@ def test_token_backward_scratch_holds_the_resident_programs_only(monkeypatch):
     (32: one per token of an interval)."""
     import types
 
-    from pamm.ops import triton_scan
-
     props = types.SimpleNamespace(multi_processor_count=132, regs_per_multiprocessor=65536)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
-    resident_values = 132 * 65536 // triton_scan._REGS_PER_STATE_VALUE
+    resident_values = 132 * 65536 // plan.REGS_PER_STATE_VALUE
     for shape, capped in (((16, 1536, 1008, 16), False), ((128, 1536, 1008, 16), True),
                           ((20, 2048, 1024, 64), True)):
         b, d, L, n = shape
-        plan = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
+        free = plan.Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
         rows = 32 + 8 + 2  # an interval's states, the one before it, a sub-block's 8 + 1 adjoint rows
-        assert triton_scan._slot_rows(plan) == rows
-        values = triton_scan._token_bwd_scratch(_cuda_problem(b, d, L, n), plan, torch.device("cuda"))
+        assert plan.slot_rows(free) == rows
+        values = plan.token_bwd_scratch(_cuda_problem(b, d, L, n), free, torch.device("cuda"))
         every_program = b * d * rows * n  # d a multiple of every block, n a power of two: no padding
         assert values == (resident_values * rows if capped else every_program), shape
-        for block_d in triton_scan._BWD_BLOCK_DS:
+        for block_d in plan.BWD_BLOCK_DS:
             for split, slot_rows in ((True, rows), (False, 32)):
-                slots = triton_scan._scratch_slots(values, plan, n, block_d, split=split)
+                slots = plan.scratch_slots(values, free, n, block_d, split=split)
                 assert slots == values // (slot_rows * block_d * n), (shape, block_d)
                 assert slots >= (resident_values // (block_d * n) if capped else b * d // block_d), (shape, block_d)
     for fields in ({}, {"bwd_split": True}, {"bwd_split": True, "bwd_prefetch": True}, {"bwd_split": False},
-                   {"bwd_batch_io": True}):  # rows for the split backward wherever _variant_mask lets it run
-        plan = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4, **fields)
-        split_allowed = bool(triton_scan._variant_mask(plan) & triton_scan._variant_bit(False, False, split=True))
-        assert triton_scan._slot_rows(plan) == (42 if split_allowed else 32), fields
-    forced = triton_scan._Plan(chunk=32, seg_len=1024, block_d=8, num_warps=4, bwd_slots=10, bwd_split=False)
-    values = triton_scan._token_bwd_scratch(_cuda_problem(16, 1536, 1008, 16), forced, torch.device("cuda"))
-    assert (values, triton_scan._scratch_slots(values, forced, 16, 8)) == (10 * 8 * 32 * 16, 10)
+                   {"bwd_prefetch": True}):  # rows for the split backward wherever variant_mask lets it run
+        fixed = plan.Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4, **fields)
+        split_allowed = bool(plan.variant_mask(fixed) & plan.SPLIT_BIT)
+        assert split_allowed == (fields in ({}, {"bwd_split": True}, {"bwd_split": True, "bwd_prefetch": True}))
+        assert plan.slot_rows(fixed) == (42 if split_allowed else 32), fields
+    forced = plan.Plan(chunk=32, seg_len=1024, block_d=8, num_warps=4, bwd_slots=10, bwd_split=False)
+    values = plan.token_bwd_scratch(_cuda_problem(16, 1536, 1008, 16), forced, torch.device("cuda"))
+    assert (values, plan.scratch_slots(values, forced, 16, 8)) == (10 * 8 * 32 * 16, 10)
 
 
 @pytest.mark.parametrize("bwd_kind", ["token", "tile"])
@@ -391,7 +395,7 @@ def _multi_inputs(b, d, L, n, K, G, per_dir, dtype=torch.float32, seed=1):
 
 
 MULTI_CASES = {
-    # id: (b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol)
+    # id: (b, d, L, n, K, G, per_dir, merge, plan fields, dtype, rtol)
     "shared-inputs-sum-one-segment": (2, 4, 13, 16, 4, 2, set(), "sum", dict(chunk=4, tile=8), torch.float32,
                                       FP32_RTOL),
     "per-direction-inputs-mean-segments": (1, 4, 18, 8, 3, 1, {"u", "delta", "A", "B", "C", "Dbias"}, "mean",
@@ -402,16 +406,17 @@ MULTI_CASES = {
 
 
 def _check_multi_against_reference(case: str, **backward) -> None:
-    """The fused multi-direction entry (plan of MULTI_CASES[case], plus ``backward`` plan fields) against
-    gather → float64 reference → inverse gather → merge: output and every gradient."""
-    b, d, L, n, K, G, per_dir, merge, plan, dtype, rtol = MULTI_CASES[case]
+    """The fused multi-direction entry (plan of MULTI_CASES[case], plus ``backward``: plan fields, the
+    backward kind, the B/C order) against gather → float64 reference → inverse gather → merge: output and
+    every gradient."""
+    b, d, L, n, K, G, per_dir, merge, fields, dtype, rtol = MULTI_CASES[case]
     ins, perm, inverse = _multi_inputs(b, d, L, n, K, G, per_dir, dtype)
     names = list(ins)
-    with _force_plan(**plan, **backward):
-        out = multi_direction_scan_triton(**ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
-        assert out.shape == (b, d, L) and out.dtype == dtype
-        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
-        grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
+    out = multi_direction_scan_triton(**ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge,
+                                      **options(**fields, **backward))
+    assert out.shape == (b, d, L) and out.dtype == dtype
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+    grads = torch.autograd.grad(out, [ins[k] for k in names], grad_out)
     ref_ins = {k: v.detach().double().requires_grad_(True) for k, v in ins.items()}
     ref = reference_multi_direction(**ref_ins, delta_softplus=True, perm=perm, inverse=inverse, merge=merge)
     ref_grads = torch.autograd.grad(ref, [ref_ins[k] for k in names], grad_out.double())
@@ -430,7 +435,7 @@ def test_fused_multi_direction_matches_gather_scan_merge(case, bc_order):
 
 @pytest.mark.parametrize("variant,case,bc_order",
                          [(v, "shared-inputs-sum-one-segment", "scan") for v in BACKWARD_VARIANTS]
-                         + [("plain", "shared-inputs-sum-one-segment", "token"),
+                         + [("loop", "shared-inputs-sum-one-segment", "token"),
                             ("tile", "shared-inputs-sum-one-segment", "scan"),
                             ("tile", "shared-inputs-sum-one-segment", "token"),
                             ("tile", "per-direction-inputs-mean-segments", "scan"),
@@ -446,40 +451,42 @@ def test_fused_multi_direction_every_backward_variant(variant, case, bc_order):
 
 def test_scan_order_copy_of_B_and_C_is_each_directions_gather(monkeypatch):
     """B, C shared or per direction -> (b, K, G, n, L) with step t of direction k at [:, k, ..., t]; the fused
-    call hands the kernels that layout (BC_SCAN_ORDER) by default, and the rows as given with ``token``."""
-    import pamm.ops.triton_scan as triton_scan
+    call hands the kernels that layout (BC_SCAN_ORDER) with ``triton_bc_order="scan"``, and the rows as given
+    with ``token``."""
+    from pamm.ops.triton import launch
+    from pamm.ops.triton.scan import in_scan_order
 
     b, K, G, n, L = 2, 3, 2, 4, 7
     perm = torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(k)) for k in range(K)])
     shared, per_dir = torch.randn(b, G, n, L), torch.randn(b, K, G, n, L)
-    got_shared = triton_scan._in_scan_order(shared, perm, per_dir=False)
-    got_per_dir = triton_scan._in_scan_order(per_dir, perm, per_dir=True)
+    got_shared = in_scan_order(shared, perm, per_dir=False)
+    got_per_dir = in_scan_order(per_dir, perm, per_dir=True)
     for k in range(K):
         for t in range(L):
             assert torch.equal(got_shared[:, k, ..., t], shared[..., perm[k, t]])
             assert torch.equal(got_per_dir[:, k, ..., t], per_dir[:, k, ..., perm[k, t]])
 
     seen = []
-    monkeypatch.setattr(triton_scan._TritonScanFn, "apply",
-                        lambda u, delta, A, B, C, *rest: seen.append((rest[-2].bc_scan_order, tuple(B.shape))) or u)
+
+    def record(problem, plan_, u, delta, A, B, *rest, **kwargs):
+        seen.append((problem.bc_scan_order, tuple(B.shape)))
+        return torch.zeros_like(u[:, 0] if u.dim() == 4 else u), None
+
+    monkeypatch.setattr(launch, "scan_forward", record)
     ins, perm, inverse = _multi_inputs(1, 4, 6, 2, 2, 1, set(), torch.float32)
     for order in ("scan", "token"):
-        with _force_plan(bc_order=order):
-            multi_direction_scan_triton(**ins, perm=perm, inverse=inverse)
+        with torch.no_grad():
+            multi_direction_scan_triton(**ins, perm=perm, inverse=inverse, **options(bc_order=order))
     assert seen == [(True, (1, 2, 1, 2, 6)), (False, (1, 1, 2, 6))]
-    monkeypatch.setenv(triton_scan.BC_ORDER_ENV_VAR, "rows")
-    with pytest.raises(ValueError, match="PAMM_TRITON_BC_ORDER"):
-        multi_direction_scan_triton(**ins, perm=perm, inverse=inverse)
 
 
 def test_single_direction_through_identity_perm_equals_plain_scan():
     """K = 1 with the identity order is the plain scan (non-atomic write path with a permutation)."""
     ins, _, _ = _multi_inputs(1, 4, 9, 4, 1, 2, set())
     perm = torch.arange(9, device=DEVICE)[None]
-    with _force_plan(chunk=4):
-        fused = multi_direction_scan_triton(**ins, perm=perm, inverse=perm, merge="mean")
-        plain = selective_scan_triton(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], ins["D"],
-                                      delta_bias=ins["delta_bias"])
+    fused = multi_direction_scan_triton(**ins, perm=perm, inverse=perm, merge="mean", **options(chunk=4))
+    plain = selective_scan_triton(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], ins["D"],
+                                  delta_bias=ins["delta_bias"], **options(chunk=4))
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
 
 
@@ -489,14 +496,14 @@ def test_fast_folds_match_stock_interpreter():
     from triton.runtime import interpreter
 
     ins = _make_inputs(1, 2, 6, 2, None, D=True, z=True, bias=True)
-    with _force_plan(chunk=4, seg_chunks=1):
-        fast = selective_scan_triton(**ins, delta_softplus=True)
-        fast_grads = torch.autograd.grad(fast.sum(), list(ins.values()))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(interpreter.ScanOps, "generic_scan", _STOCK_SCAN)
-            patch.setattr(interpreter.ReduceOps, "generic_reduce", _STOCK_REDUCE)
-            stock = selective_scan_triton(**ins, delta_softplus=True)
-            stock_grads = torch.autograd.grad(stock.sum(), list(ins.values()))
+    call = options(chunk=4, seg_chunks=1)
+    fast = selective_scan_triton(**ins, delta_softplus=True, **call)
+    fast_grads = torch.autograd.grad(fast.sum(), list(ins.values()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interpreter.ScanOps, "generic_scan", _STOCK_SCAN)
+        patch.setattr(interpreter.ReduceOps, "generic_reduce", _STOCK_REDUCE)
+        stock = selective_scan_triton(**ins, delta_softplus=True, **call)
+        stock_grads = torch.autograd.grad(stock.sum(), list(ins.values()))
     torch.testing.assert_close(fast, stock, rtol=0, atol=0)
     for a, b in zip(fast_grads, stock_grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -533,169 +540,128 @@ def test_backward_saves_chunk_checkpoints_not_all_states():
     """Saved for backward: the inputs plus one state per chunk, never the (b, d, n, l) states."""
     b, d, L, n = 1, 4, 32, 16
     ins = _make_inputs(b, d, L, n, None, D=True, z=False, bias=False)
-    with _force_plan(chunk=8):
-        out = selective_scan_triton(**ins)
+    out = selective_scan_triton(**ins, **options(chunk=8))
     saved = out.grad_fn.saved_tensors
     largest = max(t.numel() for t in saved if t is not None)
     assert largest < b * d * n * L
     assert any(t is not None and tuple(t.shape) == (b, 1, L // 8, d, n) for t in saved)
 
 
-def test_plan_splits_long_sequences_only_when_channels_are_few(monkeypatch):
+def test_plan_splits_long_sequences_only_when_channels_are_few():
     """The two regimes: S1-like shapes get several segments per sequence, PAMM-like shapes one."""
-    import types
+    def auto(b, d, L, n):
+        return plan.auto_plan(_cuda_problem(b, d, L, n), 132)
 
-    from pamm.ops import triton_scan
-
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: types.SimpleNamespace(multi_processor_count=132))
-
-    def plan(b, d, L, n):
-        return triton_scan._auto_plan.__wrapped__(_cuda_problem(b, d, L, n), torch.device("cuda"))
-
-    s1 = plan(2, 384, 4800, 16)
+    s1 = auto(2, 384, 4800, 16)
     assert s1.n_seg(4800) > 1 and s1.seg_len % s1.chunk == 0 and s1.seg_len >= 4 * s1.chunk
     # the forward's programs are single channels: 768 of them need no split; its tiles carry the state
     s1_fwd = s1.forward(4800)
     assert s1_fwd.n_seg(4800) == 1 and s1_fwd.tile == 1024 and s1_fwd.carries(4800)
-    narrow = plan(1, 8, 4800, 16).forward(4800)
+    narrow = auto(1, 8, 4800, 16).forward(4800)
     assert narrow.n_seg(4800) > 1 and narrow.seg_len % narrow.chunk == 0
     for shape in ((16, 1536, 1008, 16), (128, 1536, 1008, 16), (20, 2048, 1024, 64)):
-        full = plan(*shape)
+        full = auto(*shape)
         assert full.n_seg(shape[2]) == 1 and full.forward(shape[2]).n_seg(shape[2]) == 1, shape
         assert not full.forward(shape[2]).carries(shape[2]), shape  # one tile: no state carried
+    assert plan.auto_plan(_cuda_problem(2, 384, 4800, 16), 0).n_seg(4800) == 1  # no SMs (CPU): no segments
 
 
-def test_forcing_the_backward_keeps_the_long_sequence_split(monkeypatch):
-    """The benchmark's per-variant rows force only the backward: S1 must stay in its multi-segment regime,
-    while a forced checkpoint interval re-cuts the segments (one, unless seg_chunks says otherwise)."""
-    from pamm.ops import triton_scan
-
-    monkeypatch.setattr(triton_scan, "_sm_count", lambda device: 132)
-    triton_scan._auto_plan.cache_clear()
+def test_fixing_the_backward_keeps_the_long_sequence_split():
+    """The benchmark's per-variant rows fix only the backward: S1 must stay in its multi-segment regime,
+    while a fixed checkpoint interval re-cuts the segments (one, unless seg_chunks says otherwise)."""
     problem = _cuda_problem(2, 384, 4800, 16)
-    try:
-        auto = triton_scan._plan_for(problem, torch.device("cuda"))
-        assert auto.n_seg(4800) > 1
-        for fields in ({"bwd_prefetch": True, "bwd_batch_io": False}, {"block_d": 8}):
-            with _force_plan(**fields):
-                forced = triton_scan._plan_for(problem, torch.device("cuda"))
-            assert (forced.seg_len, forced.fwd_seg_len, forced.chunk) == (auto.seg_len, auto.fwd_seg_len, auto.chunk)
-        with _force_plan(bwd_kind="tile"):
-            tile = triton_scan._plan_for(problem, torch.device("cuda"))
-        assert tile.bwd_kind == "tile" and tile.n_seg(4800) > 1
-        with _force_plan(chunk=16):
-            assert triton_scan._plan_for(problem, torch.device("cuda")).n_seg(4800) == 1
-        with _force_plan(chunk=16, seg_chunks=10):
-            assert triton_scan._plan_for(problem, torch.device("cuda")).seg_len == 160
-    finally:
-        triton_scan._auto_plan.cache_clear()
+    auto = plan.plan_for(problem, 132, "token")
+    assert auto.n_seg(4800) > 1
+    for fields in ({"bwd_prefetch": False}, {"block_d": 8}):
+        fixed = plan.plan_for(problem, 132, "token", PlanOverrides(**fields))
+        assert (fixed.seg_len, fixed.fwd_seg_len, fixed.chunk) == (auto.seg_len, auto.fwd_seg_len, auto.chunk)
+    tile = plan.plan_for(problem, 132, "tile")
+    assert tile.bwd_kind == "tile" and tile.n_seg(4800) > 1
+    assert plan.plan_for(problem, 132, "token", PlanOverrides(chunk=16)).n_seg(4800) == 1
+    assert plan.plan_for(problem, 132, "token", PlanOverrides(chunk=16, seg_chunks=10)).seg_len == 160
 
 
-def test_tile_backward_is_chosen_by_env_and_plans_256_token_intervals(monkeypatch):
-    import types
-
-    from pamm.ops import triton_scan
-
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: types.SimpleNamespace(multi_processor_count=132))
+def test_tile_backward_plans_256_token_intervals():
     problem = _cuda_problem(20, 2048, 1024, 64)
-    monkeypatch.delenv(triton_scan.BWD_KIND_ENV_VAR, raising=False)
-    token = triton_scan._plan_for(problem, torch.device("cuda"))
-    monkeypatch.setenv(triton_scan.BWD_KIND_ENV_VAR, "tile")
-    tile = triton_scan._plan_for(problem, torch.device("cuda"))
+    token, tile = plan.plan_for(problem, 132, "token"), plan.plan_for(problem, 132, "tile")
     assert (token.bwd_kind, token.chunk) == ("token", 32)
     assert (tile.bwd_kind, tile.chunk, tile.n_seg(1024)) == ("tile", 256, 1)
-    monkeypatch.setenv(triton_scan.BWD_KIND_ENV_VAR, "sideways")
-    with pytest.raises(ValueError, match="PAMM_TRITON_BWD"):
-        triton_scan._plan_for(problem, torch.device("cuda"))
 
 
-def test_autotune_configs_are_pruned_to_moderate_tiles(monkeypatch):
-    from pamm.ops import triton_scan
-
-    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
-
+def test_autotune_configs_are_pruned_to_moderate_tiles():
     configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd in (1, 2, 4, 8, 16, 32) for nw in (1, 2, 4, 8)]
-    fwd = triton_scan._prune_fwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=1024)
+    fwd = autotune.prune_fwd(configs, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=1024))
     assert len(fwd) > 1 and all(4 <= c.kwargs["BLOCK_D"] * 1024 / (32 * c.num_warps) <= 16 for c in fwd)
-    bwd = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32)
+    loop = [triton.Config({**c.kwargs, "PREFETCH": False, "SPLIT": False, "SUB": 1}, num_warps=c.num_warps)
+            for c in configs]
+    bwd = autotune.prune_bwd(loop, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32))
     assert len(bwd) > 1 and all(1 <= c.kwargs["BLOCK_D"] * 16 / (32 * c.num_warps) <= 8 for c in bwd)
-    narrow = triton_scan._prune_fwd_configs(configs, {}, chans_per_group=1, BLOCK_N=64, CHUNK=32)
+    narrow = autotune.prune_fwd(configs, dict(chans_per_group=1, BLOCK_N=64, CHUNK=32))
     assert narrow and all(c.kwargs["BLOCK_D"] == 1 for c in narrow)
-    tile = triton_scan._prune_bwd_tile_configs(configs, {}, chans_per_group=2048, BLOCK_N=64, CHUNK=256)
+    tile = autotune.prune_bwd_tile(configs, dict(chans_per_group=2048, BLOCK_N=64, CHUNK=256))
     assert len(tile) > 1 and all(2 <= c.kwargs["BLOCK_D"] * 256 / (32 * c.num_warps) <= 8 for c in tile)
-    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")  # one heuristic config, no tuning runs
-    assert len(triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32)) == 1
+    # not autotuning: one heuristic config, no tuning runs
+    assert len(autotune.prune_bwd(loop, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32), autotune=False)) == 1
 
 
-def test_backward_variants_are_autotuned_within_what_the_plan_allows(monkeypatch):
-    from pamm.ops import triton_scan
-
-    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
-    configs = triton_scan._bwd_configs()
+def test_backward_variants_are_autotuned_within_what_the_plan_allows():
+    configs = autotune.bwd_configs()
 
     def variants(kept):
-        return {"split" if c.kwargs["SPLIT"] else (c.kwargs["PREFETCH"], c.kwargs["BATCH_IO"]) for c in kept}
+        return {"split" if c.kwargs["SPLIT"] else c.kwargs["PREFETCH"] for c in kept}
 
-    free = triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
-    every = triton_scan._variant_mask(free)
-    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=64, CHUNK=32, variants=every)
-    # unforced, the batched writes are tuned (they won everywhere on the H200), with and without prefetch,
-    # and the split backward (untimed), each config at the sub-block that gives it 16-value tiles
-    assert variants(kept) == {(False, True), (True, True), "split"}
+    free = plan.Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4)
+    every = plan.variant_mask(free)
+    kept = autotune.prune_bwd(configs, dict(chans_per_group=1536, BLOCK_N=64, CHUNK=32, variants=every))
+    # unforced: the per-token loop with and without prefetching, and the (untimed) split backward, each of
+    # its configs at the sub-block that gives it 16-value tiles
+    assert variants(kept) == {False, True, "split"}
     split = [c for c in kept if c.kwargs["SPLIT"]]
     assert all(c.kwargs["SUB"] == max(2, min(8, 16 * 32 * c.num_warps // (c.kwargs["BLOCK_D"] * 64))) for c in split)
     assert len({(c.kwargs["BLOCK_D"], c.num_warps) for c in split}) == len(split)
-    # batched writes hold (n, CHUNK) rows: at n = 64 one warp would need 128 registers a thread for them
-    assert all(c.num_warps > 1 for c in kept if c.kwargs["BATCH_IO"])
-    local = triton_scan._variant_mask(free, local_pass=True)  # writes no gradients: batching is moot there
-    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=384, BLOCK_N=16, CHUNK=64, variants=local)
-    assert variants(kept) == {(False, False), (True, False), "split"} and any(c.num_warps == 1 for c in kept)
-    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=384, BLOCK_N=16, CHUNK=64, variants=local,
-                                          LOCAL_PASS=True)  # no gradient tiles there: the longest sub-block
-    assert {c.kwargs["SUB"] for c in kept if c.kwargs["SPLIT"]} == {8}
-    forced = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4,
-                                                         bwd_prefetch=True, bwd_batch_io=False))
-    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=forced)
-    assert kept and variants(kept) == {(True, False)}
-    only_split = triton_scan._variant_mask(replace(free, bwd_split=True))
-    kept = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=only_split)
+    # the loop's per-interval gradient rows: at n = 64 one warp would need 128 registers a thread for them
+    assert all(c.num_warps > 1 for c in kept if not c.kwargs["SPLIT"])
+    # the long-l regime's local pass writes no gradients: no rows to fit, and the split's longest sub-block
+    local = autotune.prune_bwd(configs, dict(chans_per_group=384, BLOCK_N=64, CHUNK=64, variants=every,
+                                              LOCAL_PASS=True))
+    assert variants(local) == {False, True, "split"} and any(c.num_warps == 1 for c in local if not c.kwargs["SPLIT"])
+    assert {c.kwargs["SUB"] for c in local if c.kwargs["SPLIT"]} == {8}
+    forced = plan.variant_mask(plan.Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4, bwd_prefetch=True))
+    kept = autotune.prune_bwd(configs, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=forced))
+    assert kept and variants(kept) == {True}
+    only_split = plan.variant_mask(replace(free, bwd_split=True))
+    kept = autotune.prune_bwd(configs, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=only_split))
     assert kept and variants(kept) == {"split"}
-    # forced, the local pass runs it too (its unrolled adjoint loop alone)
-    assert triton_scan._variant_mask(replace(free, bwd_split=True), local_pass=True) == only_split
-    no_split = triton_scan._variant_mask(replace(free, bwd_split=False))
-    assert variants(triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32,
-                                                   variants=no_split)) == {(False, True), (True, True)}
-    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")  # untuned: the measured default, split only when forced
-    (one,) = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=every)
-    assert (one.kwargs["PREFETCH"], one.kwargs["BATCH_IO"], one.kwargs["SPLIT"]) == (True, True, False)
-    assert one.maxnreg is None
-    (one,) = triton_scan._prune_bwd_configs(configs, {}, chans_per_group=1536, BLOCK_N=16, CHUNK=32,
-                                            variants=only_split)
+    no_split = plan.variant_mask(replace(free, bwd_split=False))
+    assert variants(autotune.prune_bwd(configs, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32,
+                                                      variants=no_split))) == {False, True}
+    # not autotuning: the prefetching loop, the split backward only when forced
+    (one,) = autotune.prune_bwd(configs, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=every),
+                                autotune=False)
+    assert (one.kwargs["PREFETCH"], one.kwargs["SPLIT"]) == (True, False) and one.maxnreg is None
+    (one,) = autotune.prune_bwd(configs, dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=only_split),
+                                autotune=False)
     per_thread = one.kwargs["BLOCK_D"] * 16 / (32 * one.num_warps)
-    assert one.kwargs["SPLIT"] and one.kwargs["SUB"] == triton_scan._split_sub(per_thread, 32)
+    assert one.kwargs["SPLIT"] and one.kwargs["SUB"] == plan.split_sub(per_thread, 32)
+    assert autotune.heuristic_config("bwd", dict(chans_per_group=1536, BLOCK_N=16, CHUNK=32, variants=every)) \
+        .kwargs == {"BLOCK_D": 4, "PREFETCH": True, "SPLIT": False, "SUB": 1}
 
 
 @pytest.mark.parametrize("n", [16, 64])
-def test_register_capped_backward_twins_are_tuned_at_four_values_per_thread(monkeypatch, n):
-    """A twin capped at 168 registers for each batched-writes config holding 4 state values per thread
-    (where the cap buys 12 warps per SM for little spilling), beside its uncapped config; no twin elsewhere,
-    and none with autotuning off."""
-    from pamm.ops import triton_scan
-
-    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "1")
-    every = triton_scan._variant_mask(triton_scan._Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4))
-    kept = triton_scan._prune_bwd_configs(triton_scan._bwd_configs(), {}, chans_per_group=2048, BLOCK_N=n,
-                                          CHUNK=32, variants=every)
+def test_register_capped_backward_twins_are_tuned_at_four_values_per_thread(n):
+    """A twin capped at 168 registers for each loop config holding 4 state values per thread (where the cap
+    buys 12 warps per SM for little spilling), beside its uncapped config; no twin elsewhere, and none
+    without autotuning. Both untimed candidates are named in one place."""
+    assert set(autotune.UNTIMED_CANDIDATES) == {"split backward", "register-capped twins"}
+    every = plan.variant_mask(plan.Plan(chunk=32, seg_len=1024, block_d=None, num_warps=4))
+    args = dict(chans_per_group=2048, BLOCK_N=n, CHUNK=32, variants=every)
+    kept = autotune.prune_bwd(autotune.bwd_configs(), args)
     capped = [c for c in kept if c.maxnreg is not None]
-    assert capped and all(c.maxnreg == triton_scan._BWD_CAPPED_REGS and c.kwargs["BATCH_IO"] for c in capped)
+    assert capped and all(c.maxnreg == autotune.BWD_CAPPED_REGS and not c.kwargs["SPLIT"] for c in capped)
     assert all(c.kwargs["BLOCK_D"] * n == 4 * 32 * c.num_warps for c in capped)
     uncapped = {(tuple(sorted(c.kwargs.items())), c.num_warps) for c in kept if c.maxnreg is None}
     assert all((tuple(sorted(c.kwargs.items())), c.num_warps) in uncapped for c in capped)
-    monkeypatch.setenv("PAMM_TRITON_AUTOTUNE", "0")
-    assert all(c.maxnreg is None for c in triton_scan._prune_bwd_configs(
-        triton_scan._bwd_configs(), {}, chans_per_group=2048, BLOCK_N=n, CHUNK=32, variants=every))
+    assert all(c.maxnreg is None for c in autotune.prune_bwd(autotune.bwd_configs(), args, autotune=False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,106 +690,38 @@ def test_pamm_ops_triton_backend_matches_torch_backend():
         ops.selective_scan(u, delta, A, B, C, backend="triton", return_last_state=True)
 
 
-def test_multi_direction_scan_takes_the_fused_triton_path(monkeypatch):
+def test_multi_direction_path_on_triton_is_the_recorded_setting(monkeypatch):
+    """``triton_multi``: ``gather`` (the default) runs the Triton scan behind the gather -> scan -> merge
+    path; ``fused`` the fused kernels; nothing is timed to choose. A call given no settings takes
+    $PAMM_TRITON_MULTI."""
     import pamm.ops as ops
-    import pamm.ops.triton_scan as triton_scan
+    import pamm.ops.multi_direction as multi_direction
+    import pamm.ops.triton as triton_package
 
-    monkeypatch.delenv(triton_scan.MULTI_PATH_ENV_VAR, raising=False)  # auto: fused where it cannot time
+    monkeypatch.delenv("PAMM_TRITON_MULTI", raising=False)
     torch.manual_seed(4)
     b, d, n, H, W = 1, 4, 4, 3, 4
     perm, inverse = (t.to(DEVICE) for t in ops.scan_orders("hilbert", H, W, 4))
     u, delta = torch.randn(b, d, H * W, device=DEVICE), torch.randn(b, d, H * W, device=DEVICE)
     A = -torch.rand(d, n, device=DEVICE) - 0.1
     B, C = torch.randn(b, 2, n, H * W, device=DEVICE), torch.randn(b, 2, n, H * W, device=DEVICE)
-    calls = []
-    original = triton_scan.multi_direction_scan_triton
-    monkeypatch.setattr(triton_scan, "multi_direction_scan_triton", lambda *a, **k: calls.append(1) or original(*a, **k))
-    fused = ops.multi_direction_scan(u, delta, A, B, C, delta_softplus=True, perm=perm, inverse=inverse, backend="triton")
-    gathered = ops.multi_direction_scan(u, delta, A, B, C, delta_softplus=True, perm=perm, inverse=inverse, backend="torch")
-    assert calls == [1]
-    torch.testing.assert_close(fused, gathered, rtol=FP32_RTOL, atol=1e-5)
-    # $PAMM_TRITON_MULTI=gather: the triton scan behind the gather -> scan -> merge path, no fused call
-    monkeypatch.setenv(triton_scan.MULTI_PATH_ENV_VAR, "gather")
-    scans = []
-    plain = triton_scan.selective_scan_triton
-    monkeypatch.setattr(triton_scan, "selective_scan_triton", lambda *a, **k: scans.append(1) or plain(*a, **k))
-    via_gather = ops.multi_direction_scan(u, delta, A, B, C, delta_softplus=True, perm=perm, inverse=inverse,
-                                          backend="triton")
-    assert calls == [1] and scans == [1]
-    torch.testing.assert_close(via_gather, gathered, rtol=FP32_RTOL, atol=1e-5)
-    monkeypatch.setenv(triton_scan.MULTI_PATH_ENV_VAR, "sideways")
+    fused_calls, scans = [], []
+    fused_entry, plain_entry = multi_direction.multi_direction_scan_triton, triton_package.selective_scan_triton
+    monkeypatch.setattr(multi_direction, "multi_direction_scan_triton",
+                        lambda *a, **k: fused_calls.append(k["settings"]) or fused_entry(*a, **k))
+    monkeypatch.setattr(triton_package, "selective_scan_triton", lambda *a, **k: scans.append(1) or plain_entry(*a, **k))
+    call = dict(delta_softplus=True, perm=perm, inverse=inverse)
+    expected = ops.multi_direction_scan(u, delta, A, B, C, backend="torch", **call)
+    via_gather = ops.multi_direction_scan(u, delta, A, B, C, backend="triton", **call)
+    assert (len(fused_calls), scans) == (0, [1])
+    fused_settings = ScanSettings(triton_multi="fused", triton_autotune=False)
+    fused = ops.multi_direction_scan(u, delta, A, B, C, backend="triton", settings=fused_settings, **call)
+    assert fused_calls == [fused_settings.forced(backend="triton")] and scans == [1]
+    monkeypatch.setenv("PAMM_TRITON_MULTI", "fused")
+    ops.multi_direction_scan(u, delta, A, B, C, backend="triton", **call)
+    assert len(fused_calls) == 2 and fused_calls[1].source("triton_multi") == "$PAMM_TRITON_MULTI"
+    for got in (via_gather, fused):
+        torch.testing.assert_close(got, expected, rtol=FP32_RTOL, atol=1e-5)
+    monkeypatch.setenv("PAMM_TRITON_MULTI", "sideways")
     with pytest.raises(ValueError, match="PAMM_TRITON_MULTI"):
-        ops.multi_direction_scan(u, delta, A, B, C, perm=perm, inverse=inverse, backend="triton")
-
-
-def test_timing_a_multi_direction_path_leaves_the_callers_tensors_alone(monkeypatch):
-    """``_time_path`` runs the path (and its backward) on detached copies: an untimed call, then the median
-    of the timed ones; the caller's leaves get no gradient and the caller's graph is untouched."""
-    from pamm.ops import multi_direction
-
-    elapsed = iter([3.0, 1.0, 2.0])
-
-    class FakeEvent:
-        def __init__(self, enable_timing):
-            assert enable_timing
-
-        def record(self):
-            pass
-
-        def synchronize(self):
-            pass
-
-        def elapsed_time(self, end):
-            return next(elapsed)
-
-    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    cuda = torch.device("cuda")  # only the timing sees it: the tensors stay on the CPU
-    u = torch.randn(1, 4, 12, requires_grad=True)
-    A = torch.randn(4, 2)  # needs no gradient
-    seen = []
-
-    def run(path, args):
-        seen.append((path, args[0] is not u, args[0].requires_grad, args[1].requires_grad, torch.is_grad_enabled()))
-        return (args[0] * 2).sum(-1) + args[1].sum()
-
-    assert multi_direction._time_path(run, "gather", [u, A], wants_grad=True, device=cuda) == 2.0
-    assert seen == [("gather", True, True, False, True)] * 4 and u.grad is None
-    seen.clear()
-    elapsed = iter([1.0, 1.0, 1.0])
-    with torch.no_grad():
-        multi_direction._time_path(run, "fused", [u, A], wants_grad=False, device=cuda)
-    assert seen == [("fused", True, False, False, False)] * 4
-
-
-def test_auto_multi_direction_path_times_both_once_per_problem(monkeypatch):
-    """``auto`` (where it can time: CUDA) keeps the faster path per problem, timing each problem once; a
-    forced path is never timed."""
-    from pamm.ops import multi_direction, triton_scan
-
-    monkeypatch.delenv(triton_scan.MULTI_PATH_ENV_VAR, raising=False)
-    monkeypatch.setattr(multi_direction, "_TRITON_PATHS", {})
-    monkeypatch.setattr(multi_direction, "_can_time", lambda device: True)
-    speed = {"fused": 9.0, "gather": 5.0}
-    timed = []
-
-    def fake_time(run, path, inputs, wants_grad, device):
-        timed.append((path, tuple(inputs[0].shape), wants_grad))
-        return speed[path]
-
-    monkeypatch.setattr(multi_direction, "_time_path", fake_time)
-    small = [torch.randn(1, 4, 12, requires_grad=True)] + [None] * 6
-    assert multi_direction._triton_path(None, small, ("flags",)) == "gather"
-    assert multi_direction._triton_path(None, small, ("flags",)) == "gather"
-    assert timed == [("fused", (1, 4, 12), True), ("gather", (1, 4, 12), True)]  # once per problem
-    speed["fused"] = 1.0
-    wide = [torch.randn(2, 4, 12, requires_grad=True)] + [None] * 6
-    assert multi_direction._triton_path(None, wide, ("flags",)) == "fused"  # another problem: timed again
-    with torch.no_grad():  # inference: a problem of its own, timed forward only
-        assert multi_direction._triton_path(None, small, ("flags",)) == "fused"
-    assert timed[-1] == ("gather", (1, 4, 12), False) and len(timed) == 6
-    monkeypatch.setenv(triton_scan.MULTI_PATH_ENV_VAR, "fused")
-    assert multi_direction._triton_path(None, wide, ("other",)) == "fused" and len(timed) == 6
-    monkeypatch.setattr(multi_direction, "_can_time", lambda device: False)
-    monkeypatch.delenv(triton_scan.MULTI_PATH_ENV_VAR)
-    assert multi_direction._triton_path(None, wide, ("other",)) == "fused" and len(timed) == 6
+        ops.multi_direction_scan(u, delta, A, B, C, backend="triton", **call)

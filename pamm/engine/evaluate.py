@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from pamm import io as pio
 from pamm.checkpoints.run_model import build_run_model, read_run_checkpoint
 from pamm.config import config_hash
-from pamm.engine.train import TrainingError, configure_scan_backend, move_batch, pick_device
+from pamm.engine.train import TrainingError, move_batch, pick_device
 from pamm.tasks import IGNORE_INDEX, TASK_INFO, dataset_tasks
 
 
@@ -84,7 +84,6 @@ def evaluate_run(
         raise TrainingError(f"{run_dir / 'config.yaml'} names no dataset (data.root is null): import the checkpoint "
                             f"again with --data-root DIR")
     dev = pick_device(device)
-    configure_scan_backend(cfg["train"].get("scan_backend", "auto"))
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
     model = build_run_model(cfg, state).to(dev)

@@ -341,17 +341,16 @@ def profile_config(
     cfg: dict[str, Any], device: str | None = None, model: torch.nn.Module | None = None, **options: Any
 ) -> dict[str, Any]:
     """Profile the model of a resolved config at its own resolution (``model``, or one with random weights)."""
-    from pamm.engine.train import build_model_for, configure_scan_backend, pick_device
+    from pamm.engine.train import build_model_for, pick_device, scan_settings_for
 
     dev = pick_device(device)
-    configure_scan_backend(cfg["train"].get("scan_backend", "auto"))
     if model is None:
         torch.manual_seed(0)
         model = build_model_for(cfg)
     result = profile_model(model, tuple(cfg["data"]["size"]), dev, **options)
     from pamm import ops
 
-    result["scan_backend"] = ops.resolve_backend(cfg["train"].get("scan_backend", "auto"), dev)
+    result["scan_backend"] = ops.resolve(scan_settings_for(cfg), dev)
     result["run"] = cfg["run"]
     return result
 

@@ -72,20 +72,27 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     raise TrainingError(f"train.amp must be auto, bf16 or fp32, got {amp!r}")
 
 
-def configure_scan_backend(name: str) -> None:
-    """Force the selective-scan backend for this process (``auto`` leaves the choice to pamm.ops)."""
+def scan_settings_for(cfg: dict[str, Any]):
+    """The run's scan settings (``pamm.ops.ScanSettings``): ``train.scan`` with its backend defaulting to
+    ``train.scan_backend``, a model's named ``scan_backend`` winning (it is what the model's scan calls
+    name), and the documented environment overrides."""
     from pamm import ops
 
-    ops.set_default_backend(name)
+    section = {"backend": cfg["train"].get("scan_backend", "auto"), **(cfg["train"].get("scan") or {})}
+    settings = ops.ScanSettings.from_config(section, where="train.scan")
+    model_backend = cfg["model"].get("scan_backend", "auto")
+    return settings if model_backend == "auto" else settings.forced(backend=model_backend)
 
 
 def build_model_for(cfg: dict[str, Any]) -> torch.nn.Module:
+    from pamm import ops
     from pamm.models.heads import attach_output_offsets
 
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
     model = create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
     attach_output_offsets(model, [t for t in cfg["train"].get("output_offsets") or [] if t in tasks])
+    ops.set_scan_settings(model, scan_settings_for(cfg))
     return model
 
 
@@ -240,7 +247,7 @@ def train_run(
 
     dist_info = distributed.setup()
     dev = distributed.device_for(dist_info, device)
-    configure_scan_backend(train_cfg.get("scan_backend", "auto"))
+    scan = scan_settings_for(cfg)
     configure_cudnn(dev)
     seed_everything(int(run["seed"]) + dist_info.rank)
     from pamm.data import build_dataset
@@ -349,7 +356,8 @@ def train_run(
         {
             "run": run, "config_hash": chash, **git_state(), "environment": environment(),
             "dataset": dataset_fingerprint(cfg["data"]["root"]), "device": str(dev),
-            "scan_backend": _scan_backend_name(dev), "train_seconds": elapsed, "iterations": iterations,
+            "scan_backend": _resolved_scan_backend(scan, dev), "scan": scan.record(), "train_seconds": elapsed,
+            "iterations": iterations,
             "world_size": dist_info.world_size, "global_batch": int(train_cfg["batch_size"]),
             "per_rank_batch": int(train_cfg["batch_size"]) // dist_info.world_size,
         },
@@ -358,8 +366,8 @@ def train_run(
     return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
 
 
-def _scan_backend_name(device: torch.device) -> str:
-    """The scan backend that ``auto`` resolves to on ``device`` (what actually ran)."""
+def _resolved_scan_backend(scan, device: torch.device) -> str:
+    """The scan backend the run's settings resolve to on ``device`` (what actually ran)."""
     from pamm import ops
 
-    return ops.resolve_backend("auto", device)
+    return ops.resolve(scan, device)

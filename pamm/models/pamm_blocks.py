@@ -21,7 +21,7 @@ import pamm.ops as scan_ops
 from pamm.models.experts import ParameterExpert, PlainTaskProjection, run_parameter_experts
 
 FIDELITY_MODES = ("as_described", "as_released")
-SCAN_ORDERS = ("raster", "snake", "zorder", "hilbert_cropped", "hilbert")
+SCAN_ORDERS = scan_ops.SCAN_KINDS
 SCAN_CALLS = ("batched", "per_task_direction")
 SCAN_MERGES = ("sum", "mean")
 PRIOR_STD = 0.02  # the released prompts' trunc-normal std
@@ -114,18 +114,14 @@ class PAMMOptions:
 
 
 class ScanOrderCache:
-    """``scan_orders`` per (grid, device), computed on first use: any resolution, no GPU at build time."""
+    """``scan_orders`` of one kind and direction count per (grid, device), from pamm.ops' cache: any
+    resolution, no GPU at build time."""
 
     def __init__(self, kind: str, directions: int) -> None:
         self.kind, self.directions = kind, directions
-        self._cache: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (height, width, str(device))
-        if key not in self._cache:
-            perm, inverse = scan_ops.scan_orders(self.kind, height, width, self.directions)
-            self._cache[key] = (perm.to(device), inverse.to(device))
-        return self._cache[key]
+        return scan_ops.scan_orders(self.kind, height, width, self.directions, device=device)
 
 
 def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +149,7 @@ class PAMEStage(nn.Module):
         d, di, n, t = opts.embed_dim, opts.d_inner, opts.d_state, num_tasks
         rank = opts.resolved_dt_rank
         self.opts, self.orders, self.num_tasks = opts, orders, num_tasks
+        self.scan_settings = None  # pamm.ops.ScanSettings, set by pamm.ops.set_scan_settings
         self.first_decode = nn.Sequential(nn.Conv2d(in_channels, d, 3, padding=1), nn.GroupNorm(opts.norm_groups, d))
         self.task_conv = nn.Conv2d(d, t * d, 3, padding=1)  # T separate d -> d convs of the shared map
         self.task_norm = nn.GroupNorm(t * opts.norm_groups, t * d)  # = a GroupNorm per task
@@ -292,6 +289,7 @@ class PAMEStage(nn.Module):
             return scan_ops.multi_direction_scan(
                 u, delta, A, B, C, D, delta_bias, delta_softplus=True,
                 perm=perm, inverse=inverse, merge=self.opts.scan_merge, backend=self.opts.scan_backend,
+                settings=self.scan_settings,
             )
         return self._scan_per_task_direction(u, delta, A, B, C, D, delta_bias, perm, inverse)
 
@@ -308,6 +306,7 @@ class PAMEStage(nn.Module):
                 y = scan_ops.selective_scan(
                     u[:, rows, order], delta[:, rows, order], A[rows], B[:, task][:, :, order], C[:, task][:, :, order],
                     D[rows], delta_bias=delta_bias[rows], delta_softplus=True, backend=self.opts.scan_backend,
+                    settings=self.scan_settings,
                 )
                 merged = merged + y[:, :, undo]
             outputs.append(merged / perm.shape[0] if self.opts.scan_merge == "mean" else merged)

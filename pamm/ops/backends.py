@@ -1,14 +1,12 @@
-"""Selective-scan backends: a small registry, the default-backend switch and "auto" resolution.
+"""Selective-scan backends: a small registry and the resolution of ``auto``.
 
-A backend is a name plus a forward function ``(u, delta, A, B4, C4, D, z, delta_bias, softplus)
--> (out, states)`` and optionally a hand-written backward. Backends without one get their
-gradients by re-running their (differentiable) forward under autograd in the backward pass.
-Adding a backend (e.g. a Triton kernel) = one :func:`register_backend` call plus, if it should be
-picked by "auto", a line in :func:`resolve_backend`.
+A backend is a name plus a forward function ``(u, delta, A, B4, C4, D, z, delta_bias, softplus, settings)
+-> (out, states)`` and optionally a hand-written backward. Backends without one get their gradients by
+re-running their (differentiable) forward under autograd in the backward pass. Adding a backend = one
+:func:`register_backend` call plus, if ``auto`` should pick it, a line in :func:`resolve_backend`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -16,20 +14,19 @@ import torch
 
 from pamm.ops import scan_torch
 from pamm.ops.scan_ref import compute_dtype, selective_scan_ref
+from pamm.ops.settings import ScanSettings
+from pamm.ops.triton import availability as triton_availability
 
 __all__ = [
     "ScanBackend",
     "register_backend",
     "registered_backends",
     "get_backend",
-    "set_default_backend",
-    "get_default_backend",
     "resolve_backend",
+    "resolve",
     "mamba_ssm_status",
-    "BACKEND_ENV_VAR",
 ]
 
-BACKEND_ENV_VAR = "PAMM_SCAN_BACKEND"
 MAMBA_SSM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAMBA_SSM_MAX_STATE = 256
 
@@ -38,10 +35,10 @@ MAMBA_SSM_MAX_STATE = 256
 class ScanBackend:
     """One way of computing the selective scan.
 
-    ``forward`` returns ``(out, states)`` where ``states[:, :, -1]`` is the final state
-    (b, d, n); ``backward`` (optional) has the signature of :func:`pamm.ops.scan_torch.scan_backward`.
-    ``supports(device, dtype, d_state)`` returns None when usable, else the reason it is not.
-    ``state_slots(b, d, l, n, device_type)`` gives the size of the states' third axis.
+    ``forward`` returns ``(out, states)`` where ``states[:, :, -1]`` is the final state (b, d, n);
+    ``backward`` (optional) has the signature of :func:`pamm.ops.scan_torch.scan_backward` with the
+    settings last. ``supports(device, dtype, d_state)`` returns None when usable, else the reason it is
+    not. ``state_slots(b, d, l, n, device_type, settings)`` gives the size of the states' third axis.
     ``own_autograd``: see the field.
     """
 
@@ -49,7 +46,7 @@ class ScanBackend:
     forward: Callable
     backward: Optional[Callable] = None
     supports: Callable[[torch.device, torch.dtype, int], Optional[str]] = field(default=lambda *_: None)
-    state_slots: Callable[[int, int, int, int, str], int] = field(default=lambda *_: 1)
+    state_slots: Callable[..., int] = field(default=lambda *_: 1)
     description: str = ""
     # The forward is an autograd.Function whose backward keeps what it needs (the kernel's chunk states,
     # the Triton checkpoints): eager training calls it directly, since the op's backward would re-run it.
@@ -57,7 +54,6 @@ class ScanBackend:
 
 
 _BACKENDS: dict[str, ScanBackend] = {}
-_default_backend: str | None = None  # set_default_backend(); None = use the env var, else "auto"
 
 
 def register_backend(backend: ScanBackend) -> None:
@@ -74,22 +70,6 @@ def get_backend(name: str) -> ScanBackend:
         return _BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown selective-scan backend {name!r}; known: {('auto',) + registered_backends()}") from None
-
-
-def set_default_backend(name: str | None) -> None:
-    """Force what ``backend="auto"`` means for the whole process (None: back to the env var / auto)."""
-    global _default_backend
-    if name is not None and name != "auto":
-        get_backend(name)
-    _default_backend = name
-
-
-def get_default_backend() -> str:
-    """The process-wide default: set_default_backend(), else $PAMM_SCAN_BACKEND, else "auto"."""
-    if _default_backend is not None:
-        return _default_backend
-    env = os.environ.get(BACKEND_ENV_VAR, "").strip()
-    return env or "auto"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,11 +117,11 @@ def _cuda_supports(device: torch.device, dtype: torch.dtype, d_state: int) -> Op
     return None
 
 
-def _cuda_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _cuda_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, settings: ScanSettings):
     """mamba-ssm's selective_scan_fn, with the dtypes its kernel insists on.
 
-    Δ, B, C and z are cast to u's dtype (the kernel rejects fp32 B/C beside bf16 u, reference
-    §1.11); A, D and delta_bias to fp32. Differentiable, so the backward can recompute through it.
+    Δ, B, C and z are cast to u's dtype (the kernel rejects fp32 B/C beside bf16 u); A, D and
+    delta_bias to fp32. Differentiable, so the backward can recompute through it.
     """
     fn = mamba_ssm_status()["fn"]
     dtype = u.dtype
@@ -160,20 +140,31 @@ def _cuda_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return out, last_state.to(compute_dtype(u, delta, A, B, C)).unsqueeze(2)
 
 
-def _ref_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _ref_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, settings: ScanSettings):
     out, last_state = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
     return out, last_state.unsqueeze(2)
 
 
-def _torch_slots(batch: int, channels: int, length: int, d_state: int, device_type: str) -> int:
-    return scan_torch.num_state_slots(length, batch, channels, d_state, device_type)
+def _torch_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, settings: ScanSettings):
+    return scan_torch.scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                   block_elements=settings.torch_block_elements)
+
+
+def _torch_backward(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, needs, settings: ScanSettings):
+    return scan_torch.scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, needs,
+                                    block_elements=settings.torch_block_elements)
+
+
+def _torch_slots(batch: int, channels: int, length: int, d_state: int, device_type: str,
+                 settings: ScanSettings) -> int:
+    return scan_torch.num_state_slots(length, batch, channels, d_state, device_type, settings.torch_block_elements)
 
 
 register_backend(
     ScanBackend(
         name="torch",
-        forward=scan_torch.scan_forward,
-        backward=scan_torch.scan_backward,
+        forward=_torch_forward,
+        backward=_torch_backward,
         state_slots=_torch_slots,
         description="pure PyTorch, blocked two-level scan, hand-written reverse-scan backward",
     )
@@ -197,26 +188,12 @@ register_backend(
 )
 
 
-def _triton_supports(device: torch.device, dtype: torch.dtype, d_state: int) -> Optional[str]:
-    from pamm.ops.triton_scan import triton_available
+def _triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, settings: ScanSettings):
+    """The Triton kernels; differentiable, so the op's backward recomputes through their own backward
+    kernels. They keep no final state: ``states`` is empty."""
+    from pamm.ops.triton import selective_scan_triton
 
-    available, reason = triton_available()
-    if not available:
-        return f"triton not importable ({reason})"
-    interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-    if device.type != "cuda" and not interpreted:
-        return f"inputs are on {device.type}; Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for tests)"
-    if dtype not in MAMBA_SSM_DTYPES:
-        return f"the Triton kernels do not support {dtype}"
-    return None
-
-
-def _triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """The Triton kernels (pamm.ops.triton_scan); differentiable, so the op's backward recomputes
-    through their own backward kernels. They keep no final state: ``states`` is empty."""
-    from pamm.ops.triton_scan import selective_scan_triton
-
-    out = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, settings=settings)
     return out, u.new_empty(u.shape[0], u.shape[1], 0, A.shape[1], dtype=compute_dtype(u, delta, A, B, C))
 
 
@@ -224,7 +201,7 @@ register_backend(
     ScanBackend(
         name="triton",
         forward=_triton_forward,
-        supports=_triton_supports,
+        supports=triton_availability.supports,
         own_autograd=True,
         state_slots=lambda *_: 0,
         description="Triton kernels (no compilation step); fused scan orders in multi_direction_scan",
@@ -232,27 +209,37 @@ register_backend(
 )
 
 
-def resolve_backend(requested: str, device: torch.device | str, dtype: torch.dtype = torch.float32, d_state: int = 16) -> str:
-    """Turn a requested backend name into a concrete registered one.
+def resolve_backend(requested: str, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                    d_state: int = 16) -> str:
+    """Turn a backend name into a concrete registered one.
 
-    "auto" first defers to the forced default (set_default_backend / $PAMM_SCAN_BACKEND); if that
-    is "auto" too, on CUDA tensors: the mamba-ssm kernel when it imports (and supports the dtype),
-    else the Triton kernels when triton imports, else "torch"; on CPU: "torch".
-    An explicitly named backend that cannot run raises.
+    ``auto``, on CUDA tensors: the mamba-ssm kernel when it imports (and supports the dtype), else the
+    Triton kernels when triton imports, else ``torch``; on CPU: ``torch``. A named backend that cannot
+    run here raises.
     """
     device = torch.device(device)
-    name = requested
-    if name == "auto":
-        name = get_default_backend()
-    if name == "auto":
+    if requested == "auto":
         if device.type == "cuda":
             if _cuda_supports(device, dtype, d_state) is None:
                 return "cuda"
-            if _triton_supports(device, dtype, d_state) is None:
+            if triton_availability.supports(device, dtype, d_state) is None:
                 return "triton"
         return "torch"
-    backend = get_backend(name)
+    backend = get_backend(requested)
     reason = backend.supports(device, dtype, d_state)
     if reason is not None:
-        raise RuntimeError(f"selective-scan backend {name!r} cannot run here: {reason}")
-    return name
+        raise RuntimeError(f"selective-scan backend {requested!r} cannot run here: {reason}")
+    return requested
+
+
+def resolve(settings: ScanSettings, device: torch.device | str, dtype: torch.dtype = torch.float32,
+            d_state: int = 16) -> str:
+    """The backend that runs with ``settings`` for tensors of ``device`` and ``dtype`` (what a run records
+    as its ``scan_backend``). An unknown or unusable backend raises; one set by the environment says so."""
+    var = dict(settings.env_overrides).get("backend")
+    try:
+        return resolve_backend(settings.backend, device, dtype, d_state)
+    except (ValueError, RuntimeError) as err:
+        if var is None:
+            raise
+        raise type(err)(f"${var}={settings.backend!r}: {err}") from None

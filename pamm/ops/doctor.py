@@ -1,8 +1,8 @@
-"""Which selective-scan backend will run, and why: input for ``pamm-bench doctor``.
+"""Which selective-scan backend will run, and why, with the scan settings: input for ``pamm-bench doctor``.
 
-The commonest support question in the Mamba ecosystem is "why is my scan slow / why does
-mamba-ssm not import" (reference §7.1: torch/CUDA ABI mismatches). The report answers it with
-the actual import error instead of a silent fallback.
+The commonest support question in the Mamba ecosystem is "why is my scan slow / why does mamba-ssm not
+import" (torch/CUDA ABI mismatches, most often). The report answers it with the actual import error
+instead of a silent fallback.
 """
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from importlib import metadata
 
 import torch
 
-from pamm.ops.backends import BACKEND_ENV_VAR, get_default_backend, mamba_ssm_status, registered_backends
+from pamm.ops.backends import mamba_ssm_status, registered_backends, resolve
+from pamm.ops.settings import ScanSettings
+from pamm.ops.triton import triton_available
+from pamm.ops.triton.autotune import UNTIMED_CANDIDATES
 
 __all__ = ["backend_report", "format_backend_report"]
 
@@ -25,62 +28,34 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _env_setting(read, var: str, choices: tuple[str, ...]) -> tuple[str, str]:
-    """(value or "invalid: ...", where it came from and the choices) of a Triton setting read from ``$var``."""
-    import os
-
-    source = f"${var}" if os.environ.get(var) else "default"
-    try:
-        value = read()
-    except ValueError as err:
-        return f"invalid: {err}", ""
-    return value, f"({source}; choices {', '.join(choices)})"
-
-
-def _triton_backward() -> str:
-    """Which Triton backward runs ($PAMM_TRITON_BWD) and whether its blocks are autotuned."""
-    from pamm.ops import triton_scan
-
-    kind, origin = _env_setting(triton_scan._bwd_kind, triton_scan.BWD_KIND_ENV_VAR, triton_scan.BWD_KINDS)
-    if not origin:
-        return kind
-    if not triton_scan._autotuning():
-        tuned = "one heuristic config ($PAMM_TRITON_AUTOTUNE=0)"
-    elif kind == "token":
-        tuned = "autotuned among its batched-writes and split forms"
+def _triton_backward(settings: ScanSettings) -> str:
+    """Which Triton backward runs and whether its configs are autotuned."""
+    if not settings.triton_autotune:
+        tuned = "one heuristic config (triton_autotune off)"
+    elif settings.triton_bwd == "token":
+        tuned = f"autotuned, untimed candidates included ({', '.join(UNTIMED_CANDIDATES)})"
     else:
         tuned = "autotuned"
-    return f"{kind} kernel {origin}, {tuned}"
+    return f"{settings.triton_bwd} kernel, {tuned}"
 
 
-def _triton_bc_order() -> str:
-    """How the fused multi-direction call hands B and C to the Triton kernels ($PAMM_TRITON_BC_ORDER)."""
-    from pamm.ops import triton_scan
+def backend_report(settings: ScanSettings | None = None) -> dict:
+    """Facts about the scan backends on this machine and what ``settings`` (None: the defaults with the
+    environment's overrides) run, as a JSON-serialisable dict.
 
-    order, origin = _env_setting(triton_scan._bc_order, triton_scan.BC_ORDER_ENV_VAR, triton_scan.BC_ORDERS)
-    return f"{order} order {origin}" if origin else order
-
-
-def _triton_multi_path() -> str:
-    """Which path pamm.ops.multi_direction_scan takes on the Triton backend ($PAMM_TRITON_MULTI)."""
-    from pamm.ops import triton_scan
-
-    path, origin = _env_setting(triton_scan._multi_path, triton_scan.MULTI_PATH_ENV_VAR, triton_scan.MULTI_PATHS)
-    return f"{path} {origin}" if origin else path
-
-
-def backend_report() -> dict:
-    """Facts about the scan backends on this machine, as a JSON-serialisable dict.
-
-    Keys: torch_version, torch_cuda_version, cuda_available, gpu (name or "no GPU"),
-    gpu_capability, python, mamba_ssm {installed_version, importable, error}, triton_version,
-    triton_backward (which Triton backward kernel runs, and whether it is autotuned), triton_bc_order
-    (B and C in scan order or read through the permutation, in the fused multi-direction call),
-    triton_multi_path (fused call, gather path, or the faster of the two per problem),
-    forced_default (set_default_backend / $PAMM_SCAN_BACKEND, or None), registered_backends,
-    auto_on_cuda / auto_on_cuda_reason, auto_on_cpu / auto_on_cpu_reason.
-    Importing mamba-ssm is attempted (once per process) to get the real error text.
+    Keys: python, torch_version, torch_cuda_version, cuda_available, gpu (name or "no GPU"),
+    gpu_capability, mamba_ssm {installed_version, importable, error}, triton_version, scan_settings
+    (the settings with each value's source, or the error that stopped them), triton_backward,
+    registered_backends, auto_on_cuda / auto_on_cuda_reason, auto_on_cpu / auto_on_cpu_reason (what the
+    settings' backend resolves to for CUDA and CPU tensors, and why). Importing mamba-ssm is attempted
+    (once per process) to get the real error text.
     """
+    settings_error = None
+    if settings is None:
+        try:
+            settings = ScanSettings.from_config(None)
+        except ValueError as err:
+            settings_error, settings = str(err), ScanSettings()
     cuda_available = torch.cuda.is_available()
     gpu, capability = "no GPU", None
     if cuda_available:
@@ -90,18 +65,17 @@ def backend_report() -> dict:
         except Exception as err:  # noqa: BLE001
             gpu = f"CUDA reported available but unusable: {type(err).__name__}: {err}"
     mamba = mamba_ssm_status()
-    forced = get_default_backend()
-    forced = None if forced == "auto" else forced
+    triton_ok, triton_reason = triton_available()
 
-    if forced is not None:
-        auto_cuda, cuda_reason = forced, f"forced by set_default_backend()/${BACKEND_ENV_VAR}"
-        auto_cpu, cpu_reason = forced, cuda_reason
-        if forced == "cuda":
-            auto_cpu, cpu_reason = "error", "forced 'cuda' cannot run on CPU tensors"
+    if settings.backend != "auto":
+        source = settings.source("backend")
+        auto_cuda = auto_cpu = settings.backend
+        cuda_reason = cpu_reason = f"scan setting backend={settings.backend} ({source})"
+        try:
+            resolve(settings, "cpu")
+        except (RuntimeError, ValueError) as err:
+            auto_cpu, cpu_reason = "error", str(err)
     else:
-        from pamm.ops.triton_scan import triton_available
-
-        triton_ok, triton_reason = triton_available()
         if mamba["available"]:
             auto_cuda = "cuda"
             cuda_reason = "mamba-ssm selective_scan_fn imports (fp32/fp16/bf16, d_state <= 256; fp64 falls back to torch)"
@@ -128,10 +102,10 @@ def backend_report() -> dict:
             "error": mamba["error"],
         },
         "triton_version": _package_version("triton"),
-        "triton_backward": _triton_backward(),
-        "triton_bc_order": _triton_bc_order(),
-        "triton_multi_path": _triton_multi_path(),
-        "forced_default": forced,
+        "scan_settings": {name: {"value": getattr(settings, name), "source": settings.source(name)}
+                          for name in settings.fields()},
+        "scan_settings_error": settings_error,
+        "triton_backward": _triton_backward(settings),
         "registered_backends": list(registered_backends()),
         "auto_on_cuda": auto_cuda,
         "auto_on_cuda_reason": cuda_reason,
@@ -154,10 +128,17 @@ def format_backend_report(report: dict) -> str:
         lines.append(f"    import error: {mamba['error']}")
     lines += [
         f"  triton: {report['triton_version'] or 'not installed'}"
-        + (f"; backward: {report['triton_backward']}; multi-direction: {report['triton_multi_path']}"
-           f"; fused multi-direction B/C: {report['triton_bc_order']}" if report["triton_version"] else ""),
+        + (f"; backward: {report['triton_backward']}" if report["triton_version"] else ""),
         f"  registered backends: {', '.join(report['registered_backends'])}",
-        f"  forced default: {report['forced_default'] or 'none (auto)'}",
+        "Scan settings (defaults, with the environment's overrides)",
+    ]
+    if report.get("scan_settings_error"):
+        lines.append(f"  invalid: {report['scan_settings_error']} (the defaults are shown)")
+    for name, entry in report["scan_settings"].items():
+        value = entry["value"]
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+        lines.append(f"  {name}: {shown}" + (f"  ({entry['source']})" if entry["source"] != "config" else ""))
+    lines += [
         f"  auto on CUDA tensors -> {report['auto_on_cuda']}: {report['auto_on_cuda_reason']}",
         f"  auto on CPU tensors  -> {report['auto_on_cpu']}: {report['auto_on_cpu_reason']}",
     ]

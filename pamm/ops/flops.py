@@ -2,8 +2,8 @@
 
 Convention (state it next to every number you publish):
   * **FLOPs** of the scan = 9·b·l·d·n, + b·d·l for the D skip, + b·d·l for the z gate
-    (state-spaces/mamba#110; VMamba's ``flops_selective_scan_fn``; reference §6). Softplus, the
-    delta bias and the exp are not counted, as in that formula.
+    (state-spaces/mamba#110; VMamba's ``flops_selective_scan_fn``). Softplus, the delta bias and the
+    exp are not counted, as in that formula.
   * For matmuls/convs **FLOPs = 2·MACs**. fvcore and ptflops report **MACs** (fvcore labels them
     "flops"); ``torch.utils.flop_counter.FlopCounterMode`` reports FLOPs.
   * So the scan is handed to fvcore/ptflops as MACs = FLOPs / 2 (rounded up), and to
@@ -12,16 +12,17 @@ Convention (state it next to every number you publish):
     2× the forward formula, the same ratio FlopCounterMode uses for matmuls (an estimate; the
     real backward recomputes the forward and runs a reverse scan).
 
-None of fvcore, ptflops is imported here; the hooks only read shapes.
+None of fvcore, ptflops, torch.utils.flop_counter is imported here; the hooks only read shapes.
+``FlopCounterMode`` learns the formula explicitly: ``FlopCounterMode(custom_mapping=flop_counter_formulas())``
+or, for every counter of the process, :func:`register_flop_counter_formulas`.
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
-import sys
 from typing import Any, Callable, Sequence
 
 import torch
+
+import pamm.ops.selective_scan  # noqa: F401  (defines torch.ops.pamm.selective_scan and its backward)
 
 __all__ = [
     "selective_scan_flops",
@@ -29,8 +30,8 @@ __all__ = [
     "fvcore_selective_scan_handle",
     "fvcore_op_handles",
     "ptflops_aten_hooks",
+    "flop_counter_formulas",
     "register_flop_counter_formulas",
-    "register_flop_counter_formulas_when_imported",
 ]
 
 OP_NAME = "pamm::selective_scan"
@@ -127,88 +128,36 @@ def _ptflops_hook(args: tuple, outputs: tuple) -> int:
 
 def ptflops_aten_hooks() -> dict:
     """``custom_modules_hooks`` for ``ptflops.get_model_complexity_info(..., backend="aten")`` (MACs)."""
-    _ensure_op_registered()
     return {torch.ops.pamm.selective_scan: _ptflops_hook}
 
 
 # --------------------------------------------------------------------------------------------
 # torch.utils.flop_counter (FLOPs, forward and backward)
 # --------------------------------------------------------------------------------------------
-def _ensure_op_registered() -> None:
-    import pamm.ops.selective_scan  # noqa: F401  (defines torch.ops.pamm.*)
+def _forward_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, *args, out_shape=None,
+                     **kwargs) -> int:
+    return _flops_from_shapes(u_shape, A_shape, D_shape is not None, z_shape is not None)
 
 
-_FLOP_COUNTER_REGISTERED = False
+def _backward_formula(dout_shape, u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, *args,
+                      out_shape=None, **kwargs) -> int:
+    return 2 * _flops_from_shapes(u_shape, A_shape, D_shape is not None, z_shape is not None)
+
+
+def flop_counter_formulas() -> dict:
+    """``{op: formula}`` for ``torch.utils.flop_counter.FlopCounterMode(custom_mapping=...)``: the forward
+    op's FLOPs and the backward op's (2× the forward)."""
+    return {torch.ops.pamm.selective_scan: _forward_formula, torch.ops.pamm.selective_scan_backward: _backward_formula}
 
 
 def register_flop_counter_formulas() -> bool:
-    """Teach ``torch.utils.flop_counter.FlopCounterMode`` the scan formula. Idempotent.
-
-    Returns False if this torch has no ``register_flop_formula``.
-    """
-    global _FLOP_COUNTER_REGISTERED
-    if _FLOP_COUNTER_REGISTERED:
-        return True
+    """Add :func:`flop_counter_formulas` to FlopCounterMode's global registry, for counters created
+    afterwards anywhere in the process. Idempotent; False if this torch has no ``register_flop_formula``."""
     try:
         from torch.utils.flop_counter import flop_registry, register_flop_formula
     except ImportError:
         return False
-    _ensure_op_registered()
-    forward_op = torch.ops.pamm.selective_scan
-    backward_op = torch.ops.pamm.selective_scan_backward
-
-    def forward_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, *args, out_shape=None, **kwargs) -> int:
-        return _flops_from_shapes(u_shape, A_shape, D_shape is not None, z_shape is not None)
-
-    def backward_formula(dout_shape, u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, *args, out_shape=None, **kwargs) -> int:
-        return 2 * _flops_from_shapes(u_shape, A_shape, D_shape is not None, z_shape is not None)
-
-    if forward_op not in flop_registry:
-        register_flop_formula(forward_op)(forward_formula)
-    if backward_op not in flop_registry:
-        register_flop_formula(backward_op)(backward_formula)
-    _FLOP_COUNTER_REGISTERED = True
+    for op, formula in flop_counter_formulas().items():
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)
     return True
-
-
-class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """One-shot import hook: run ``callback`` right after ``module_name`` is first imported.
-
-    Importing ``torch.utils.flop_counter`` costs ~0.35 s (it pulls in triton when installed), too
-    much for ``import pamm.ops``; registering our formula only when someone imports the counter
-    keeps the import cheap and FlopCounterMode correct without an explicit call.
-    """
-
-    def __init__(self, module_name: str, callback: Callable[[], Any]):
-        self.module_name = module_name
-        self.callback = callback
-        self.real_loader = None
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.module_name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        self.real_loader = spec.loader
-        spec.loader = self
-        return spec
-
-    def create_module(self, spec):
-        return self.real_loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self.real_loader.exec_module(module)
-        try:
-            self.callback()
-        except Exception:  # noqa: BLE001 - never break the user's import over a FLOP formula
-            pass
-
-
-def register_flop_counter_formulas_when_imported() -> None:
-    """Register the FlopCounterMode formulas now if the counter is loaded, else on its first import."""
-    if "torch.utils.flop_counter" in sys.modules:
-        register_flop_counter_formulas()
-    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport("torch.utils.flop_counter", register_flop_counter_formulas))

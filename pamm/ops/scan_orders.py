@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def hilbert_distance(bits: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _hilbert_cropped(height: int, width: int, rotation: int) -> np.ndarray:
-    """The released PAMM construction (reference §1.6), one rotation.
+    """The released PAMM construction, one rotation (docs/scan_orders.md).
 
     The Hilbert distance of every cell of the ``2**p`` square (p = ceil(log2(max(H, W)))) is
     laid out *transposed* (cell (row r, col c) holds the distance of point (x=c, y=r)), the square
@@ -229,8 +230,8 @@ def _hilbert_mirrored(height: int, width: int) -> np.ndarray:
     return rows * width + cols
 
 
-@functools.lru_cache(maxsize=256)
-def _orders_cpu(kind: str, height: int, width: int, directions: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _build_orders(kind: str, height: int, width: int, directions: int) -> np.ndarray:
+    """The ``directions`` orders of ``kind``, stacked: (directions, height * width) row-major indices."""
     if kind == "hilbert_cropped":
         orders = [_hilbert_cropped(height, width, rotation) for rotation in range(directions)]
     else:
@@ -240,15 +241,21 @@ def _orders_cpu(kind: str, height: int, width: int, directions: int) -> tuple[to
             other = _hilbert_mirrored(height, width) if kind == "hilbert" else _transposed(kind, height, width)
             candidates += [other, other[::-1]]
         orders = candidates[:directions]
-    perm = torch.from_numpy(np.stack([np.ascontiguousarray(o) for o in orders]).astype(np.int64))
-    inverse = torch.argsort(perm, dim=1)
-    return perm, inverse
+    return np.stack([np.ascontiguousarray(o) for o in orders]).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=256)
-def _orders_on(kind: str, height: int, width: int, directions: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    perm, inverse = _orders_cpu(kind, height, width, directions)
-    return perm.to(device), inverse.to(device)
+def _orders(kind: str, height: int, width: int, directions: int, reorder: tuple[int, ...] | None,
+            device: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one cache of scan orders: per (kind, grid, directions, reorder) on the CPU (``device`` None),
+    and per device as copies of the CPU entry."""
+    if device is not None:
+        perm, inverse = _orders(kind, height, width, directions, reorder, None)
+        return perm.to(device), inverse.to(device)
+    perm = torch.from_numpy(_build_orders(kind, height, width, directions))
+    if reorder is not None:
+        perm = perm[list(reorder)].contiguous()
+    return perm, torch.argsort(perm, dim=1)
 
 
 def scan_orders(
@@ -257,6 +264,8 @@ def scan_orders(
     width: int,
     directions: int = 4,
     device: torch.device | str | None = None,
+    *,
+    reorder: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(perm, inverse)``, two LongTensors of shape ``(directions, height * width)``.
 
@@ -269,7 +278,7 @@ def scan_orders(
       * ``zorder``: Morton order (column bit lowest: each 2×2 block is visited as a "Z").
       * ``hilbert``: generalised Hilbert curve for any rectangle, unit steps only (see ``_hilbert``);
         the classic Hilbert curve on 2**k squares.
-      * ``hilbert_cropped``: the released PAMM construction (reference §1.6): the 2**p square,
+      * ``hilbert_cropped``: the released PAMM construction (docs/scan_orders.md): the 2**p square,
         transposed, rotated by 0/90/180/270° CCW with ``torch.rot90``, cropped to the top-left H×W.
         Has jumps and non-corner starts when H, W are not equal powers of two (28×36: 3, 6, 4, 4
         jumps; starts (0,0), (24,35), (3,35), (27,32)).
@@ -286,13 +295,19 @@ def scan_orders(
         4-set is MTMamba's SS2D set; note SS2D stacks it as [row, column, row reversed, column
         reversed], i.e. our directions [0, 2, 1, 3] when loading its per-direction weights.
 
-    Results are cached per (kind, height, width, directions, device); the returned tensors are
-    shared between callers, so never modify them in place.
+    ``reorder`` returns the directions in another order (a permutation of ``range(directions)``), e.g.
+    ``(0, 2, 1, 3)`` for SS2D's stacking of the raster set.
+
+    Results are cached per (kind, height, width, directions, reorder, device) in one cache; the returned
+    tensors are shared between callers, so never modify them in place.
     """
-    _check(kind, int(height), int(width), int(directions))
-    if device is None:
-        return _orders_cpu(kind, int(height), int(width), int(directions))
-    return _orders_on(kind, int(height), int(width), int(directions), str(torch.device(device)))
+    height, width, directions = int(height), int(width), int(directions)
+    _check(kind, height, width, directions)
+    if reorder is not None:
+        reorder = tuple(int(k) for k in reorder)
+        if sorted(reorder) != list(range(directions)):
+            raise ValueError(f"reorder must be a permutation of range({directions}), got {reorder}")
+    return _orders(kind, height, width, directions, reorder, None if device is None else str(torch.device(device)))
 
 
 def count_jumps(order: torch.Tensor | np.ndarray, width: int) -> int:

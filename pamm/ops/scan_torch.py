@@ -16,7 +16,6 @@ Why this design:
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from pamm.ops.scan_ref import compute_dtype
 __all__ = ["scan_forward", "scan_backward", "block_length", "num_state_slots", "linear_recurrence_"]
 
 # Elements of one (b, d, block, n) buffer. Small enough to stay in a CPU's L2/L3 cache, large
-# enough on GPU that kernel launches do not dominate. Override with PAMM_SCAN_BLOCK_ELEMENTS.
+# enough on GPU that kernel launches do not dominate. ScanSettings.torch_block_elements overrides it.
 _DEFAULT_BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 26}
 _SOFTPLUS_THRESHOLD = 20.0  # same as torch.nn.functional.softplus and the mamba-ssm kernel
 # Decays are exp2(dt·A·log2 e): torch's CPU exp is ~1.7x slower than exp2 and ~8x slower when
@@ -40,18 +39,18 @@ _LOG2_E = math.log2(math.e)
 _MIN_BLOCK = 32
 
 
-def block_length(length: int, elements_per_step: int, device_type: str) -> int:
-    """Sequence positions per block so that one (b, d, block, n) buffer stays within the budget
-    (at least ``_MIN_BLOCK`` positions unless PAMM_SCAN_BLOCK_ELEMENTS sets the budget)."""
-    env = os.environ.get("PAMM_SCAN_BLOCK_ELEMENTS")
-    budget = int(env) if env else _DEFAULT_BLOCK_ELEMENTS.get(device_type, 1 << 24)
-    floor = 1 if env else _MIN_BLOCK
+def block_length(length: int, elements_per_step: int, device_type: str, block_elements: int | None = None) -> int:
+    """Sequence positions per block so that one (b, d, block, n) buffer stays within the budget:
+    ``block_elements``, else the device's default (then at least ``_MIN_BLOCK`` positions)."""
+    budget = block_elements or _DEFAULT_BLOCK_ELEMENTS.get(device_type, 1 << 24)
+    floor = 1 if block_elements else _MIN_BLOCK
     return max(1, min(max(length, 1), max(floor, budget // max(1, elements_per_step))))
 
 
-def num_state_slots(length: int, batch: int, channels: int, d_state: int, device_type: str) -> int:
+def num_state_slots(length: int, batch: int, channels: int, d_state: int, device_type: str,
+                    block_elements: int | None = None) -> int:
     """Size of the saved-state axis: one slot before each block plus the final state."""
-    block = block_length(length, batch * channels * d_state, device_type)
+    block = block_length(length, batch * channels * d_state, device_type, block_elements)
     return math.ceil(length / block) + 1 if length > 0 else 1
 
 
@@ -142,12 +141,13 @@ class _Plan:
     y, over a group's channels for dB and dC) is a multiply plus a sum over one axis.
     """
 
-    def __init__(self, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
+    def __init__(self, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, block_elements: int | None = None):
         self.batch, self.channels, self.length = u.shape
         self.d_state = A.shape[1]
         self.groups = B.shape[1]
         self.per_group = self.channels // self.groups
-        self.block = block_length(self.length, self.batch * self.channels * self.d_state, u.device.type)
+        self.block = block_length(self.length, self.batch * self.channels * self.d_state, u.device.type,
+                                  block_elements)
         self.n_blocks = math.ceil(self.length / self.block) if self.length > 0 else 0
         self.width = min(self.block, max(self.length, 1))
 
@@ -203,14 +203,16 @@ def scan_forward(
     z: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
+    block_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward pass. B, C must be 4-D (b, g, n, l). Returns (out in u's dtype, block states).
 
     The states tensor is (b, d, blocks + 1, n) in the compute dtype: slot k is the state entering
     block k, the last slot the final state. Internally everything is time-major (see ``_Plan``).
+    ``block_elements``: the block budget (see :func:`block_length`).
     """
     dtype = compute_dtype(u, delta, A, B, C)
-    plan = _Plan(u, A, B)
+    plan = _Plan(u, A, B, block_elements)
     b, d = plan.batch, plan.channels
     device = u.device
     A_log2 = plan.grouped_A(A, dtype) * _LOG2_E
@@ -253,6 +255,7 @@ def scan_backward(
     delta_softplus: bool,
     states: torch.Tensor,
     needs: tuple[bool, ...] | list[bool] = (True,) * 8,
+    block_elements: int | None = None,
 ) -> list[torch.Tensor | None]:
     """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias], each in its input's dtype
     (None where the input is None or ``needs`` says it is not wanted).
@@ -267,7 +270,7 @@ def scan_backward(
     need_bias = need_bias and delta_bias is not None
     want_dt = need_delta or need_bias
     dtype = compute_dtype(u, delta, A, B, C)
-    plan = _Plan(u, A, B)
+    plan = _Plan(u, A, B, block_elements)
     b, d, length = plan.batch, plan.channels, plan.length
     device = u.device
     A_grouped = plan.grouped_A(A, dtype)

@@ -2,8 +2,8 @@
 
 Being a registered op (``pamm::selective_scan``) rather than Python code means FLOP counters
 (fvcore, ptflops' aten backend, torch.utils.flop_counter), torch.compile and profilers see a
-single node per scan, whatever backend runs underneath. The backend name travels as a plain
-string argument of the op.
+single node per scan, whatever backend runs underneath. The backend name and the scan settings
+(:meth:`ScanSettings.key`) travel as plain string arguments of the op.
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Optional
 
 import torch
 
-from pamm.ops.backends import get_backend, resolve_backend
+from pamm.ops.backends import get_backend, resolve
 from pamm.ops.scan_ref import compute_dtype
+from pamm.ops.settings import ScanSettings, from_environment
+from pamm.ops.shapes import check_scan
 
 try:  # private but long-standing; without it every eager call is assumed unobserved
     from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -36,16 +38,20 @@ def _selective_scan_op(
     delta_bias: Optional[torch.Tensor],
     delta_softplus: bool,
     backend: str,
+    settings: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (out, states); states[:, :, -1] is the final state. B, C are 4-D here."""
-    return get_backend(backend).forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    """Returns (out, states); states[:, :, -1] is the final state. B, C are 4-D here. ``settings``: a
+    :meth:`ScanSettings.key` ("" for the defaults with the environment's overrides)."""
+    return get_backend(backend).forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                        ScanSettings.from_key(settings))
 
 
 @_selective_scan_op.register_fake
-def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, settings=""):
     batch, channels, length = u.shape
     d_state = A.shape[1]
-    slots = get_backend(backend).state_slots(batch, channels, length, d_state, u.device.type)
+    slots = get_backend(backend).state_slots(batch, channels, length, d_state, u.device.type,
+                                             ScanSettings.from_key(settings))
     states = u.new_empty(batch, channels, slots, d_state, dtype=compute_dtype(u, delta, A, B, C))
     return torch.empty_like(u), states
 
@@ -65,14 +71,17 @@ def _selective_scan_backward_op(
     delta_softplus: bool,
     backend: str,
     needs_grad: list[bool],
+    settings: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hand-written backward of a backend that has one. Unwanted gradients come back empty (0,)."""
-    grads = get_backend(backend).backward(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, needs_grad)
+    grads = get_backend(backend).backward(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, needs_grad,
+                                          ScanSettings.from_key(settings))
     return tuple(g if g is not None else dout.new_empty(_EMPTY_GRAD_SHAPE) for g in grads)
 
 
 @_selective_scan_backward_op.register_fake
-def _selective_scan_backward_fake(dout, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, backend, needs_grad):
+def _selective_scan_backward_fake(dout, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, backend, needs_grad,
+                                  settings=""):
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return tuple(
         torch.empty_like(x) if (x is not None and need) else dout.new_empty(_EMPTY_GRAD_SHAPE)
@@ -81,11 +90,12 @@ def _selective_scan_backward_fake(dout, u, delta, A, B, C, D, z, delta_bias, sta
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, settings = inputs
     _, states = output
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
+    ctx.settings = settings
 
 
 def _recompute_backward(ctx, dout, inputs, needs):
@@ -103,7 +113,7 @@ def _recompute_backward(ctx, dout, inputs, needs):
     if not wanted:
         return grads
     with torch.enable_grad():
-        out, _ = get_backend(ctx.backend).forward(*leaves, ctx.delta_softplus)
+        out, _ = get_backend(ctx.backend).forward(*leaves, ctx.delta_softplus, ScanSettings.from_key(ctx.settings))
         found = torch.autograd.grad(out, [leaves[i] for i in wanted], dout, allow_unused=True)
     for i, g in zip(wanted, found):
         grads[i] = torch.zeros_like(inputs[i]) if g is None else g
@@ -120,39 +130,14 @@ def _backward(ctx, dout, dstates):
         grads = _recompute_backward(ctx, dout, inputs, needs)
     else:
         raw = torch.ops.pamm.selective_scan_backward(
-            dout.contiguous(), u, delta, A, B, C, D, z, delta_bias, states, ctx.delta_softplus, ctx.backend, needs
+            dout.contiguous(), u, delta, A, B, C, D, z, delta_bias, states, ctx.delta_softplus, ctx.backend, needs,
+            ctx.settings,
         )
         grads = [g if need else None for g, need in zip(raw, needs)]
-    return (*grads, None, None)
+    return (*grads, None, None, None)
 
 
 torch.library.register_autograd("pamm::selective_scan", _backward, setup_context=_setup_context)
-
-
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
-    if u.dim() != 3:
-        raise ValueError(f"u must be (batch, channels, length), got {tuple(u.shape)}")
-    batch, channels, length = u.shape
-    if delta.shape != u.shape:
-        raise ValueError(f"delta must match u {tuple(u.shape)}, got {tuple(delta.shape)}")
-    if A.dim() != 2 or A.shape[0] != channels:
-        raise ValueError(f"A must be (channels={channels}, d_state), got {tuple(A.shape)}")
-    if A.is_complex():
-        raise ValueError("complex A is not supported")
-    d_state = A.shape[1]
-    for name, mat in (("B", B), ("C", C)):
-        if mat.dim() not in (3, 4):
-            raise ValueError(f"{name} must be (batch, d_state, length) or (batch, groups, d_state, length), got {tuple(mat.shape)}")
-        groups = 1 if mat.dim() == 3 else mat.shape[1]
-        if mat.shape[0] != batch or mat.shape[-2] != d_state or mat.shape[-1] != length:
-            raise ValueError(f"{name} has shape {tuple(mat.shape)}; expected batch {batch}, d_state {d_state}, length {length}")
-        if groups < 1 or channels % groups != 0:
-            raise ValueError(f"{name}: {groups} groups do not divide {channels} channels")
-    for name, vec in (("D", D), ("delta_bias", delta_bias)):
-        if vec is not None and tuple(vec.shape) != (channels,):
-            raise ValueError(f"{name} must be ({channels},), got {tuple(vec.shape)}")
-    if z is not None and z.shape != u.shape:
-        raise ValueError(f"z must match u {tuple(u.shape)}, got {tuple(z.shape)}")
 
 
 def _trains(*tensors: torch.Tensor | None) -> bool:
@@ -177,6 +162,7 @@ def selective_scan(
     delta_softplus: bool = False,
     backend: str = "auto",
     *,
+    settings: ScanSettings | None = None,
     return_last_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan (Mamba S6), a drop-in for mamba-ssm's ``selective_scan_fn``.
@@ -188,17 +174,20 @@ def selective_scan(
     h_t = exp(dt_t·A)·h_{t-1} + dt_t·u_t·B_t; out_t = Σ_n C_t·h_t + D·u_t (then ·silu(z_t)).
     Output (b, d, l) in u's dtype; state and accumulation in fp32 (fp64 for fp64 inputs).
 
-    backend: "auto" (on CUDA tensors mamba-ssm's kernel when it imports, else the Triton kernels when
-    triton imports, else "torch"; on CPU "torch"; overridable with set_default_backend /
-    $PAMM_SCAN_BACKEND), "cuda", "triton", "torch" or "ref".
+    backend: "cuda", "triton", "torch" or "ref" runs that backend; "auto" leaves the choice to
+    ``settings.backend`` (see :class:`~pamm.ops.settings.ScanSettings`).
+    settings (keyword): the scan settings; None: the defaults with the environment's overrides.
     return_last_state (keyword): also return the final state (b, d, n) in fp32/fp64; like
     mamba-ssm, no gradient flows through it.
     """
     if not isinstance(backend, str):  # mamba-ssm's 10th positional argument is return_last_state
         raise TypeError(f"backend must be a string, got {backend!r}; pass return_last_state=... by keyword")
     if not torch.jit.is_tracing():  # under jit tracing shape comparisons only emit TracerWarnings
-        _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device, u.dtype, A.shape[1])
+        check_scan(u, delta, A, B, C, D, z, delta_bias)
+    settings = settings or from_environment()
+    if backend not in ("auto", settings.backend):
+        settings = settings.forced(backend=backend)
+    name = resolve(settings, u.device, u.dtype, A.shape[1])
     if return_last_state and name == "triton":
         raise NotImplementedError("the triton backend keeps no final state: use backend='torch' or 'cuda' for return_last_state")
     B4 = B.unsqueeze(1) if B.dim() == 3 else B
@@ -206,11 +195,12 @@ def selective_scan(
     backend_impl = get_backend(name)
     if backend_impl.own_autograd and _trains(u, delta, A, B, C, D, z, delta_bias):
         # mamba-ssm's autograd.Function keeps the kernel's chunk states for its backward (the Triton one its
-        # checkpoints). Through the op, which saves only its inputs, the backward re-runs the forward
-        # first: ~22 % of the CUDA scan's forward+backward at S4 on an H100 (results/gpu/2026-11-23_h100_s3).
-        out, states = backend_impl.forward(u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus))
+        # checkpoints). Through the op, which saves only its inputs, the backward would re-run the forward
+        # first (docs/performance.md gives what that costs).
+        out, states = backend_impl.forward(u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus), settings)
     else:
-        out, states = torch.ops.pamm.selective_scan(u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus), name)
+        out, states = torch.ops.pamm.selective_scan(u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus), name,
+                                                    settings.key())
     if return_last_state:
         return out, states[:, :, -1]
     return out
