@@ -13,7 +13,7 @@ reproduces:
 3. at each of the 101 thresholds of ``parameters/HED.txt`` (``HED_THRESHOLDS``):
    ``B = E > t`` (strict, in single precision), then ``bwmorph(B, 'thin', Inf)`` (``thin``);
 4. ground truth ``thin(seg2bmap(G))``: G is the NYUD edge PNG read as a segmentation, or the
-   PASCAL-Context LabelMap relabelled into 4-connected regions (``seism_ground_truth``);
+   PASCAL-Context LabelMap (``seism_ground_truth``);
 5. a one-to-one matching of B and the ground truth within ``max_dist`` x the image diagonal
    (0.011 NYUD, 0.0075 PASCAL-Context) gives per threshold [cntR, sumR, cntP, sumP];
    ``ods_ois_ap`` turns the counts of a split into ODS / OIS / AP as SEISM's scripts do.
@@ -46,7 +46,6 @@ HED_THRESHOLDS = np.array([float(text) for text in HED_THRESHOLD_STRINGS])
 COUNT_COLUMNS = ("cnt_recall", "sum_recall", "cnt_precision", "sum_precision")
 
 MATCHERS = ("maxflow", "bsds")
-DATASETS = tuple(MAX_DIST)
 
 _F32 = np.float32
 
@@ -265,30 +264,18 @@ def seg2bmap(labels: np.ndarray) -> np.ndarray:
     return boundary
 
 
-def relabel_regions(labels: np.ndarray) -> np.ndarray:
-    """SEISM ``relabel``: one label per 4-connected region of equal value (numbering differs)."""
-    from skimage.measure import label
-
-    labels = np.asarray(labels)
-    shifted = labels.astype(np.int64) - int(labels.min()) + 1  # no value may be skimage's background 0
-    return label(shifted, background=0, connectivity=1)
-
-
-def seism_ground_truth(segmentation: np.ndarray, dataset: str) -> np.ndarray:
+def seism_ground_truth(segmentation: np.ndarray) -> np.ndarray:
     """The boundary map SEISM matches against: ``thin(seg2bmap(G))``.
 
     ``segmentation``: what SEISM's ``db_gt`` reads. NYUD: the edge PNG itself (0/255, or the 0/1
     map the loader makes of it: the same outline), read as a segmentation, so seg2bmap outlines
     both sides of every annotated line and thinning leaves one line. PASCAL-Context: the
-    LabelMap, relabelled into 4-connected regions first.
+    LabelMap. SEISM relabels it into 4-connected regions first, which cannot change seg2bmap: a
+    lower-right neighbour of equal value but in another region means the right neighbour differs.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     segmentation = np.asarray(segmentation)
     if segmentation.ndim != 2:
         raise ValueError(f"expected a 2-D ground truth, got shape {segmentation.shape}")
-    if dataset == "pascal":
-        segmentation = relabel_regions(segmentation)
     return thin(seg2bmap(segmentation.astype(np.int64)))
 
 

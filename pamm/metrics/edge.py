@@ -74,16 +74,10 @@ def protocol_label(protocol: str, matcher: str, gt_from_target: bool) -> str:
     return label
 
 
-def score_image(
-    edges_uint8: np.ndarray,
-    segmentation: np.ndarray,
-    *,
-    dataset: str | None,
-    max_dist: float,
-    matcher: str = "maxflow",
-) -> np.ndarray:
+def score_image(edges_uint8: np.ndarray, segmentation: np.ndarray, *, max_dist: float, matcher: str = "maxflow"
+                ) -> np.ndarray:
     """SEISM's (101, 4) counts of one image: ``segmentation`` is SEISM's G (``seism_ground_truth``)."""
-    ground_truth = boundary.seism_ground_truth(segmentation, dataset or "nyud")
+    ground_truth = boundary.seism_ground_truth(segmentation)
     return boundary.image_boundary_counts(edges_uint8, ground_truth, max_dist=max_dist, matcher=matcher)
 
 
@@ -172,8 +166,8 @@ def save_edge_pngs(
 class EdgeMeter:
     """ODS/OIS/AP over a split as SEISM computes them; columns edge_odsf, edge_oisf, edge_ap (percent).
 
-    ``dataset`` ("nyud" / "pascal") sets the tolerance (unless ``max_dist`` is given), the
-    ground-truth rule (PASCAL-Context relabels its LabelMap) and the published image list.
+    ``dataset`` ("nyud" / "pascal") sets the tolerance (unless ``max_dist`` is given) and the
+    published image list.
     ``gt_source(id)`` returns what SEISM reads as ground truth for an image at its original size:
     NYUD's ``edge/<id>.png``, PASCAL-Context's ``LabelMap``. Without it the loader's edge target
     stands in; that is SEISM's G for NYUD (0/1 instead of 0/255: the same outline) but only an
@@ -200,8 +194,8 @@ class EdgeMeter:
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        if dataset is not None and dataset not in boundary.DATASETS:
-            raise ValueError(f"dataset must be one of {boundary.DATASETS}, got {dataset!r}")
+        if dataset is not None and dataset not in boundary.MAX_DIST:
+            raise ValueError(f"dataset must be one of {sorted(boundary.MAX_DIST)}, got {dataset!r}")
         if matcher not in boundary.MATCHERS:
             raise ValueError(f"matcher must be one of {boundary.MATCHERS}, got {matcher!r}")
         if matcher == "bsds" and not boundary.bsds_matcher_available():
@@ -265,7 +259,7 @@ class EdgeMeter:
         return self._executor
 
     def _evaluate(self, edges_uint8: np.ndarray, segmentation: np.ndarray) -> None:
-        options = dict(dataset=self.dataset, max_dist=self.max_dist, matcher=self.matcher)
+        options = dict(max_dist=self.max_dist, matcher=self.matcher)
         if self.num_workers <= 1:
             self._results.append(score_image(edges_uint8, segmentation, **options))
             return
@@ -421,7 +415,7 @@ def _score_files(pred_path: str, gt_path: str, dataset: str, max_dist: float, ma
         raise EdgeInputError(f"{pred_path} is {edges.shape[0]}x{edges.shape[1]} but its ground truth {gt_path} is "
                              f"{segmentation.shape[0]}x{segmentation.shape[1]}: save predictions at the original "
                              "image size (crop the padding away)")
-    return score_image(edges, segmentation, dataset=dataset, max_dist=max_dist, matcher=matcher)
+    return score_image(edges, segmentation, max_dist=max_dist, matcher=matcher)
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -453,8 +447,8 @@ def evaluate_edge_folder(
     """
     from tqdm import tqdm
 
-    if dataset not in boundary.DATASETS:
-        raise EdgeInputError(f"dataset must be one of {boundary.DATASETS}, got {dataset!r}")
+    if dataset not in boundary.MAX_DIST:
+        raise EdgeInputError(f"dataset must be one of {sorted(boundary.MAX_DIST)}, got {dataset!r}")
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
