@@ -511,3 +511,10 @@ def test_edges_verb_errors_name_the_file_and_the_fix(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdgeInputError, match="no <id>.png"):
         evaluate_edge_folder(tmp_path / "empty", gt_dir, "nyud", progress=False)
+
+
+def test_bench_edges_runs(load_script, capsys):
+    bench = load_script("benchmarks/bench_edges.py")
+    assert bench.main(["--images", "1", "--size", "64x80", "--no-fixtures"]) == 0
+    out = capsys.readouterr().out
+    assert "101 thresholds" in out and "synthetic0" in out and "median" in out

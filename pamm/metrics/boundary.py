@@ -226,6 +226,12 @@ def thin(mask: np.ndarray) -> np.ndarray:
     padded.reshape(height + 2, stride)[1:-1, 1:-1] = mask
     offsets = np.array([1, 1 - stride, -stride, -1 - stride, -1, stride - 1, stride, stride + 1])
     neighbourhood = np.concatenate([offsets, [0]])
+    slot = np.empty(padded.size, dtype=np.int64)  # scratch for de-duplicating pixel lists
+
+    def distinct(pixels: np.ndarray) -> np.ndarray:
+        slot[pixels] = np.arange(pixels.size)
+        return pixels[slot[pixels] == np.arange(pixels.size)]
+
     luts = _thinning_luts()
     pending: list[np.ndarray | None] = [None, None]  # None: every foreground pixel
     sub = 0
@@ -237,12 +243,12 @@ def thin(mask: np.ndarray) -> np.ndarray:
             code |= padded[candidates + offset] << np.uint8(bit)
         deleted = candidates[luts[sub][code]]
         padded[deleted] = 0
-        touched = np.unique((deleted[:, None] + neighbourhood).ravel()) if deleted.size else deleted
-        touched = touched[padded[touched] == 1]
+        touched = (deleted[:, None] + neighbourhood).ravel()
+        touched = distinct(touched[padded[touched] == 1])
         pending[sub] = touched
         other = pending[1 - sub]
         if other is not None and touched.size:
-            pending[1 - sub] = np.union1d(other, touched)
+            pending[1 - sub] = distinct(np.concatenate([other, touched]))
         sub = 1 - sub
     return padded.reshape(height + 2, stride)[1:-1, 1:-1].astype(bool)
 
@@ -349,8 +355,12 @@ class _WarmMatcher:
         gone = np.flatnonzero(~present & (self.mate_of_row >= 0))
         self.mate_of_gt[self.mate_of_row[gone]] = -1
         self.mate_of_row[gone] = -1
+        arrived = bool(np.any(present & ~self.present))
+        self.present = present
         size = int(np.count_nonzero(self.mate_of_row >= 0))
-        if rows.size == 0 or size == rows.size or size == self.num_gt:
+        # Still maximum: every kept pixel or every GT pixel is matched, or the kept set only lost
+        # unmatched pixels since the last (maximum) matching, so its maximum cannot have grown.
+        if rows.size == 0 or size == rows.size or size == self.num_gt or not (gone.size or arrived):
             return size
         self._augment(rows)
         return int(np.count_nonzero(self.mate_of_row >= 0))
@@ -381,12 +391,19 @@ class _WarmMatcher:
             [free_rows.size + num_gt + int(edge_counts.sum())],
         ]).astype(np.int32)
         network = csr_array((np.ones(indices.size, dtype=np.int32), indices, indptr), shape=(sink + 1, sink + 1))
-        flow = maximum_flow(network, 0, sink, method="dinic")
+        # Search from the side with fewer free pixels (many free predictions at low thresholds, many
+        # free GT pixels at high ones): the same flow on the reversed network, sink to source.
+        from_gt_side = np.count_nonzero(gt_mate < 0) < free_rows.size
+        if from_gt_side:
+            network = csr_array(network.T)
+            flow = maximum_flow(network, sink, 0, method="dinic")
+        else:
+            flow = maximum_flow(network, 0, sink, method="dinic")
         if flow.flow_value == 0:
             return
         moved = flow.flow.tocoo()
         used = moved.data > 0
-        tail, head = moved.row[used], moved.col[used]
+        tail, head = (moved.col[used], moved.row[used]) if from_gt_side else (moved.row[used], moved.col[used])
         # GT -> prediction carrying flow: that pair is undone; prediction -> GT: that pair is made.
         undone = (tail >= 1) & (tail <= num_gt) & (head > num_gt) & (head < sink)
         made = (tail > num_gt) & (tail < sink) & (head >= 1) & (head <= num_gt)
@@ -441,7 +458,10 @@ def image_boundary_counts(
     if matcher == "maxflow":
         union = np.flatnonzero(nms > _F32(thresholds.min()))
         pair_matcher = _WarmMatcher(union, ground_truth, max_dist)
-        for index, kept in enumerate(kept_sets):
+        # From the lowest threshold up: the maps shrink (nearly nested), so a threshold that loses
+        # only unmatched pixels needs no search, and the others only a few augmenting paths.
+        for index in np.argsort(thresholds, kind="stable"):
+            kept = kept_sets[index]
             counts[index, [0, 2]] = pair_matcher.matched(kept) if kept.size else 0
     else:
         for index, kept in enumerate(kept_sets):
