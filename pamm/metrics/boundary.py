@@ -21,7 +21,8 @@ reproduces:
 The one deliberate difference is the matcher. ``"maxflow"`` (default) finds an exact maximum
 matching (unit-capacity max-flow, deterministic). BSDS ``correspondPixels`` samples its outlier
 edges at random and finds 0-9 fewer pairs per image and threshold, never more, so exact counts sit
-+0.02 to +0.05 odsF points above SEISM's. ``"bsds"`` runs the BSDS C++ matcher compiled by
+slightly above SEISM's (on its calibration output: +0.02 to +0.06 odsF, up to +0.09 AP; see
+docs/boundary_seism.md). ``"bsds"`` runs the BSDS C++ matcher compiled by
 ``pyEdgeEval`` instead (randomised as in SEISM, far slower). sumR and sumP are SEISM's exactly.
 """
 from __future__ import annotations
@@ -126,7 +127,8 @@ def edge_orientation(edges: np.ndarray) -> np.ndarray:
         ratio = (grad_yy * np.sign(-grad_xy)) / (grad_xx + _F32(1e-5))
     # atan in double rounded to single: the correctly rounded atanf that Octave's std::atan gives.
     angle = np.arctan(ratio.astype(np.float64)).astype(np.float32)
-    return np.mod(angle, _F32(np.pi)).astype(np.float32)
+    # 0/0 (Oxx exactly -1e-5 where Oyy * sign(-Oxy) is 0) would make the MEX read out of bounds; 0 here.
+    return np.nan_to_num(np.mod(angle, _F32(np.pi)), nan=0.0).astype(np.float32)
 
 
 def _bilinear_clamped(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -310,7 +312,8 @@ class _WarmMatcher:
     Each new predicted set starts from the previous matching restricted to it; only the missing
     augmenting paths are searched, as a unit-capacity max-flow (Dinic, scipy) on the residual
     network: source -> free predictions, prediction -> GT on unmatched pairs, GT -> its matched
-    prediction, free GT -> sink. scipy's ``maximum_bipartite_matching`` is not used: its DFS does
+    prediction, free GT -> sink (searched from whichever end has fewer free pixels). A set that
+    only lost unmatched pixels keeps its maximum matching without a search. scipy's ``maximum_bipartite_matching`` is not used: its DFS does
     not mark dead ends and takes exponential time on the chain-like graphs that boundaries make.
     """
 
@@ -419,7 +422,6 @@ class _WarmMatcher:
 def thresholded_maps(nms: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> list[np.ndarray]:
     """Flat indices of ``thin(nms > t)`` at each threshold (strict ``>`` in single precision)."""
     nms = np.asarray(nms, dtype=np.float32)
-    height, width = nms.shape
     out = []
     for threshold in np.asarray(thresholds, dtype=np.float64):
         kept = nms > _F32(threshold)
@@ -461,8 +463,7 @@ def image_boundary_counts(
         # From the lowest threshold up: the maps shrink (nearly nested), so a threshold that loses
         # only unmatched pixels needs no search, and the others only a few augmenting paths.
         for index in np.argsort(thresholds, kind="stable"):
-            kept = kept_sets[index]
-            counts[index, [0, 2]] = pair_matcher.matched(kept) if kept.size else 0
+            counts[index, [0, 2]] = pair_matcher.matched(kept_sets[index])
     else:
         for index, kept in enumerate(kept_sets):
             if kept.size:
