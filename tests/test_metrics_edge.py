@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -518,3 +519,28 @@ def test_bench_edges_runs(load_script, capsys):
     assert bench.main(["--images", "1", "--size", "64x80", "--no-fixtures"]) == 0
     out = capsys.readouterr().out
     assert "101 thresholds" in out and "synthetic0" in out and "median" in out
+
+
+def test_summary_records_the_edge_protocol(tmp_path):
+    import yaml
+
+    from pamm import io as pio
+    from pamm.results.aggregate import aggregate
+
+    for name, protocols in (("new", {"edge": "seism"}), ("old", None), ("depth_only", {})):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        tasks = ["depth"] if name == "depth_only" else ["semseg", "depth", "normals", "edge"]
+        cfg = {"run": {"dataset": "nyud", "model": "mtl", "variant": name, "seed": 0, "profile": "tiny"},
+               "model": {"backbone": {"name": "vit_tiny_patch16_224"}}, "data": {"size": [48, 64], "tasks": tasks},
+               "train": {"iterations": 4}}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        metrics = {"depth_rmse": 1.0} if name == "depth_only" else {"edge_odsf": 40.0, "edge_oisf": 41.0}
+        record = {"metrics": metrics, "trivial": {}}
+        if protocols is not None:
+            record["protocols"] = protocols
+        pio.write_json(run / "metrics.json", record)
+    frame = aggregate(tmp_path / "runs", tmp_path / "summary.csv", quiet=True).set_index("variant")
+    assert frame.loc["new", "edge_protocol"] == "seism"
+    assert frame.loc["old", "edge_protocol"] == "pre-seism"  # evaluated before the protocol was recorded
+    assert pd.isna(frame.loc["depth_only", "edge_protocol"])
