@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="do not print the trivial-predictor comparison")
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("edges", help="boundary odsF / oisF / AP of a folder of edge PNGs, as MATLAB SEISM computes them",
+    p = sub.add_parser("edges", help="boundary odsF / oisF / AP of a folder of edge PNGs, as MATLAB SEISM does",
                        description="Score <id>.png predictions (uint8 of 255*sigmoid, original image size, as the "
                        "released InvPT/TaskPrompter/MTMamba/PAMM codes save them) with the published SEISM protocol: "
                        "NMS, 101 HED thresholds, thinning, SEISM's ground truth, maxDist 0.011 NYUD / 0.0075 "

@@ -313,8 +313,9 @@ class _WarmMatcher:
     augmenting paths are searched, as a unit-capacity max-flow (Dinic, scipy) on the residual
     network: source -> free predictions, prediction -> GT on unmatched pairs, GT -> its matched
     prediction, free GT -> sink (searched from whichever end has fewer free pixels). A set that
-    only lost unmatched pixels keeps its maximum matching without a search. scipy's ``maximum_bipartite_matching`` is not used: its DFS does
-    not mark dead ends and takes exponential time on the chain-like graphs that boundaries make.
+    only lost unmatched pixels keeps its maximum matching without a search. scipy's
+    ``maximum_bipartite_matching`` is not used: its DFS does not mark dead ends and takes
+    exponential time on the chain-like graphs that boundaries make.
     """
 
     def __init__(self, candidates: np.ndarray, ground_truth: np.ndarray, max_dist: float):

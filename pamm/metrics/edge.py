@@ -221,7 +221,8 @@ class EdgeMeter:
         self.save_dir = None if save_dir is None else Path(save_dir)
         self.pad_position = pad_position
         self.ignore_index = ignore_index
-        self.protocol_label = protocol_label(protocol, matcher, gt_from_target=dataset == "pascal" and gt_source is None)
+        gt_from_target = dataset == "pascal" and gt_source is None
+        self.protocol_label = protocol_label(protocol, matcher, gt_from_target=gt_from_target)
         self._executor: Executor | None = None
         self.reset()
 
@@ -358,7 +359,8 @@ class EdgeMeter:
 
 def _percent_scores(counts: np.ndarray) -> dict[str, float]:
     scores = boundary.ods_ois_ap(counts)
-    return {"edge_odsf": percent(scores["odsf"]), "edge_oisf": percent(scores["oisf"]), "edge_ap": percent(scores["ap"])}
+    return {"edge_odsf": percent(scores["odsf"]), "edge_oisf": percent(scores["oisf"]),
+            "edge_ap": percent(scores["ap"])}
 
 
 # --------------------------------------------------------------------------- folders of PNGs
