@@ -148,6 +148,24 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edges(args: argparse.Namespace) -> int:
+    """Score a folder of edge PNGs with SEISM's boundary protocol (no MATLAB)."""
+    from pamm import io as pio
+    from pamm.metrics.edge import EdgeInputError, evaluate_edge_folder, read_id_list
+
+    try:
+        ids = read_id_list(args.ids) if args.ids else None
+        result = evaluate_edge_folder(args.pred, args.gt, args.dataset, ids=ids, threads=args.threads,
+                                      progress=not args.no_progress)
+    except EdgeInputError as err:
+        print(f"pamm-bench edges: error: {err}", file=sys.stderr)
+        return 2
+    pio.write_json(args.out, result)
+    print(f"{args.dataset} ({result['n_images']} images, {result['image_set']}): odsF {result['odsF']:.2f}  "
+          f"oisF {result['oisF']:.2f}  AP {result['AP']:.2f}  -> {args.out}")
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from pamm.results.figures import make_figures
 
@@ -314,6 +332,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-config", type=Path, default=None, help="also write mean ± std over seeds here")
     p.add_argument("--quiet", action="store_true", help="do not print the trivial-predictor comparison")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("edges", help="boundary odsF / oisF / AP of a folder of edge PNGs, as MATLAB SEISM does",
+                       description="Score <id>.png predictions (uint8 of 255*sigmoid, original image size, as the "
+                       "released InvPT/TaskPrompter/MTMamba/PAMM codes save them) with the published SEISM protocol: "
+                       "NMS, 101 HED thresholds, thinning, SEISM's ground truth, maxDist 0.011 NYUD / 0.0075 "
+                       "PASCAL-Context. Without --ids every PNG is scored, narrowed on PASCAL-Context to the "
+                       "2,498 test_new images that the papers report.")
+    p.add_argument("--pred", required=True, help="folder of <id>.png edge predictions")
+    p.add_argument("--gt", required=True, help="NYUD: the edge/ folder (<id>.png); PASCAL-Context: "
+                   "pascal-context/trainval (<id>.mat with LabelMap)")
+    p.add_argument("--dataset", required=True, choices=["nyud", "pascal"])
+    p.add_argument("--ids", default=None, help="file with the image ids to score, one per line")
+    p.add_argument("--threads", type=int, default=1, help="worker processes (images are scored in parallel)")
+    p.add_argument("--out", required=True, help="JSON: odsF, oisF, AP (percent) and per_image best F / threshold")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_edges)
 
     p = sub.add_parser("figures", help="draw every figure (PNG + PDF) whose inputs exist",
                        description="Metrics by model, training curves, accuracy-vs-cost (Pareto), PAMM ablation bars, "

@@ -33,7 +33,7 @@ def random_batch(task: str, channels: int, rng: np.random.Generator, size=(2, 24
 @pytest.mark.parametrize("dataset", sorted(DATASET_TASKS))
 def test_every_task_meter_reports_its_headline_column(dataset):
     rng = np.random.default_rng(0)
-    meters = build_meters(dataset, edge_thresholds=9)
+    meters = build_meters(dataset)
     assert list(meters) == list(DATASET_TASKS[dataset])
     meta = {"id": ["a", "b"], "orig_size": torch.tensor([[24, 32], [24, 32]])}
     for task, meter in meters.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -67,6 +67,20 @@ def trivial_prediction(task: str, channels: int, stats: torch.Tensor, like: torc
     return None  # no meaningful constant for edges
 
 
+def edge_ground_truth_source(dataset: Any) -> Callable[[str], Any]:
+    """What SEISM reads as an image's boundary ground truth: NYUD's edge PNG, PASCAL-Context's LabelMap."""
+    if dataset.dataset_name == "pascal":
+        return dataset.load_labelmap
+
+    def edge_png(image_id: str) -> Any:
+        from pamm.data.common import read_image_array
+
+        raw = read_image_array(dataset.file("edge", image_id))
+        return raw[..., 0] if raw.ndim == 3 else raw
+
+    return edge_png
+
+
 def evaluate_run(
     run_dir: str | Path, device: str | None = None, progress: bool = True, edge_workers: int = 0
 ) -> dict[str, Any]:
@@ -89,8 +103,12 @@ def evaluate_run(
     model = build_run_model(cfg, state).to(dev)
 
     val = split_loader(cfg, "val", list(tasks))
-    meters = build_meters(run["dataset"], list(tasks), edge_save_dir=run_dir / "edge_pred",
-                          edge_num_workers=edge_workers if edge_workers > 1 else 0)
+    edge_options = {}
+    if "edge" in tasks:
+        edge_options = {"edge_save_dir": run_dir / "edge_pred",
+                        "edge_num_workers": edge_workers if edge_workers > 1 else 0,
+                        "edge_gt_source": edge_ground_truth_source(val.dataset)}
+    meters = build_meters(run["dataset"], list(tasks), **edge_options)
     baseline_meters = build_meters(run["dataset"], list(tasks))
     stats = train_statistics(split_loader(cfg, "train", list(tasks)), tasks)
     n_examples = int(cfg["eval"].get("save_examples", 4))
@@ -113,6 +131,7 @@ def evaluate_run(
         "run": run,
         "config_hash": config_hash(cfg),
         "metrics": summarise(meters),
+        "protocols": {"edge": meters["edge"].protocol_label} if "edge" in meters else {},
         "trivial": summarise({t: m for t, m in baseline_meters.items() if t in stats and t != "edge"}),
         "n_images": n_images,
         "eval_seconds": seconds,

@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-from pamm.metrics import boundary
 from pamm.metrics._common import Meter
 from pamm.metrics.delta_m import delta_m
 from pamm.metrics.depth import DepthMeter
-from pamm.metrics.edge import EdgeMeter, save_edge_pngs
+from pamm.metrics.edge import EdgeMeter, evaluate_edge_folder, save_edge_pngs
 from pamm.metrics.normals import NormalsMeter
 from pamm.metrics.saliency import SaliencyMeter
 from pamm.metrics.semseg import SegmentationMeter
@@ -30,6 +29,7 @@ __all__ = [
     "SegmentationMeter",
     "build_meters",
     "delta_m",
+    "evaluate_edge_folder",
     "save_edge_pngs",
     "summarise",
     "METER_OPTIONS",
@@ -43,11 +43,10 @@ METER_OPTIONS: dict[str, Any] = {
     "depth_max": 80.0,
     "normals_precision": "float",  # released code; "uint8" = 8-bit PNG round trip
     "sal_beta_squared": 0.3,
+    "edge_protocol": "seism",  # MATLAB SEISM's boundary protocol (see pamm.metrics.boundary)
     "edge_max_dist": None,  # None: 0.011 NYUD, 0.0075 PASCAL-Context (fraction of the diagonal)
-    "edge_thresholds": 99,
-    "edge_matcher": "maxflow",
-    "edge_nms": True,
-    "edge_gt_transform": "none",
+    "edge_matcher": "maxflow",  # exact maximum matching; "bsds": BSDS's randomised matcher (pyEdgeEval)
+    "edge_gt_source": None,  # image id -> what SEISM reads as GT (NYUD edge PNG, PASCAL LabelMap)
     "edge_num_workers": 0,
     "edge_parallel": "process",
     "edge_save_dir": None,
@@ -75,14 +74,13 @@ def build_meters(dataset: str, tasks: Sequence[str] | None = None, **options: An
         elif task == "sal":
             meters[task] = SaliencyMeter(settings["sal_beta_squared"])
         elif task == "edge":
-            max_dist = settings["edge_max_dist"]
             save_dir = settings["edge_save_dir"]
             meters[task] = EdgeMeter(
-                max_dist=boundary.MAX_DIST[dataset] if max_dist is None else max_dist,
-                thresholds=settings["edge_thresholds"],
+                max_dist=settings["edge_max_dist"],
+                dataset=dataset,
+                protocol=settings["edge_protocol"],
                 matcher=settings["edge_matcher"],
-                nms=settings["edge_nms"],
-                gt_transform=settings["edge_gt_transform"],
+                gt_source=settings["edge_gt_source"],
                 num_workers=settings["edge_num_workers"],
                 parallel=settings["edge_parallel"],
                 save_dir=None if save_dir is None else os.fspath(save_dir),

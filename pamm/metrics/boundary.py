@@ -1,28 +1,33 @@
-"""Boundary (edge) evaluation core: per-image SEISM-style counts, no torch, no meters.
+"""Boundary (edge) evaluation core: SEISM's per-image counts in numpy/scipy, no torch, no meters.
 
-What MATLAB SEISM does with the released models' edge PNGs (prismformore's
-``read_one_cont_png`` + SEISM ``eval_cont`` → Piotr's ``edgesEvalImg(..., 'thin', 0)``):
+What MATLAB SEISM does with an edge PNG, as used through prismformore's
+Boundary-Detection-Evaluation-Tools for every published NYUD-v2 / PASCAL-Context odsF
+(``read_one_cont_png`` → ``edgesEvalImg`` → BSDS ``correspondPixels``), and what this module
+reproduces:
 
-1. read the PNG as ``single(png) / 255`` (so the prediction is 8-bit: ``uint8(sigmoid * 255)``,
-   truncated, as the released code writes it);
-2. orientation ``O = mod(atan(Oyy * sign(-Oxy) / (Oxx + 1e-5)), pi)`` from the gradients of
-   ``convTri(E, 4)``, then Piotr's ``edgesNmsMex(E, O, r=1, s=5, m=1.01)``;
-3. for every threshold ``t``: ``B = E >= max(eps, t)`` (no thinning), and a one-to-one
-   correspondence between ``B`` and the ground-truth boundary map within
-   ``max_dist * image diagonal`` pixels (BSDS ``correspondPixels``);
-4. per threshold the counts cntR (matched GT pixels), sumR (GT pixels), cntP (matched predicted
-   pixels), sumP (predicted pixels); ``ods_ois_ap`` turns the counts of a split into ODS/OIS/AP.
+1. ``E = single(png) / 255``: the prediction is 8-bit, ``uint8(sigmoid * 255)`` truncated;
+2. orientation ``O = mod(atan(Oyy * sign(-Oxy) / (Oxx + 1e-5)), pi)`` from Piotr's
+   ``gradient2`` of ``convTri(E, 4)`` (MATLAB order: x derivative first), then Piotr's
+   ``edgesNmsMex(E, O, r=1, s=5, m=1.01)``. Both are emulated in single precision operation by
+   operation (``conv_tri`` follows convConst's running sums), so the surviving pixels are SEISM's;
+3. at each of the 101 thresholds of ``parameters/HED.txt`` (``HED_THRESHOLDS``):
+   ``B = E > t`` (strict, in single precision), then ``bwmorph(B, 'thin', Inf)`` (``thin``);
+4. ground truth ``thin(seg2bmap(G))``: G is the NYUD edge PNG read as a segmentation, or the
+   PASCAL-Context LabelMap (``seism_ground_truth``);
+5. a one-to-one matching of B and the ground truth within ``max_dist`` x the image diagonal
+   (0.011 NYUD, 0.0075 PASCAL-Context) gives per threshold [cntR, sumR, cntP, sumP];
+   ``ods_ois_ap`` turns the counts of a split into ODS / OIS / AP as SEISM's scripts do.
 
-Two matchers. ``"maxflow"`` (default) is an exact, deterministic maximum-cardinality matching
-between the predicted and GT pixels that lie within the tolerance (unit-capacity max-flow).
-``"bsds"`` calls the BSDS C++ matcher that ``pyEdgeEval`` compiles (the same code as SEISM's
-``correspondPixels``; its sparse outlier graph is seeded from the clock, so counts can change by
-a pixel between runs, and it is ~100x slower). BSDS minimises a cost in which an unmatched pixel
-costs 100x the tolerance, so it also maximises the number of matches, up to its approximation:
-on 448x576 synthetic maps the two differed by at most 4 matched pixels out of ~4800.
+The one deliberate difference is the matcher. ``"maxflow"`` (default) finds an exact maximum
+matching (unit-capacity max-flow, deterministic). BSDS ``correspondPixels`` samples its outlier
+edges at random and finds 0-9 fewer pairs per image and threshold, never more, so exact counts sit
+slightly above SEISM's (on its calibration output: +0.02 to +0.06 odsF, up to +0.09 AP; see
+docs/boundary_seism.md). ``"bsds"`` runs the BSDS C++ matcher compiled by
+``pyEdgeEval`` instead (randomised as in SEISM, far slower). sumR and sumP are SEISM's exactly.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -34,18 +39,16 @@ from scipy.spatial import cKDTree
 # Tolerance (fraction of the image diagonal) of SEISM's eval_method.m per dataset.
 MAX_DIST: dict[str, float] = {"nyud": 0.011, "pascal": 0.0075}
 
+# SEISM parameters/HED.txt: the thresholds the published evaluation scores (101 values).
+HED_THRESHOLD_STRINGS: tuple[str, ...] = ("0.001",) + tuple(f"{k / 100:.2f}" for k in range(1, 100)) + ("0.999",)
+HED_THRESHOLDS = np.array([float(text) for text in HED_THRESHOLD_STRINGS])
+
 # Column order of the per-image count arrays.
 COUNT_COLUMNS = ("cnt_recall", "sum_recall", "cnt_precision", "sum_precision")
 
 MATCHERS = ("maxflow", "bsds")
-GT_TRANSFORMS = ("none", "seg2bmap")
 
-
-def default_thresholds(count: int = 99) -> np.ndarray:
-    """``count`` evenly spaced thresholds strictly inside (0, 1): k/(count+1), as Piotr's edgesEval."""
-    if count < 1:
-        raise ValueError(f"need at least one threshold, got {count}")
-    return np.arange(1, count + 1, dtype=np.float64) / (count + 1)
+_F32 = np.float32
 
 
 def probabilities_to_uint8(probabilities: np.ndarray) -> np.ndarray:
@@ -54,87 +57,207 @@ def probabilities_to_uint8(probabilities: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def triangle_blur(image: np.ndarray, radius: int) -> np.ndarray:
-    """Piotr's ``convTri`` for integer radius >= 2: separable triangle filter, symmetric padding."""
+# --------------------------------------------------------------------------- orientation + NMS
+def _triangle_running_sums(image: np.ndarray, radius: int, normalise: bool) -> np.ndarray:
+    """One pass of convConst's ``convTri`` along axis 0 of ``image`` (float32), rounding as its C.
+
+    The filter [1 .. r+1 .. 1] is applied as two running sums with symmetric borders: ``t``
+    accumulates (I[j-r-1] + I[j+r]) - 2 I[j-1] and ``u`` accumulates ``t``; the first pass also
+    scales by 1 / (r+1)^4. numpy's cumsum adds in order, so every float32 rounding is the C code's.
+    """
+    length = image.shape[0]
+    span = radius + 1
+    first_t = image[0].copy()
+    first_u = image[0].copy()
+    for index in range(1, span):
+        first_t = first_t + image[index]
+        first_u = first_u + first_t
+    steps = np.arange(1, length)
+    left = np.where(steps <= span, span - steps, steps - 1 - span)
+    right = np.where(steps > length - span, 2 * length - span - steps, steps - 1 + span)
+    if normalise:  # convTri: columns, SSE loop: T += (Il + Ir) + (-2 Im); U += nrm T
+        norm = _F32(1.0) / _F32(span**4)
+        start = norm * (_F32(2.0) * first_u - first_t)
+        delta = (image[left] + image[right]) + _F32(-2.0) * image[steps - 1]
+        running = np.cumsum(delta, axis=0, dtype=np.float32)
+        return np.cumsum(np.concatenate([start[None], norm * running]), axis=0, dtype=np.float32)
+    # convTriY: rows, scalar loop: t += (I[a] + I[b]) - 2 I[j-1]; u += t
+    start = _F32(2.0) * first_u - first_t
+    delta = (image[left] + image[right]) - _F32(2.0) * image[steps - 1]
+    running = np.cumsum(delta, axis=0, dtype=np.float32)
+    return np.cumsum(np.concatenate([start[None], running]), axis=0, dtype=np.float32)
+
+
+def conv_tri(image: np.ndarray, radius: int = 4) -> np.ndarray:
+    """Piotr's ``convTri(I, r)`` for integer r >= 2 in float32, as its MEX computes it.
+
+    Images too small for the MEX (``min(h, w) < 4`` or ``2r + 1 >= min(h, w)``) take
+    ``convTri.m``'s own fallback: symmetric padding and a direct convolution.
+    """
     if radius < 2:
         raise ValueError("only integer radii >= 2 are needed here")
-    kernel = np.concatenate([np.arange(1, radius + 2), np.arange(radius, 0, -1)]).astype(image.dtype)
-    kernel /= kernel.sum()
-    # scipy's "reflect" (d c b a | a b c d) is MATLAB's padarray 'symmetric'.
-    blurred = ndimage.convolve1d(image, kernel, axis=0, mode="reflect")
-    return ndimage.convolve1d(blurred, kernel, axis=1, mode="reflect")
+    image = np.asarray(image, dtype=np.float32)
+    if min(image.shape) < 4 or 2 * radius + 1 >= min(image.shape):
+        kernel = np.concatenate([np.arange(1, radius + 2), np.arange(radius, 0, -1)]) / float((radius + 1) ** 2)
+        padded = np.pad(image.astype(np.float64), radius, mode="symmetric")
+        blurred = ndimage.convolve1d(ndimage.convolve1d(padded, kernel, axis=1), kernel, axis=0)
+        return blurred[radius:-radius, radius:-radius].astype(np.float32)
+    # MATLAB is column-major: the normalised pass runs across columns, convTriY down each column.
+    across_columns = _triangle_running_sums(np.ascontiguousarray(image.T), radius, normalise=True).T
+    return _triangle_running_sums(np.ascontiguousarray(across_columns), radius, normalise=False)
 
 
 def edge_orientation(edges: np.ndarray) -> np.ndarray:
-    """Boundary normal angle in [0, pi) as computed in SEISM's ``read_one_cont_png``."""
-    smooth = triangle_blur(edges, 4)
-    grad_y, grad_x = np.gradient(smooth)  # Piotr's gradient2: central inside, one-sided at borders
-    grad_xy, grad_yy = np.gradient(grad_y)
-    _, grad_xx = np.gradient(grad_x)
+    """Boundary orientation in [0, pi) as SEISM's ``read_one_cont_png`` computes it (float32).
+
+    ``[Ox, Oy] = gradient2(convTri(E, 4)); [Oxx, ~] = gradient2(Ox); [Oxy, Oyy] = gradient2(Oy)``
+    with MATLAB's order (x = columns first), then ``mod(atan(Oyy .* sign(-Oxy) ./ (Oxx + 1e-5)), pi)``.
+    numpy's ``gradient`` returns the row (y) derivative first, hence the explicit axes.
+    """
+    edges = np.asarray(edges, dtype=np.float32)
+    if min(edges.shape) < 2:
+        raise ValueError(f"an edge map needs at least 2x2 pixels, got {edges.shape}")
+    smooth = conv_tri(edges, 4)
+    grad_x = np.gradient(smooth, axis=1)  # gradient2: central differences * 0.5f, one-sided at borders
+    grad_y = np.gradient(smooth, axis=0)
+    grad_xx = np.gradient(grad_x, axis=1)
+    grad_xy = np.gradient(grad_y, axis=1)
+    grad_yy = np.gradient(grad_y, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = grad_yy * np.sign(-grad_xy) / (grad_xx + np.float32(1e-5))
-    return np.mod(np.arctan(ratio), np.pi)
+        ratio = (grad_yy * np.sign(-grad_xy)) / (grad_xx + _F32(1e-5))
+    # atan in double rounded to single: the correctly rounded atanf that Octave's std::atan gives.
+    angle = np.arctan(ratio.astype(np.float64)).astype(np.float32)
+    # 0/0 (Oxx exactly -1e-5 where Oyy * sign(-Oxy) is 0) would make the MEX read out of bounds; 0 here.
+    return np.nan_to_num(np.mod(angle, _F32(np.pi)), nan=0.0).astype(np.float32)
 
 
 def _bilinear_clamped(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear lookup with the coordinate clamping of Piotr's edgesNmsMex ``interp``."""
+    """edgesNmsMex's ``interp`` in float32: clamp to [0, size - 1.001], then bilinear."""
     height, width = image.shape
-    x = np.clip(x, 0.0, width - 1.001)
-    y = np.clip(y, 0.0, height - 1.001)
+    x = np.where(x < 0, _F32(0.0), np.where(x.astype(np.float64) > width - 1.001, _F32(width - 1.001), x))
+    y = np.where(y < 0, _F32(0.0), np.where(y.astype(np.float64) > height - 1.001, _F32(height - 1.001), y))
     x0 = x.astype(np.int64)
     y0 = y.astype(np.int64)
-    dx, dy = x - x0, y - y0
-    return (
-        image[y0, x0] * (1 - dx) * (1 - dy)
-        + image[y0, x0 + 1] * dx * (1 - dy)
-        + image[y0 + 1, x0] * (1 - dx) * dy
-        + image[y0 + 1, x0 + 1] * dx * dy
-    )
+    dx0 = x - x0.astype(np.float32)
+    dy0 = y - y0.astype(np.float32)
+    dx1 = _F32(1.0) - dx0
+    dy1 = _F32(1.0) - dy0
+    return (image[y0, x0] * dx1 * dy1 + image[y0, x0 + 1] * dx0 * dy1
+            + image[y0 + 1, x0] * dx1 * dy0 + image[y0 + 1, x0 + 1] * dx0 * dy0)
 
 
 def non_maximum_suppression(
     edges: np.ndarray, orientation: np.ndarray, radius: int = 1, border: int = 5, multiplier: float = 1.01
 ) -> np.ndarray:
-    """Piotr's ``edgesNmsMex``: zero pixels weaker than a neighbour along the normal, fade borders.
+    """Piotr's ``edgesNmsMex`` in float32: zero pixels weaker than a neighbour along O, fade borders.
 
     A pixel survives when ``multiplier * E`` is not below the bilinear value at each of the
-    ``2 * radius`` points along the normal; then values within ``border`` pixels of the image
-    edge are scaled by (distance / border), as in the MEX file.
+    ``2 * radius`` points ``(x, y) + d (cos O, sin O)``; then values within ``border`` pixels of
+    the image edge are scaled by (distance / border). Every operation rounds to single precision
+    as the MEX does, so ties (E * 1.01 against a neighbour of 8-bit values) fall the same way.
     """
-    edges64 = edges.astype(np.float64)
-    out = edges64.copy()
-    ys, xs = np.nonzero(edges64)
+    edges = np.asarray(edges, dtype=np.float32)
+    out = edges.copy()
+    ys, xs = np.nonzero(edges)
     if ys.size:
-        strength = edges64[ys, xs] * multiplier
-        cos_o = np.cos(orientation[ys, xs].astype(np.float64))
-        sin_o = np.sin(orientation[ys, xs].astype(np.float64))
+        strength = edges[ys, xs] * _F32(multiplier)
+        angle = orientation[ys, xs].astype(np.float64)
+        cos_o = np.cos(angle).astype(np.float32)  # cosf/sinf: correctly rounded single results
+        sin_o = np.sin(angle).astype(np.float32)
+        col, row = xs.astype(np.float32), ys.astype(np.float32)
         suppressed = np.zeros(ys.size, dtype=bool)
         for step in range(-radius, radius + 1):
-            if step == 0:
-                continue
-            neighbour = _bilinear_clamped(edges64, xs + step * cos_o, ys + step * sin_o)
-            suppressed |= strength < neighbour
+            if step:
+                neighbour = _bilinear_clamped(edges, col + _F32(step) * cos_o, row + _F32(step) * sin_o)
+                suppressed |= strength < neighbour
         out[ys[suppressed], xs[suppressed]] = 0.0
     height, width = out.shape
     border = min(border, width // 2, height // 2)
     for offset in range(border):
-        scale = offset / border
+        scale = _F32(offset) / _F32(border)
         out[:, offset] *= scale
         out[:, width - 1 - offset] *= scale
     for offset in range(border):
-        scale = offset / border
+        scale = _F32(offset) / _F32(border)
         out[offset, :] *= scale
         out[height - 1 - offset, :] *= scale
     return out
 
 
-def seg2bmap(labels: np.ndarray) -> np.ndarray:
-    """BSDS ``seg2bmap``: pixels whose label differs from the right, lower or lower-right neighbour.
+def seism_nms(edges_uint8: np.ndarray) -> np.ndarray:
+    """The float32 map SEISM thresholds: ``im2single`` of the PNG, its orientation, NMS."""
+    edges = np.asarray(edges_uint8)
+    if edges.dtype != np.uint8 or edges.ndim != 2:
+        raise ValueError(f"expected a 2-D uint8 edge map, got {edges.dtype} {edges.shape}")
+    image = edges.astype(np.float32) / _F32(255.0)
+    return non_maximum_suppression(image, edge_orientation(image))
 
-    SEISM applies it to every ground truth; for NYUD the "segmentation" it receives is the
-    0/255 edge PNG itself, so the boundary map it evaluates against is the outline of the
-    annotated edge bands, not the bands.
+
+# --------------------------------------------------------------------------- thinning
+@lru_cache(maxsize=1)
+def _thinning_luts() -> tuple[np.ndarray, np.ndarray]:
+    """Deletion tables of the two sub-iterations of ``bwmorph(..., 'thin')`` (Lam, Lee, Suen 1992).
+
+    Bit k of the code is neighbour x_{k+1}: x1 east, then counter-clockwise (NE, N, NW, W, SW,
+    S, SE). A pixel is deleted when G1 (crossing number X_H = 1), G2 (2 <= min(n1, n2) <= 3) and
+    G3 (first sub-iteration) or G3' (second) hold.
     """
+    codes = np.arange(256)
+    x = [None] + [(codes >> bit) & 1 for bit in range(8)] + [codes & 1]  # x[1..8], x[9] = x[1]
+    crossing = sum(((1 - x[2 * i - 1]) & (x[2 * i] | x[2 * i + 1])) for i in range(1, 5))
+    n1 = sum((x[2 * k - 1] | x[2 * k]) for k in range(1, 5))
+    n2 = sum((x[2 * k] | x[2 * k + 1]) for k in range(1, 5))
+    smaller = np.minimum(n1, n2)
+    g12 = (crossing == 1) & (smaller >= 2) & (smaller <= 3)
+    g3 = ((x[2] | x[3] | (1 - x[8])) & x[1]) == 0
+    g3p = ((x[6] | x[7] | (1 - x[4])) & x[5]) == 0
+    return g12 & g3, g12 & g3p
+
+
+def thin(mask: np.ndarray) -> np.ndarray:
+    """``bwmorph(mask, 'thin', Inf)`` (= skimage's ``thin``), touching only foreground pixels.
+
+    Each sub-iteration decides all pixels from the same state, as the parallel algorithm does,
+    but evaluates only pixels whose 3x3 neighbourhood changed since that sub-iteration last saw
+    them: on edge maps that are already nearly one pixel wide, most work is the first two passes.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    height, width = mask.shape
+    stride = width + 2
+    padded = np.zeros((height + 2) * stride, dtype=np.uint8)  # outside the image counts as 0
+    padded.reshape(height + 2, stride)[1:-1, 1:-1] = mask
+    offsets = np.array([1, 1 - stride, -stride, -1 - stride, -1, stride - 1, stride, stride + 1])
+    neighbourhood = np.concatenate([offsets, [0]])
+    slot = np.empty(padded.size, dtype=np.int64)  # scratch for de-duplicating pixel lists
+
+    def distinct(pixels: np.ndarray) -> np.ndarray:
+        slot[pixels] = np.arange(pixels.size)
+        return pixels[slot[pixels] == np.arange(pixels.size)]
+
+    luts = _thinning_luts()
+    pending: list[np.ndarray | None] = [None, None]  # None: every foreground pixel
+    sub = 0
+    while pending[0] is None or pending[1] is None or pending[0].size or pending[1].size:
+        candidates = pending[sub]
+        candidates = np.flatnonzero(padded) if candidates is None else candidates[padded[candidates] == 1]
+        code = np.zeros(candidates.size, dtype=np.uint8)
+        for bit, offset in enumerate(offsets):
+            code |= padded[candidates + offset] << np.uint8(bit)
+        deleted = candidates[luts[sub][code]]
+        padded[deleted] = 0
+        touched = (deleted[:, None] + neighbourhood).ravel()
+        touched = distinct(touched[padded[touched] == 1])
+        pending[sub] = touched
+        other = pending[1 - sub]
+        if other is not None and touched.size:
+            pending[1 - sub] = distinct(np.concatenate([other, touched]))
+        sub = 1 - sub
+    return padded.reshape(height + 2, stride)[1:-1, 1:-1].astype(bool)
+
+
+# --------------------------------------------------------------------------- ground truth
+def seg2bmap(labels: np.ndarray) -> np.ndarray:
+    """BSDS ``seg2bmap``: pixels whose label differs from the right, lower or lower-right neighbour."""
     labels = np.asarray(labels)
     right = np.zeros_like(labels)
     below = np.zeros_like(labels)
@@ -149,6 +272,22 @@ def seg2bmap(labels: np.ndarray) -> np.ndarray:
     return boundary
 
 
+def seism_ground_truth(segmentation: np.ndarray) -> np.ndarray:
+    """The boundary map SEISM matches against: ``thin(seg2bmap(G))``.
+
+    ``segmentation``: what SEISM's ``db_gt`` reads. NYUD: the edge PNG itself (0/255, or the 0/1
+    map the loader makes of it: the same outline), read as a segmentation, so seg2bmap outlines
+    both sides of every annotated line and thinning leaves one line. PASCAL-Context: the
+    LabelMap. SEISM relabels it into 4-connected regions first, which cannot change seg2bmap: a
+    lower-right neighbour of equal value but in another region means the right neighbour differs.
+    """
+    segmentation = np.asarray(segmentation)
+    if segmentation.ndim != 2:
+        raise ValueError(f"expected a 2-D ground truth, got shape {segmentation.shape}")
+    return thin(seg2bmap(segmentation.astype(np.int64)))
+
+
+# --------------------------------------------------------------------------- matching
 def bsds_matcher_available() -> bool:
     try:
         from pyEdgeEval._lib.correspond_pixels import correspond_pixels  # noqa: F401
@@ -157,75 +296,138 @@ def bsds_matcher_available() -> bool:
     return True
 
 
-def _match_counts_bsds(predicted: np.ndarray, ground_truth: np.ndarray, max_dist: float) -> tuple[int, int]:
+def _match_counts_bsds(predicted: np.ndarray, ground_truth: np.ndarray, max_dist: float) -> int:
     from pyEdgeEval._lib.correspond_pixels import correspond_pixels
 
-    matched_pred, matched_gt, _, _ = correspond_pixels(
+    _, matched_gt, _, _ = correspond_pixels(
         predicted.astype(np.float64), ground_truth.astype(np.float64), max_dist=max_dist, outlier_cost=100.0
     )
-    return int(np.count_nonzero(matched_gt)), int(np.count_nonzero(matched_pred))
+    return int(np.count_nonzero(matched_gt))
 
 
-class _NestedMatcher:
-    """Maximum-cardinality matching between the predicted pixels above a cutoff and the GT pixels.
+class _WarmMatcher:
+    """Exact maximum matchings between changing sets of predicted pixels and a fixed GT map.
 
-    Pairs within the tolerance are found once per image (KD-trees) for the lowest cutoff. The
-    predicted pixels are ordered by decreasing value, so the pixels kept at any cutoff are a
-    prefix of the rows of one biadjacency matrix. Each matching is solved as a unit-capacity
-    max-flow (Dinic, scipy), which on bipartite graphs is the Hopcroft-Karp bound O(E sqrt(V)).
-    scipy's ``maximum_bipartite_matching`` is not used: its DFS does not mark dead ends and
-    takes exponential time on the chain-like graphs that boundary pixels make (scipy#26147).
+    The pairs within the tolerance are found once, for every pixel that any threshold can keep.
+    Each new predicted set starts from the previous matching restricted to it; only the missing
+    augmenting paths are searched, as a unit-capacity max-flow (Dinic, scipy) on the residual
+    network: source -> free predictions, prediction -> GT on unmatched pairs, GT -> its matched
+    prediction, free GT -> sink (searched from whichever end has fewer free pixels). A set that
+    only lost unmatched pixels keeps its maximum matching without a search. scipy's
+    ``maximum_bipartite_matching`` is not used: its DFS does not mark dead ends and takes
+    exponential time on the chain-like graphs that boundaries make.
     """
 
-    def __init__(self, edges: np.ndarray, lowest_cutoff: float, ground_truth: np.ndarray, max_dist: float):
+    def __init__(self, candidates: np.ndarray, ground_truth: np.ndarray, max_dist: float):
         height, width = ground_truth.shape
         radius = max_dist * float(np.hypot(height, width))  # as correspondPixels: fraction of the diagonal
-        candidate_yx = np.argwhere(edges >= lowest_cutoff)
         gt_yx = np.argwhere(ground_truth)
         self.num_gt = gt_yx.shape[0]
-        self.row_values = np.zeros(0)
-        self.biadjacency = csr_array((0, max(self.num_gt, 1)), dtype=np.int32)
-        if candidate_yx.shape[0] == 0 or self.num_gt == 0:
+        self.row_of = np.full(height * width, -1, dtype=np.int64)
+        self.pairs = csr_array((0, max(self.num_gt, 1)), dtype=np.int32)
+        if self.num_gt == 0 or candidates.size == 0:
+            self._reset_state(0)
             return
-        pairs = cKDTree(candidate_yx).sparse_distance_matrix(cKDTree(gt_yx), radius, output_type="ndarray")
-        if pairs.size == 0:
-            return
-        values = edges[candidate_yx[:, 0], candidate_yx[:, 1]]
-        # Rows: candidates that have at least one GT pixel in reach, by decreasing value.
-        paired, pair_rows = np.unique(pairs["i"], return_inverse=True)
-        by_value = np.argsort(-values[paired], kind="stable")
-        rank = np.empty_like(by_value)
-        rank[by_value] = np.arange(by_value.size)
-        self.row_values = values[paired][by_value]
-        self.biadjacency = csr_array(
-            (np.ones(pairs.size, dtype=np.int32), (rank[pair_rows], pairs["j"].astype(np.int64))),
-            shape=(paired.size, self.num_gt),
+        # Only candidates within reach of some GT pixel can ever match.
+        distance = ndimage.distance_transform_edt(~ground_truth)
+        near = candidates[distance.ravel()[candidates] <= radius]
+        near_yx = np.column_stack(np.unravel_index(near, (height, width)))
+        pairs = cKDTree(near_yx).sparse_distance_matrix(cKDTree(gt_yx), radius, output_type="ndarray")
+        rows = np.unique(pairs["i"])
+        self.row_of[near[rows]] = np.arange(rows.size)
+        remap = np.full(near.size, -1, dtype=np.int64)
+        remap[rows] = np.arange(rows.size)
+        self.pairs = csr_array(
+            (np.ones(pairs.size, dtype=np.int32), (remap[pairs["i"]], pairs["j"].astype(np.int64))),
+            shape=(rows.size, self.num_gt),
         )
-        self.biadjacency.sum_duplicates()
+        self.pairs.sum_duplicates()
+        self.pairs.sort_indices()
+        self._reset_state(rows.size)
 
-    def matched(self, cutoff: float) -> int:
-        """Size of a maximum matching that uses only predicted pixels with value >= ``cutoff``."""
-        kept = int(np.count_nonzero(self.row_values >= cutoff))  # row_values is sorted: a prefix
-        if kept == 0:
-            return 0
-        adjacency = self.biadjacency
-        num_edges = int(adjacency.indptr[kept])
-        num_gt = self.num_gt
-        # Nodes: 0 source, 1..G ground truth, G+1..G+kept predictions, G+kept+1 sink.
-        sink = num_gt + kept + 1
+    def _reset_state(self, num_rows: int) -> None:
+        self.mate_of_row = np.full(num_rows, -1, dtype=np.int64)
+        self.mate_of_gt = np.full(max(self.num_gt, 0), -1, dtype=np.int64)
+        self.present = np.zeros(num_rows, dtype=bool)
+
+    def matched(self, kept: np.ndarray) -> int:
+        """Size of a maximum matching of the predicted pixels ``kept`` (flat indices)."""
+        rows = self.row_of[kept]
+        rows = np.sort(rows[rows >= 0])
+        present = np.zeros(self.mate_of_row.size, dtype=bool)
+        present[rows] = True
+        gone = np.flatnonzero(~present & (self.mate_of_row >= 0))
+        self.mate_of_gt[self.mate_of_row[gone]] = -1
+        self.mate_of_row[gone] = -1
+        arrived = bool(np.any(present & ~self.present))
+        self.present = present
+        size = int(np.count_nonzero(self.mate_of_row >= 0))
+        # Still maximum: every kept pixel or every GT pixel is matched, or the kept set only lost
+        # unmatched pixels since the last (maximum) matching, so its maximum cannot have grown.
+        if rows.size == 0 or size == rows.size or size == self.num_gt or not (gone.size or arrived):
+            return size
+        self._augment(rows)
+        return int(np.count_nonzero(self.mate_of_row >= 0))
+
+    def _augment(self, rows: np.ndarray) -> None:
+        num_gt, num_rows = self.num_gt, rows.size
+        sub = self.pairs[rows]  # (num_rows, num_gt), sorted indices
+        mates = self.mate_of_row[rows]
+        free_rows = np.flatnonzero(mates < 0)
+        # Nodes: 0 source, 1..G ground truth, G+1..G+R kept predictions, G+R+1 sink.
+        sink = num_gt + num_rows + 1
+        local = np.full(self.mate_of_row.size, -1, dtype=np.int64)
+        local[rows] = np.arange(num_rows)
+        gt_mate = self.mate_of_gt
+        gt_target = np.where(gt_mate >= 0, num_gt + 1 + local[np.maximum(gt_mate, 0)], sink)
+        row_of_edge = np.repeat(np.arange(num_rows), np.diff(sub.indptr))
+        keep_edge = sub.indices != mates[row_of_edge]  # the matched pair runs backwards, GT -> prediction
+        edge_counts = np.bincount(row_of_edge[keep_edge], minlength=num_rows)
         indices = np.concatenate([
-            np.arange(num_gt + 1, num_gt + kept + 1),  # source -> each prediction
-            np.full(num_gt, sink),  # each GT pixel -> sink
-            adjacency.indices[:num_edges] + 1,  # prediction -> GT pixels in reach
+            num_gt + 1 + free_rows,
+            gt_target,
+            sub.indices[keep_edge] + 1,
         ]).astype(np.int32)
         indptr = np.concatenate([
-            [0, kept],
-            kept + np.arange(1, num_gt + 1),
-            kept + num_gt + adjacency.indptr[1 : kept + 1],
-            [kept + num_gt + num_edges],
+            [0, free_rows.size],
+            free_rows.size + np.arange(1, num_gt + 1),
+            free_rows.size + num_gt + np.cumsum(edge_counts),
+            [free_rows.size + num_gt + int(edge_counts.sum())],
         ]).astype(np.int32)
         network = csr_array((np.ones(indices.size, dtype=np.int32), indices, indptr), shape=(sink + 1, sink + 1))
-        return int(maximum_flow(network, 0, sink, method="dinic").flow_value)
+        # Search from the side with fewer free pixels (many free predictions at low thresholds, many
+        # free GT pixels at high ones): the same flow on the reversed network, sink to source.
+        from_gt_side = np.count_nonzero(gt_mate < 0) < free_rows.size
+        if from_gt_side:
+            network = csr_array(network.T)
+            flow = maximum_flow(network, sink, 0, method="dinic")
+        else:
+            flow = maximum_flow(network, 0, sink, method="dinic")
+        if flow.flow_value == 0:
+            return
+        moved = flow.flow.tocoo()
+        used = moved.data > 0
+        tail, head = (moved.col[used], moved.row[used]) if from_gt_side else (moved.row[used], moved.col[used])
+        # GT -> prediction carrying flow: that pair is undone; prediction -> GT: that pair is made.
+        undone = (tail >= 1) & (tail <= num_gt) & (head > num_gt) & (head < sink)
+        made = (tail > num_gt) & (tail < sink) & (head >= 1) & (head <= num_gt)
+        undone_rows = rows[head[undone] - num_gt - 1]
+        self.mate_of_row[undone_rows] = -1
+        self.mate_of_gt[tail[undone] - 1] = -1
+        made_rows = rows[tail[made] - num_gt - 1]
+        self.mate_of_row[made_rows] = head[made] - 1
+        self.mate_of_gt[head[made] - 1] = made_rows
+
+
+# --------------------------------------------------------------------------- per-image counts
+def thresholded_maps(nms: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> list[np.ndarray]:
+    """Flat indices of ``thin(nms > t)`` at each threshold (strict ``>`` in single precision)."""
+    nms = np.asarray(nms, dtype=np.float32)
+    out = []
+    for threshold in np.asarray(thresholds, dtype=np.float64):
+        kept = nms > _F32(threshold)
+        out.append(np.flatnonzero(thin(kept)) if kept.any() else np.zeros(0, dtype=np.int64))
+    return out
 
 
 def image_boundary_counts(
@@ -233,113 +435,50 @@ def image_boundary_counts(
     ground_truth: np.ndarray,
     *,
     max_dist: float,
-    thresholds: Sequence[float] | np.ndarray,
+    thresholds: Sequence[float] | np.ndarray = HED_THRESHOLDS,
     matcher: str = "maxflow",
-    nms: bool = True,
-    gt_transform: str = "none",
 ) -> np.ndarray:
     """(K, 4) int64 counts [cntR, sumR, cntP, sumP] of one image at each of the K thresholds.
 
-    ``edges_uint8``: the 8-bit prediction (H, W) of one image, already cropped to its original
-    size; ``ground_truth``: (H, W) boolean/0-1 boundary map of the same size. Predicted pixels at
-    threshold t are ``E >= max(eps, t)`` after NMS (no thinning, as SEISM with NMS input).
+    ``edges_uint8``: the 8-bit prediction (H, W) of one image, cropped to its original size;
+    ``ground_truth``: the (H, W) boundary map SEISM matches against (``seism_ground_truth``).
     """
     if matcher not in MATCHERS:
         raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
-    if gt_transform not in GT_TRANSFORMS:
-        raise ValueError(f"gt_transform must be one of {GT_TRANSFORMS}, got {gt_transform!r}")
     edges_uint8 = np.asarray(edges_uint8)
-    ground_truth = np.asarray(ground_truth)
+    ground_truth = np.asarray(ground_truth).astype(bool)
     if edges_uint8.shape != ground_truth.shape or edges_uint8.ndim != 2:
         raise ValueError(f"prediction {edges_uint8.shape} and ground truth {ground_truth.shape} must be equal 2-D")
     thresholds = np.asarray(thresholds, dtype=np.float64).ravel()
-
-    edges = edges_uint8.astype(np.float32) / np.float32(255.0)  # MATLAB im2single
-    if nms:
-        edges = non_maximum_suppression(edges, edge_orientation(edges))
-    gt_map = seg2bmap(ground_truth.astype(np.uint8)) if gt_transform == "seg2bmap" else ground_truth.astype(bool)
-    sum_recall = int(np.count_nonzero(gt_map))
-
-    cutoffs = np.maximum(np.finfo(np.float64).eps, thresholds)
-    order = np.argsort(cutoffs, kind="stable")  # ascending: predicted sets shrink along ``order``
-    sorted_cutoffs = cutoffs[order]
-    candidates = edges >= sorted_cutoffs[0]
-    candidate_values = edges[candidates]
-    sorted_values = np.sort(candidate_values)
-    sum_precision = sorted_values.size - np.searchsorted(sorted_values, sorted_cutoffs, side="left")
-
-    matched = np.zeros((order.size, 2), dtype=np.int64)  # [cntR, cntP] per sorted cutoff
-    if sum_recall and candidate_values.size:
-        if matcher == "maxflow":
-            pair_matcher = _NestedMatcher(edges, sorted_cutoffs[0], gt_map, max_dist)
-            sizes = _monotone_matching_sizes(pair_matcher, sorted_cutoffs, sum_precision, sum_recall)
-            matched[:] = sizes[:, None]  # one-to-one: as many GT pixels as predicted pixels matched
-        else:
-            matched = _bsds_matching_sizes(edges, gt_map, max_dist, sorted_cutoffs, sum_precision)
-
-    counts = np.zeros((order.size, 4), dtype=np.int64)
-    counts[order, 0] = matched[:, 0]
-    counts[order, 1] = sum_recall
-    counts[order, 2] = matched[:, 1]
-    counts[order, 3] = sum_precision
+    nms = seism_nms(edges_uint8)
+    kept_sets = thresholded_maps(nms, thresholds)
+    sum_recall = int(np.count_nonzero(ground_truth))
+    counts = np.zeros((thresholds.size, 4), dtype=np.int64)
+    counts[:, 1] = sum_recall
+    counts[:, 3] = [kept.size for kept in kept_sets]
+    if sum_recall == 0:
+        return counts
+    if matcher == "maxflow":
+        union = np.flatnonzero(nms > _F32(thresholds.min()))
+        pair_matcher = _WarmMatcher(union, ground_truth, max_dist)
+        # From the lowest threshold up: the maps shrink (nearly nested), so a threshold that loses
+        # only unmatched pixels needs no search, and the others only a few augmenting paths.
+        for index in np.argsort(thresholds, kind="stable"):
+            counts[index, [0, 2]] = pair_matcher.matched(kept_sets[index])
+    else:
+        for index, kept in enumerate(kept_sets):
+            if kept.size:
+                if index and np.array_equal(kept, kept_sets[index - 1]):
+                    counts[index, [0, 2]] = counts[index - 1, 0]
+                    continue
+                predicted = np.zeros(ground_truth.size, dtype=bool)
+                predicted[kept] = True
+                counts[index, [0, 2]] = _match_counts_bsds(predicted.reshape(ground_truth.shape), ground_truth,
+                                                            max_dist)
     return counts
 
 
-def _monotone_matching_sizes(
-    pair_matcher: _NestedMatcher,
-    sorted_cutoffs: np.ndarray,
-    sum_precision: np.ndarray,
-    sum_recall: int,
-) -> np.ndarray:
-    """Maximum matching size at each ascending cutoff, solving as few matchings as possible.
-
-    The predicted sets are nested, so the exact maximum matching size M is non-increasing along
-    the cutoffs and never above min(#predicted, #GT). Between two solved cutoffs ``low < high``,
-    M(k) lies in [M(high), min(M(low), #predicted(k))]; where that range is one value it is
-    filled in without solving; otherwise the interval is bisected.
-    """
-    count = sorted_cutoffs.size
-    upper = np.minimum(sum_precision, sum_recall).astype(np.int64)
-    sizes = np.where(upper == 0, 0, -1).astype(np.int64)
-
-    def solve(index: int) -> int:
-        if sizes[index] < 0:
-            sizes[index] = pair_matcher.matched(float(sorted_cutoffs[index]))
-        return int(sizes[index])
-
-    def fill(low: int, high: int) -> None:
-        size_low, size_high = solve(low), solve(high)
-        if high - low <= 1:
-            return
-        inner = slice(low + 1, high)
-        bound = np.minimum(upper[inner], size_low)
-        if np.all(bound == size_high):
-            sizes[inner] = size_high
-            return
-        middle = (low + high) // 2
-        fill(low, middle)
-        fill(middle, high)
-
-    fill(0, count - 1)
-    return sizes
-
-
-def _bsds_matching_sizes(
-    edges: np.ndarray, gt_map: np.ndarray, max_dist: float, sorted_cutoffs: np.ndarray, sum_precision: np.ndarray
-) -> np.ndarray:
-    """(K, 2) [cntR, cntP] from the BSDS matcher at every cutoff (it is approximate: no shortcuts
-    beyond reusing the result of an identical predicted map)."""
-    counts = np.zeros((sorted_cutoffs.size, 2), dtype=np.int64)
-    for index, cutoff in enumerate(sorted_cutoffs):
-        if sum_precision[index] == 0:
-            continue
-        if index and sum_precision[index] == sum_precision[index - 1]:
-            counts[index] = counts[index - 1]  # nested sets with equal size are the same set
-            continue
-        counts[index] = _match_counts_bsds(edges >= cutoff, gt_map, max_dist)
-    return counts
-
-
+# --------------------------------------------------------------------------- aggregation
 def precision_recall(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall from [..., 4] counts with SEISM's conventions for empty sets.
 
@@ -366,6 +505,13 @@ def f_measure(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
         return np.where(total > 0, 2.0 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
 
 
+def best_per_image(per_image_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's best F over the thresholds and the index of that threshold (first on ties)."""
+    scores = f_measure(*precision_recall(np.asarray(per_image_counts, dtype=np.float64)))
+    best = scores.argmax(axis=-1)
+    return np.take_along_axis(scores, best[..., None], axis=-1)[..., 0], best
+
+
 def ods_ois_ap(per_image_counts: np.ndarray) -> dict[str, float]:
     """ODS F, OIS F and AP (fractions in [0, 1]) from (N_images, K, 4) counts, as SEISM.
 
@@ -382,8 +528,7 @@ def ods_ois_ap(per_image_counts: np.ndarray) -> dict[str, float]:
     f_per_threshold = f_measure(precision, recall)
     ods = float(f_per_threshold.max())
 
-    image_precision, image_recall = precision_recall(per_image_counts)
-    best = f_measure(image_precision, image_recall).argmax(axis=1)
+    _, best = best_per_image(per_image_counts)
     at_best = per_image_counts[np.arange(per_image_counts.shape[0]), best].sum(axis=0)
     ois = float(f_measure(*precision_recall(at_best)))
 

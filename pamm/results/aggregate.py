@@ -50,6 +50,9 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "tasks": ",".join(_run_tasks(cfg)), "origin": origin,
     }
     row.update(metrics["metrics"])
+    if "edge_odsf" in metrics["metrics"]:
+        # Which boundary protocol made edge_*; runs evaluated before it was recorded predate SEISM's.
+        row["edge_protocol"] = metrics.get("protocols", {}).get("edge", "pre-seism")
     row.update({f"trivial_{k}": v for k, v in metrics.get("trivial", {}).items()})
     for key in PROFILE_COLUMNS:
         if key in profile:
