@@ -346,11 +346,12 @@ def validate_model_section(cfg: dict[str, Any], ablations_dir: Path | None = Non
         )
 
 
-def check_weights_files(cfg: dict[str, Any]) -> None:
+def resolve_weights_files(cfg: dict[str, Any]) -> None:
     """Every ``pretrained_file`` of the model section exists and holds weights (a safetensors file, or a torch /
-    numpy checkpoint: zip or pickle); a text file or a missing path stops here with one line."""
+    numpy checkpoint: zip or pickle); a text file or a missing path stops here with one line. The paths are
+    stored absolute, so the run's config.yaml works from any working directory."""
     for section, key, where in _weights_entries(cfg.get("model", {})):
-        path = Path(str(section[key])).expanduser()
+        path = Path(str(section[key])).expanduser().absolute()
         if not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             raise ConfigError(f"config key {where}: {path} {what}: give a local .safetensors/.pth file (nothing is "
@@ -365,6 +366,7 @@ def check_weights_files(cfg: dict[str, Any]) -> None:
                 f"config key {where}: {path} is not a weights file (it starts with {head[:12]!r}; expected a "
                 ".safetensors file or a torch .pth/.pt/.bin checkpoint): point it at the weights themselves"
             )
+        section[key] = str(path)
 
 
 # ---------------------------------------------------------------------------------------------- workflow config

@@ -1,16 +1,33 @@
-"""Atomic file writes: a killed job leaves the old file or the new one, never half of one."""
+"""Atomic file writes: a killed job leaves the old file or the new one, never half of one.
+
+The temporary file is ``.<name>.<host>~<pid>.<random>.tmp`` beside the target. A process killed while
+writing leaves it behind; the next successful write of the same target removes such leftovers whose
+process is gone (same host) or that are a day old, and never another live writer's file.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_STALE_SECONDS = 24 * 3600
+
+
+class UnreadableFileError(ValueError):
+    """A results file that exists but cannot be parsed (truncated, corrupt); the message names it and the fix."""
+
+
+def _writer_tag() -> str:
+    host = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}~{os.getpid()}"
 
 
 @contextlib.contextmanager
@@ -18,7 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it over ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
     tmp_path = Path(tmp)
@@ -28,6 +45,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+    remove_stale_temporaries(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` that a killed writer left: those of a process of this host that no
+    longer runs, those without a writer tag (older versions), and any older than a day. Returns them."""
+    path = Path(path)
+    host, own_pid = _writer_tag().split("~")
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tag = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        tag_host, _, tag_pid = tag.partition("~")
+        try:
+            old = time.time() - tmp.stat().st_mtime > _STALE_SECONDS
+            if tag_pid.isdigit():
+                stale = old or (tag_host == host and int(tag_pid) != int(own_pid) and not _pid_alive(int(tag_pid)))
+            else:
+                stale = True  # no writer tag: an older version's leftover
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            continue  # its writer renamed or removed it meanwhile
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -46,14 +97,26 @@ def write_yaml(path: str | os.PathLike, obj: Any) -> None:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a file object of ours, so that a full disk or a write error surfaces as the
+    ``OSError`` it is (``torch.save`` to a path reports it as an opaque ``RuntimeError``)."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's content; a truncated or corrupt file is an ``UnreadableFileError`` naming it."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise UnreadableFileError(
+            f"{path} is not valid JSON ({err}; {len(text)} bytes): it is truncated or corrupt; delete it and rerun "
+            "the step that writes it"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from pamm import io as pio
 from pamm.config import config_hash, load_run_config
-from pamm.engine.train import TrainingError, build_model_for, configure_scan_backend, move_batch, pick_device
+from pamm.engine.train import (TrainingError, build_model_for, configure_scan_backend, load_checkpoint, move_batch,
+                               pick_device)
 from pamm.tasks import IGNORE_INDEX, TASK_INFO, dataset_tasks
 
 
@@ -82,13 +83,16 @@ def evaluate_run(
     ckpt_path = run_dir / "checkpoint.pt"
     if not ckpt_path.is_file():
         raise TrainingError(f"{ckpt_path} does not exist: train the run first (pamm-bench train --out {run_dir})")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt_path, f"delete it and rerun pamm-bench train --out {run_dir} (it resumes from last.pt)")
     if state.get("config_hash") != config_hash(cfg):
         raise TrainingError(f"{ckpt_path} does not match {run_dir / 'config.yaml'} (config hash differs): retrain the run")
     dev = pick_device(device)
     configure_scan_backend(cfg["train"].get("scan_backend", "auto"))
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
+    from pamm.data.checks import preflight
+
+    preflight(run["dataset"], cfg["data"]["root"], need=("val", "train"))  # val scored, train for the trivial baselines
     model = build_model_for(cfg)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
