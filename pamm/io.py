@@ -7,6 +7,7 @@ process is gone (same host) or that are a day old, and never another live writer
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -96,14 +97,46 @@ def write_yaml(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+class _RecordingWriter:
+    """A file-like ``torch.save`` writes through: every byte is written (short writes are retried, so a full disk
+    raises its ``OSError``), and the first ``OSError`` is kept, because torch's C++ writer reports a failed
+    write only as an opaque ``RuntimeError`` ("unexpected pos ...")."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                written = self.raw.write(view[done:])
+                if not written:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.raw.name)
+                done += written
+        except OSError as err:
+            self.error = self.error or err
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a file object of ours, so that a full disk or a write error surfaces as the
-    ``OSError`` it is (``torch.save`` to a path reports it as an opaque ``RuntimeError``)."""
+    """``torch.save``, atomically; a full disk or another write error surfaces as the ``OSError`` it is."""
     import torch
 
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+        with open(tmp, "wb", buffering=0) as raw:
+            writer = _RecordingWriter(raw)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
+                raise
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -10,6 +10,7 @@ loss at every iteration. A non-finite loss or state stops the run and names the 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import errno
@@ -17,6 +18,8 @@ import io
 import math
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +46,25 @@ class TrainingDiverged(TrainingError):
 
 class TrainingInterrupted(TrainingError):
     """Ctrl-C (SIGINT) during training; the message says which iteration a rerun resumes from."""
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it as usual (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and previous is not signal.SIG_IGN:
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signal.SIGINT, None)
+        else:
+            raise KeyboardInterrupt
 
 
 def load_checkpoint(path: Path, fix: str) -> dict[str, Any]:
@@ -362,6 +384,10 @@ def train_run(
             raise write_failed(run_dir / "config.yaml", err, start) from None
 
     def save_last(iteration: int) -> None:
+        with _sigint_deferred():  # Ctrl-C during a save lands after it, with last_good telling the truth
+            _save_last(iteration)
+
+    def _save_last(iteration: int) -> None:
         nonlocal last_good
         if not state_is_finite(model.state_dict(), optimizer.state_dict()):
             raise TrainingDiverged(
