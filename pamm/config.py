@@ -412,6 +412,29 @@ def validate_workflow_config(config: dict[str, Any], schema_path: str | Path) ->
             )
 
 
+def workflow_matrix(config: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+    """(dataset, model, variant, seed) of every run of a validated workflow config: each dataset's own
+    ``models`` matrix when it has one, else the top-level one. Single-task variants (``stl_<task>``, composed
+    ``stl_<task>+swin``) run only on datasets that have the task; a ``stl_<name>`` whose name is no task of any
+    dataset stays in, so that resolving it reports it as unknown."""
+    from pamm.tasks import DATASET_TASKS
+
+    def applies(dataset: str, model: str, variant: str) -> bool:
+        if model != "stl":
+            return True
+        task = variant_parts(variant)[0].removeprefix("stl_")
+        return task in DATASET_TASKS[dataset] or not any(task in tasks for tasks in DATASET_TASKS.values())
+
+    return [
+        (dataset, model, variant, int(seed))
+        for dataset in config["datasets"]
+        for model, variants in (config["datasets"][dataset].get("models") or config["models"]).items()
+        for variant in variants
+        if applies(dataset, model, variant)
+        for seed in config["seeds"]
+    ]
+
+
 def resolve_workflow_runs(config: dict[str, Any], runs: list[tuple[str, str, str, Any]]) -> None:
     """Resolve the config of every (dataset, model, variant, seed) of the workflow's matrix, as its train job
     will: an unknown model or variant, or a bad ``overrides`` key, stops the DAG with one line naming the run."""

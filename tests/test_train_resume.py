@@ -6,6 +6,7 @@ and, at the save of a chosen iteration, SIGKILLs or SIGINTs its own process afte
 itself fail (a file-size limit: the kernel refuses the bytes, as on a full disk), or dies half-way through
 writing. Nothing in the trainer knows about it.
 """
+import os
 import signal
 import subprocess
 import sys
