@@ -80,7 +80,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         doc = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())}): fix the file, or delete it and "
+                          "write it again") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
     return doc

@@ -317,11 +317,6 @@ def train_run(
     from pamm.data.checks import preflight
 
     preflight(run["dataset"], cfg["data"]["root"], need=("train",))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TrainingError(f"cannot create the run directory {run_dir} ({err.strerror}): choose another --out") \
-            from None
 
     dist_info = distributed.setup()
     dev = distributed.device_for(dist_info, device)
@@ -377,6 +372,11 @@ def train_run(
         return TrainingError(f"cannot write {path} at iteration {iteration} ({err.strerror or err}): {fix} and "
                              f"rerun; {resume_note()}")
 
+    try:  # nothing is written before the config resolved, the data passed its preflight and the model built
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrainingError(f"cannot create the run directory {run_dir} ({err.strerror}): choose another --out") \
+            from None
     if dist_info.is_main:
         try:
             pio.write_yaml(run_dir / "config.yaml", cfg)
