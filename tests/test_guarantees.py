@@ -433,3 +433,28 @@ def test_out_of_memory_in_flop_counting_is_recorded_like_latency_and_memory(monk
     assert result["latency_ms"] > 0 and result["peak_mem_mib"] > 0
     result = profile.profile_config(cfg, device="cpu", counters=("fvcore",), timing=False)
     assert np.isnan(result["gflops"]) and result["notes"] == "FLOP count (fvcore): CUDA out of memory"
+
+
+def test_stale_temporaries_are_removed_but_a_live_writers_are_kept(tmp_path):
+    from pamm import io as pio
+
+    host = pio._writer_tag().split("~")[0]
+    dead = _finished_pid()
+    live = tmp_path / f".last.pt.{host}~{os.getppid()}.abc123.tmp"
+    gone = tmp_path / f".last.pt.{host}~{dead}.def456.tmp"
+    untagged = tmp_path / ".last.pt.xyz789.tmp"
+    other_host = tmp_path / f".last.pt.elsewhere~{dead}.ghi012.tmp"
+    other_file = tmp_path / f".train_log.csv.{host}~{dead}.jkl345.tmp"
+    for path in (live, gone, untagged, other_host, other_file):
+        path.write_bytes(b"partial")
+    pio.torch_save({"model": {}}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == sorted([live.name, other_host.name, other_file.name])
+    os.utime(other_host, (0, 0))  # a day old: removed whoever wrote it
+    pio.write_text(tmp_path / "last.pt", "x")
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == sorted([live.name, other_file.name])
+
+
+def _finished_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

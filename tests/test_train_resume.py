@@ -228,6 +228,32 @@ def test_divergence_never_saves_a_non_finite_state_and_names_the_kept_iteration(
     assert state_is_finite(state["model"], state["optimizer"])
 
 
+def test_a_non_finite_last_pt_is_never_resumed(nyud_root, tmp_path):
+    cfg = _cfg(nyud_root)
+    cfg["train"].update(iterations=2, ckpt_every=1)
+    out = tmp_path / "poisoned"
+    train_run(cfg, out, device="cpu", progress=False)
+    (out / "checkpoint.pt").unlink()
+    state = torch.load(out / "last.pt", weights_only=False)
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first][...] = float("nan")
+    torch.save(state, out / "last.pt")
+    with pytest.raises(TrainingError, match=r"last.pt holds non-finite weights or optimizer state \(iteration 2\): "
+                                           r"delete it to start the run over"):
+        train_run(cfg, out, device="cpu", progress=False)
+
+
+def test_non_finite_targets_are_blamed_not_the_learning_rate():
+    from pamm.engine.train import _non_finite_items
+
+    batch = {"image": torch.zeros(3, 3, 4, 4), "depth": torch.ones(3, 1, 4, 4), "semseg": torch.zeros(3, 4, 4).long(),
+             "meta": {"id": ["a", "b", "c"]}}
+    assert _non_finite_items(batch, ["depth", "semseg"]) == []
+    batch["depth"][2, 0, 1, 1] = float("inf")
+    batch["image"][0, 1, 0, 0] = float("nan")
+    assert _non_finite_items(batch, ["depth", "semseg"]) == ["a", "c"]
+
+
 def test_divergence_before_the_first_checkpoint_says_none_was_saved(nyud_root, tmp_path):
     cfg = _cfg(nyud_root)
     cfg["train"].update(iterations=12, ckpt_every=10, grad_clip=None)
