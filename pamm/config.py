@@ -261,7 +261,8 @@ def _model_sections(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _overlays(ablations_dir: Path | None) -> list[dict[str, Any]]:
-    return [_load_yaml_cached(path, path.stat().st_mtime_ns) for path in sorted((ablations_dir or ABLATIONS_DIR).glob("*.yaml"))]
+    paths = sorted((ablations_dir or ABLATIONS_DIR).glob("*.yaml"))
+    return [_load_yaml_cached(path, path.stat().st_mtime_ns) for path in paths]
 
 
 @functools.lru_cache(maxsize=512)
@@ -284,7 +285,8 @@ def declared_model_keys(model: str, ablations_dir: Path | None = None) -> set[st
 def declared_backbone_keys(ablations_dir: Path | None = None) -> set[str]:
     """Backbone keys in use: those the backbone wrapper reads, plus every timm keyword that a model YAML or an
     overlay sets (a new timm keyword is declared by the overlay that uses it)."""
-    docs = [_load_cached(path) for path in sorted((PACKAGE_CONFIGS / "models").glob("*.yaml"))] + _overlays(ablations_dir)
+    docs = [_load_cached(path) for path in sorted((PACKAGE_CONFIGS / "models").glob("*.yaml"))]
+    docs += _overlays(ablations_dir)
     keys = set(BACKBONE_OWN_KEYS)
     for doc in docs:
         for section in _model_sections(doc):

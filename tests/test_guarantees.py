@@ -159,7 +159,8 @@ def test_depth_units_and_non_finite_values_are_named(nyud, capsys, kind):
     path = nyud / "depth" / "syn_tr00003.npy"
     depth = np.load(path)
     if kind == "int16 millimetres":
-        depth, expected = (depth * 1000).astype(np.int16), r"holds int16 values \(max \d+\), which looks like millimetres"
+        depth = (depth * 1000).astype(np.int16)
+        expected = r"holds int16 values \(max \d+\), which looks like millimetres"
     elif kind == "float millimetres":
         depth, expected = depth * 1000, r"holds depths up to [\d.]+, which looks like millimetres"
     else:

@@ -395,7 +395,8 @@ def check_dataset(
         "folders": {name: table[name].folder for name in names},
         "files_checked": files_checked,
         "contents_read": contents_read,
-        "mode": "every file read whole" if sample is None else f"headers of every file, content of {sample} ids per split",
+        "mode": ("every file read whole" if sample is None
+                 else f"headers of every file, content of {sample} ids per split"),
         "seconds": round(time.perf_counter() - start, 3),
         "warnings": warnings,
     }
@@ -417,7 +418,8 @@ def check_dataset_cli_summary(report: dict[str, Any]) -> str:
         lines.append(f"  image size: {_size_str(tuple(rng['min']))} .. {_size_str(tuple(rng['max']))} (HxW)")
     lines.append(f"  tasks: {', '.join(report['tasks'])}")
     lines.append(f"  folders: {', '.join(sorted(set(report['folders'].values())))}")
-    lines.append(f"  {report['files_checked']} files checked ({report.get('mode', 'headers')}) in {report['seconds']:.2f} s")
+    mode = report.get("mode", "headers")
+    lines.append(f"  {report['files_checked']} files checked ({mode}) in {report['seconds']:.2f} s")
     if report.get("marker"):
         m = report["marker"]
         lines.append(f"  generator: {m.get('generator')} v{m.get('version')}, seed {m.get('seed')}")

@@ -482,7 +482,8 @@ def train_run(
                 "dataset": dataset_fingerprint(cfg["data"]["root"]), "device": str(dev),
                 "scan_backend": _scan_backend_name(dev), "train_seconds": elapsed, "iterations": iterations,
                 "world_size": dist_info.world_size, "global_batch": global_batch,
-                "configured_batch": int(train_cfg["batch_size"]), "per_rank_batch": global_batch // dist_info.world_size,
+                "configured_batch": int(train_cfg["batch_size"]),
+                "per_rank_batch": global_batch // dist_info.world_size,
             },
         )
     except OSError as err:
