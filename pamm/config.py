@@ -307,29 +307,32 @@ def backbone_patch(backbone: dict[str, Any]) -> int | None:
 
 
 def validate_model_section(cfg: dict[str, Any], ablations_dir: Path | None = None) -> None:
-    """The ``model:`` section (which the run schema leaves open), the tasks and the input size, checked without
-    building anything: unknown model options or backbone keys, unknown tasks, and a ViT input size that is not
-    a multiple of its patch each stop here with one line naming the key."""
+    """The ``model:`` section (which the run schema leaves open), the tasks and the input size: unknown model
+    options or backbone keys, unknown tasks, and a ViT input size that is not a multiple of its patch each stop
+    here with one line naming the key.
+
+    Keys that a model YAML or an overlay declares pass at once (nothing is imported). Any other key is put to
+    the model's builder: the model is built once on the meta device (no memory, no weights read; the verdict is
+    cached), and a key the builder or the backbone does not take is reported by name."""
     from pamm.tasks import DATASET_TASKS
 
     run = cfg["run"]
-    model_path = model_config_path(run["model"])
-    unknown = sorted(set(cfg["model"]) - declared_model_keys(run["model"], ablations_dir))
-    if unknown:
-        valid = sorted(declared_model_keys(run["model"], ablations_dir))
-        raise ConfigError(f"config key model.{unknown[0]}: not an option of model {run['model']!r} (its options, "
-                          f"declared in {model_path} and its overlays: {valid})")
     backbone = cfg["model"].get("backbone")
-    if backbone is not None:
-        if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str):
-            raise ConfigError("config key model.backbone: expected a mapping with a timm model name, e.g. "
-                              "{name: vit_large_patch16_384, pretrained_file: null}")
-        unknown = sorted(set(backbone) - declared_backbone_keys(ablations_dir))
-        if unknown:
+    if backbone is not None and (not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str)):
+        raise ConfigError("config key model.backbone: expected a mapping with a timm model name, e.g. "
+                          "{name: vit_large_patch16_384, pretrained_file: null}")
+    undeclared = [f"model.{k}" for k in sorted(set(cfg["model"]) - declared_model_keys(run["model"], ablations_dir))]
+    if isinstance(backbone, dict):
+        undeclared += [f"model.backbone.{k}" for k in sorted(set(backbone) - declared_backbone_keys(ablations_dir))]
+    if undeclared:
+        verdict = _builder_verdict(run["model"], run["dataset"], json.dumps(cfg["data"].get("tasks")),
+                                   json.dumps(cfg["model"], sort_keys=True, default=str),
+                                   tuple(int(v) for v in cfg["data"]["size"]))
+        if verdict is not None:
+            named = [key for key in undeclared if repr(key.rsplit(".", 1)[-1]) in verdict] or undeclared
             raise ConfigError(
-                f"config key model.backbone.{unknown[0]}: not a backbone key in use (valid: "
-                f"{sorted(declared_backbone_keys(ablations_dir))}); a new timm keyword is declared by setting it "
-                "in a model YAML or an ablation overlay"
+                f"config key {named[0]}: not taken by model {run['model']!r} ({verdict}); fix or remove it (the "
+                f"options in use are declared in {model_config_path(run['model'])} and ablations/*.yaml)"
             )
     tasks = cfg["data"].get("tasks")
     valid_tasks = list(DATASET_TASKS[run["dataset"]])
@@ -347,6 +350,28 @@ def validate_model_section(cfg: dict[str, Any], ablations_dir: Path | None = Non
             f"({backbone['name']}), which does not pad its input: use {fit} (images smaller than data.size are "
             "padded to it)"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _builder_verdict(model: str, dataset: str, tasks_json: str, model_json: str, size: tuple[int, int]) -> str | None:
+    """None if model ``model`` builds with these options, else the first line of why not (built on the meta
+    device, weights files left out)."""
+    import torch
+
+    from pamm.models import create_model
+    from pamm.tasks import dataset_tasks
+
+    options = json.loads(model_json)
+    for section, key, _ in _weights_entries(options):
+        section[key] = None
+    try:
+        with torch.device("meta"):
+            create_model(model, dataset_tasks(dataset, json.loads(tasks_json)), img_size=size, **options)
+    except Exception as err:  # noqa: BLE001 - whatever the builder refuses, it refuses for these options
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first.removeprefix(f"model {model!r}: ")
+        return first.split("; check the model: section")[0]
+    return None
 
 
 def resolve_weights_files(cfg: dict[str, Any]) -> None:

@@ -253,8 +253,10 @@ def test_image_larger_than_the_pad_size_names_the_file(nyud):
 def test_unknown_model_keys_tasks_and_sizes_are_one_line(nyud, capsys):
     out = nyud.parent / "out"
     cases = {
-        "model.widht=3": "config key model.widht: not an option of model 'mtl'",
-        "model.backbone.patch_sise=8": "config key model.backbone.patch_sise: not a backbone key in use",
+        "model.widht=3": "config key model.widht: not taken by model 'mtl' (MultiTaskBaseline.__init__() got an "
+                         "unexpected keyword argument 'widht')",
+        "model.backbone.patch_sise=8": "config key model.backbone.patch_sise: not taken by model 'mtl' "
+                                       "(VisionTransformer.__init__() got an unexpected keyword argument 'patch_sise')",
         "data.tasks=[depth, sal]": "config key data.tasks: ['sal'] are not tasks of 'nyud'",
         "data.size=[17, 23]": "config key data.size: [17, 23] is not a multiple of the ViT backbone's patch size 8",
     }
@@ -459,3 +461,15 @@ def _finished_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+def test_undeclared_options_a_builder_takes_are_accepted():
+    """Keys no YAML declares are put to the model's builder: legitimate ones pass (the GPU tests force the scan
+    backend of MTMamba this way; any timm keyword reaches the backbone), and only the run that uses them is
+    changed."""
+    cfg = resolve_config("tiny", "nyud", "mtmamba", overrides={"model": {"scan_backend": "torch"}})
+    assert cfg["model"]["scan_backend"] == "torch"
+    cfg = resolve_config("tiny", "nyud", "mtl", overrides={"model": {"backbone": {"qkv_bias": False}}})
+    assert cfg["model"]["backbone"]["qkv_bias"] is False
+    with pytest.raises(ConfigError, match=r"config key model.backbone.qkv_biass: not taken by model 'mtl'"):
+        resolve_config("tiny", "nyud", "mtl", overrides={"model": {"backbone": {"qkv_biass": False}}})

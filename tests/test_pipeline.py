@@ -95,7 +95,7 @@ BAD_CONFIGS = {
                         r"run nyud/pamm/scan_rastr: unknown variant 'scan_rastr'"),
     "unknown single-task variant": (_with(models={"stl": ["stl_dpeth"]}), r"unknown variant 'stl_dpeth'"),
     "bad override key": (_with(overrides={"train": {"iteratons": 3}}), r"config key train: Additional properties"),
-    "bad model override": (_with(overrides={"model": {"widht": 3}}), r"config key model.widht: not an option of model"),
+    "bad model override": (_with(overrides={"model": {"widht": 3}}), r"config key model.widht: not taken by model 'mtl'"),
 }
 
 
