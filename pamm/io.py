@@ -1,8 +1,9 @@
 """Atomic file writes: a killed job leaves the old file or the new one, never half of one.
 
 The temporary file is ``.<name>.<host>~<pid>.<random>.tmp`` beside the target. A process killed while
-writing leaves it behind; the next successful write of the same target removes such leftovers whose
-process is gone (same host) or that are a day old, and never another live writer's file.
+writing leaves it behind; the next successful ``write_text`` / ``write_json`` / ``torch_save`` of the
+same target removes such leftovers whose process is gone (same host) or that are a day old, and never
+another live writer's file.
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def _writer_tag() -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it over ``path`` on success."""
+def atomic_path(path: str | os.PathLike, remove_stale: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it over ``path`` on success. ``remove_stale`` then
+    also removes leftovers of killed writers of ``path`` (a scan of the folder: meant for run files, not for
+    per-image files in folders of thousands)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp", dir=path.parent)
@@ -46,7 +49,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
-    remove_stale_temporaries(path)
+    if remove_stale:
+        remove_stale_temporaries(path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -83,7 +87,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, remove_stale=True) as tmp:
         tmp.write_text(text)
 
 
@@ -128,7 +132,7 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save``, atomically; a full disk or another write error surfaces as the ``OSError`` it is."""
     import torch
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, remove_stale=True) as tmp:
         with open(tmp, "wb", buffering=0) as raw:
             writer = _RecordingWriter(raw)
             try:
