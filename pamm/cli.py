@@ -6,6 +6,8 @@ Every verb takes explicit input and output paths. Heavy imports happen inside th
 from __future__ import annotations
 
 import argparse
+import errno
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +21,17 @@ typical flow (what `snakemake --cores 8 all` runs for every run of the matrix):
   pamm-bench evaluate --run results/runs/nyud/pamm/scan_raster/seed0
   pamm-bench aggregate --runs results/runs --out results/summary.csv
 """
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (--threads: 0 or -1 would mean nothing sensible)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _set_threads(threads: int | None) -> None:
@@ -51,7 +64,8 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
     from pamm.data import check_dataset, check_dataset_cli_summary
 
     expected = tuple(args.expected_size) if args.expected_size else None
-    report = check_dataset(args.dataset, args.root, expected_size=expected)
+    report = check_dataset(args.dataset, args.root, expected_size=expected, sample=args.sample,
+                           progress=not args.no_progress)
     text = check_dataset_cli_summary(report)
     print(text)
     if args.report:
@@ -79,13 +93,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pamm.config import resolve_config
     from pamm.engine.train import train_run
 
+    from pamm.config import resolve_weights_files
+
     overrides = _overrides(args.set)
     if args.data_root:
-        overrides.setdefault("data", {})["root"] = str(args.data_root)
+        overrides.setdefault("data", {})["root"] = str(args.data_root.absolute())
     if args.scan_backend:
         overrides.setdefault("train", {})["scan_backend"] = args.scan_backend
     cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
     apply_pretrained_map(cfg, args.pretrained)
+    resolve_weights_files(cfg)
     result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress)
     print(f"{args.out}: {result['status']} ({result['iteration']} iterations)")
     return 0
@@ -131,9 +148,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         if not (args.model and args.dataset and args.out):
             raise SystemExit("pamm-bench profile: give --run RUN_DIR, or --model, --dataset and --out")
-        from pamm.config import resolve_config
+        from pamm.config import resolve_weights_files, resolve_config
 
         cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, 0, _overrides(args.set))
+        resolve_weights_files(cfg)
         result = profile_config(cfg, device=args.device, **options)
         pio.write_json(args.out, result)
     keys = ("params_m", "gflops", "gflops_scan", "flops_counter_rel_diff", "latency_ms", "peak_mem_mib")
@@ -212,7 +230,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (Snakemake passes the rule's threads)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads, >= 1 (Snakemake passes the rule's threads)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -242,12 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-dataset", help="validate a dataset folder; fails with one message naming the file and the fix",
                        description="Check that ROOT holds a NYUD-v2 or PASCAL-Context dataset in the ATRC layout: split "
-                       "files, modality folders, id counts, readable files of the right size.")
+                       "files (no repeated id, no id in both train and val), modality folders, id counts, and every "
+                       "file decoded whole: the right size, labels within the classes, depth in float metres, "
+                       "3-channel normals, well-formed Pascal-Part annotations.")
     p.add_argument("root", type=Path)
     p.add_argument("--dataset", choices=["nyud", "pascal"], default=None, help="default: detected from the layout")
     p.add_argument("--expected-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="required image size (default: 448 576 for real NYUD; synthetic data carries its own)")
     p.add_argument("--report", type=Path, default=None, help="also write the summary as JSON here")
+    p.add_argument("--sample", type=_positive_int, default=None, metavar="N",
+                   help="fast look: read every file's header but only N evenly spaced ids' content per split "
+                   "(default: every file is decoded whole, which finds every bad file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check_dataset)
 
     p = sub.add_parser("train", help="train one run (resumes from last.pt; skips a finished run)",
@@ -404,24 +429,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of a known error on one line; an error re-raised from a DataLoader worker keeps only its
+    own message (the worker's traceback is not the user's business)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        head, sep, rest = last.partition(": ")
+        text = rest if sep and " " not in head else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_-]+~\d+\.[^.]+\.tmp$")
+
+
+def _os_error_line(err: OSError) -> str:
+    """A failed read or write as one line: the file (the target, not its temporary), why, and the fix."""
+    if err.filename is None or not err.strerror:
+        return _one_line(err)
+    path = Path(str(err.filename))
+    found = _TMP_NAME.match(path.name)
+    if found:
+        path = path.with_name(found.group("name"))
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free disk space and rerun (finished files are kept; a half-written one never replaces its old version)"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable (or choose another output path) and rerun"
+    else:
+        fix = "check the path and rerun"
+    return f"cannot access {path}: {err.strerror}: {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from pamm.config import ConfigError
+    from pamm.io import UnreadableFileError
 
-    known: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+    known: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, UnreadableFileError)
+    interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
     try:
         from pamm.checkpoints import ConversionError, RunModelError
         from pamm.data import DatasetError
-        from pamm.engine.train import TrainingError
+        from pamm.engine.train import TrainingError, TrainingInterrupted
 
         known = known + (ConversionError, DatasetError, RunModelError, TrainingError)
+        interrupted = interrupted + (TrainingInterrupted,)
     except ImportError:
         pass
     try:
         return int(args.func(args) or 0)
+    except interrupted as err:  # Ctrl-C: the training loop names the iteration a rerun resumes from
+        line = _one_line(err) if str(err) else "interrupted; rerun the same command to do it again"
+        print(f"pamm-bench {args.command}: {line}", file=sys.stderr)
+        return 130
     except known as err:
-        print(f"pamm-bench {args.command}: error: {err}", file=sys.stderr)
+        line = _os_error_line(err) if isinstance(err, OSError) and err.filename is not None else _one_line(err)
+        print(f"pamm-bench {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only folder, a full disk: not a bug, one line
+        print(f"pamm-bench {args.command}: error: {_os_error_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -1,5 +1,9 @@
-"""The Snakemake spine end to end on a tiny matrix: DAG, full run, and a second run that does nothing."""
+"""The Snakemake spine end to end on a tiny matrix: DAG, full run, and a second run that does nothing.
+
+The results folder has a space and a non-ASCII character in its name, so every rule's command line is run
+with such paths (they must be quoted)."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +19,7 @@ pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not
 
 TINY = {
     "profile": "tiny",
-    "results_dir": "results",
+    "results_dir": "rés ults",
     "threads_per_job": 1,
     "seeds": [0],
     "datasets": {"nyud": {"root": None, "synthetic": {"n_train": 6, "n_val": 3, "height": 48, "width": 64, "seed": 0}}},
@@ -52,23 +56,116 @@ def test_dry_run_lists_the_dag(workdir):
 def test_full_run_then_nothing_to_do(workdir):
     result = _snakemake(workdir, "--cores", "2", "all")
     assert result.returncode == 0, result.stderr[-5000:]
-    summary = pd.read_csv(workdir / "results" / "summary.csv")
+    results = workdir / TINY["results_dir"]
+    summary = pd.read_csv(results / "summary.csv")
     assert sorted(summary["run_id"]) == ["nyud/mtl/default/seed0", "nyud/stl/stl_depth/seed0"]
     mtl = summary[summary["model"] == "mtl"].iloc[0]
     for column in ("semseg_miou", "depth_rmse", "normals_merr", "edge_odsf", "delta_m_pct"):
         assert column in summary.columns
     assert 0.0 <= mtl["semseg_miou"] <= 100.0 and mtl["depth_rmse"] > 0
-    assert (workdir / "results" / "summary_by_config.csv").is_file()
-    assert (workdir / "results" / "figures" / "metrics_by_model.png").stat().st_size > 0
+    assert (results / "summary_by_config.csv").is_file()
+    assert (results / "figures" / "metrics_by_model.png").stat().st_size > 0
     again = _snakemake(workdir, "-n", "all")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_schema_rejects_unknown_key(workdir, tmp_path):
-    bad = tmp_path / "bad"
-    (bad / "workflow").mkdir(parents=True)
-    (bad / "workflow" / "config.yaml").write_text(yaml.safe_dump({**TINY, "seeeds": [0]}))
-    result = _snakemake(bad, "-n", "all")
+def _with(**changes):
+    """TINY with nested changes: {"datasets.nyud.root": ...} sets one key, a value of DELETE removes it."""
+    import copy
+
+    config = copy.deepcopy(TINY)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return config
+
+
+BAD_CONFIGS = {
+    "unknown top-level key": ({**TINY, "seeeds": [0]}, r"key <top level>: unknown key\(s\) \['seeeds'\]"),
+    "unknown nested key": (_with(datasets__nyud__rot="x"), r"key datasets.nyud: unknown key\(s\) \['rot'\]"),
+    "wrong type": (_with(threads_per_job="two"), r"key threads_per_job: 'two' is not of type integer"),
+    "root and synthetic null": (_with(datasets__nyud__synthetic=None),
+                                r"key datasets.nyud: root and synthetic are both null"),
+    "unknown model": (_with(models={"pammm": ["default"]}), r"run nyud/pammm/default: unknown model 'pammm'"),
+    "unknown variant": (_with(models={"pamm": ["scan_rastr"]}),
+                        r"run nyud/pamm/scan_rastr: unknown variant 'scan_rastr'"),
+    "unknown single-task variant": (_with(models={"stl": ["stl_dpeth"]}), r"unknown variant 'stl_dpeth'"),
+    "bad override key": (_with(overrides={"train": {"iteratons": 3}}), r"config key train: Additional properties"),
+    "bad model override": (_with(overrides={"model": {"widht": 3}}), r"config key model.widht: not taken by model 'mtl'"),
+}
+
+
+def _check_workflow_config(config):
+    """What common.smk runs before building the DAG: the config's validation, then every run's resolution."""
+    from pamm.config import REPO_ROOT, resolve_workflow_runs, validate_workflow_config, workflow_matrix
+
+    validate_workflow_config(config, REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    resolve_workflow_runs(config, workflow_matrix(config))
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_workflow_config_is_one_line_naming_the_key(case):
+    from pamm.config import ConfigError
+
+    config, expected = BAD_CONFIGS[case]
+    with pytest.raises(ConfigError, match=expected) as caught:
+        _check_workflow_config(config)
+    assert "\n" not in str(caught.value) and "{'profile'" not in str(caught.value)
+
+
+def test_good_workflow_configs_pass_the_checks():
+    from pamm.config import workflow_matrix
+
+    for path in (REPO / "workflow" / "config.yaml", REPO / "workflow" / "config_paper.yaml"):
+        config = yaml.safe_load(path.read_text())
+        for dataset in config["datasets"].values():  # the paper config leaves the roots to the user
+            if dataset["root"] is None and dataset["synthetic"] is None:
+                dataset["root"] = "/data/somewhere"
+        _check_workflow_config(config)
+    _check_workflow_config(TINY)
+    assert {run[:3] for run in workflow_matrix(TINY)} == {("nyud", "mtl", "default"), ("nyud", "stl", "stl_depth")}
+
+
+@pytest.mark.parametrize("case", ["unknown nested key", "root and synthetic null", "unknown model"])
+def test_bad_workflow_config_stops_snakemake_with_one_line(tmp_path, case):
+    import re
+
+    config, expected = BAD_CONFIGS[case]
+    (tmp_path / "workflow").mkdir()
+    (tmp_path / "workflow" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = _snakemake(tmp_path, "-n", "all")
     assert result.returncode != 0
-    assert "seeeds" in result.stdout + result.stderr
+    out = (result.stdout + result.stderr).strip()
+    assert out.count("\n") == 0, out  # one line: no traceback, no dump of the config
+    assert out.startswith("pamm-bench workflow: error: "), out
+    assert re.search(expected, out), out
+
+
+def test_paths_with_spaces_and_non_ascii_reach_the_commands_intact(tmp_path):
+    """A real dataset root "data/NYÜD v2": the check job runs on it, and the train command of the DAG passes it
+    (and the results paths) as single arguments."""
+    from pamm.data import make_synthetic
+
+    root = "data/NYÜD v2"
+    make_synthetic(tmp_path / root, "nyud", n_train=4, n_val=2, height=48, width=64, seed=0, progress=False)
+    config = _with(datasets__nyud={"root": root, "synthetic": None})
+    (tmp_path / "workflow").mkdir()
+    (tmp_path / "workflow" / "config.yaml").write_text(yaml.safe_dump(config))
+    check = f"{TINY['results_dir']}/checks/nyud.json"
+    ran = _snakemake(tmp_path, "--cores", "1", check)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    import json
+
+    assert json.loads((tmp_path / check).read_text())["root"] == root
+    dry = _snakemake(tmp_path, "-n", "-p", "all")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    commands = [line.split("Shell command: ", 1)[-1] for line in dry.stdout.splitlines()]
+    trains = [shlex.split(line) for line in commands if line.startswith("pamm-bench train ")]
+    assert len(trains) == 2
+    for argv in trains:
+        assert argv[argv.index("--data-root") + 1] == root
+        assert argv[argv.index("--out") + 1].startswith(f"{TINY['results_dir']}/runs/nyud/")

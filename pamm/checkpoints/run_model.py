@@ -1,8 +1,6 @@
 """A run directory's model, ready to use: the one public way to get it in Python."""
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +24,10 @@ def read_run_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, 
             f"{path} does not exist: train the run first (pamm-bench train --out {run_dir}) "
             f"or import a released checkpoint (pamm-bench import-checkpoint --out {run_dir})"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise RunModelError(f"{path} is corrupt or truncated ({err.__class__.__name__}): delete it and train or import "
-                            f"the run again") from err
-    if not isinstance(state, dict) or "model" not in state:
-        raise RunModelError(f"{path} is not a pamm-bench checkpoint (no 'model' entry): for an authors' release "
-                            f"file use pamm-bench import-checkpoint")
+    from pamm.engine.train import load_checkpoint
+
+    state = load_checkpoint(path, f"delete it and rerun pamm-bench train --out {run_dir} (it resumes from last.pt), or "
+                                  f"import the authors' checkpoint again (pamm-bench import-checkpoint)")
     if state.get("config_hash") != config_hash(cfg):
         raise RunModelError(f"{path} does not match {run_dir / 'config.yaml'} (config hash differs): retrain the run")
     return cfg, state

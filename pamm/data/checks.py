@@ -1,9 +1,12 @@
 """Fail-fast dataset checks: every problem is one ``DatasetError`` naming the file or folder and the fix.
 
 Why: a wrong or incomplete dataset otherwise fails hours into training (the 480x640 NYUD copy breaks
-padding; a missing file crashes a DataLoader worker at some random step). The checks read file
-headers only (PIL without decoding, ``np.load(mmap_mode='r')``, ``scipy.io.whosmat``), so even
-PASCAL-Context's 10k images take seconds.
+padding; a missing file crashes a DataLoader worker at some random step) or, worse, trains on wrong
+targets without a word (depth in millimetres, one-channel normals, labels beyond the classes). By
+default every file is decoded whole with the loaders' own readers, so the content rules of
+``pamm.data.validate`` hold for the whole dataset; ``sample=N`` reads only file headers (PIL without
+decoding, ``np.load(mmap_mode='r')``, ``scipy.io.whosmat``) plus N ids' content per split, for a
+seconds-long look at PASCAL-Context's 10k images.
 """
 from __future__ import annotations
 
@@ -170,24 +173,105 @@ def _evenly_spaced(ids: list[str], limit: int | None) -> list[str]:
     return [ids[i] for i in picks]
 
 
+def check_split_ids(dataset: str, root: Path, split_ids: dict[str, list[str]]) -> None:
+    """No id twice in a split, and no id in both train and val (a leak that inflates every val metric)."""
+    for split, ids in split_ids.items():
+        seen: set[str] = set()
+        repeated = [i for i in ids if i in seen or seen.add(i)]
+        if repeated:
+            raise DatasetError(
+                f"{layout.split_file(dataset, root, split)} lists {len(repeated)} id(s) more than once (first: "
+                f"{repeated[0]!r}); each image must appear once per split: remove the repeated lines"
+            )
+    if "train" in split_ids and "val" in split_ids:
+        val = set(split_ids["val"])
+        shared = [i for i in split_ids["train"] if i in val]
+        if shared:
+            raise DatasetError(
+                f"{len(shared)} id(s) are in both {layout.split_file(dataset, root, 'train')} and "
+                f"{layout.split_file(dataset, root, 'val')} (first: {shared[0]!r}): evaluating on training images "
+                "inflates every val metric; remove them from one of the two splits"
+            )
+
+
+def require_ids(dataset: str, root: Path, split: str, ids: list[str]) -> None:
+    if not ids:
+        raise DatasetError(
+            f"split file {layout.split_file(dataset, root, split)} lists no ids, so the {split} split is empty: "
+            "fill it with one image id per line (re-extract the archive), or regenerate the synthetic data"
+        )
+
+
+def preflight(dataset: str, root: str | os.PathLike, need: tuple[str, ...] = ("train",)) -> None:
+    """The checks a training or evaluation job runs before it starts (milliseconds, unlike ``check_dataset``):
+    the root and split files exist, ``need`` splits are non-empty, no id is repeated or shared between train
+    and val, and the first image is not of the 480x640 NYUD-v2 copy."""
+    root = Path(root)
+    require_root(dataset, root)
+    split_ids = {}
+    for split in layout.SPLITS:
+        path = layout.split_file(dataset, root, split)
+        if split in need or path.is_file():
+            split_ids[split] = layout.read_split_ids(require_split_file(dataset, root, split))
+    for split in need:
+        require_ids(dataset, root, split, split_ids[split])
+    check_split_ids(dataset, root, split_ids)
+    if dataset == "nyud" and layout.read_synthetic_marker(root) is None:
+        image = layout.modalities(dataset, root)["image"]
+        first = root / image.folder / f"{split_ids[need[0]][0]}{image.ext}"
+        if first.is_file() and header_size(first, "image") == layout.NYUD_WRONG_VERSION_SIZE:
+            raise _wrong_nyud_version(first, root)
+
+
+def _content_readers(dataset: str) -> dict[str, Any]:
+    """modality name -> function(path) -> (H, W) that decodes the whole file with the loaders' own readers
+    (and so their content rules: label ranges, depth units, normals channels, Pascal-Part structure)."""
+    from pamm.data.common import read_image_array
+    from pamm.data.nyud import read_normals, read_nyud_depth, read_nyud_semseg
+    from pamm.data.pascal import _loadmat, read_pascal_semseg
+
+    def shape(array: np.ndarray) -> tuple[int, int]:
+        return int(array.shape[0]), int(array.shape[1])
+
+    def labelmap(path: Path) -> tuple[int, int]:
+        mat = _loadmat(path)
+        if "LabelMap" not in mat or np.asarray(mat["LabelMap"]).ndim != 2:
+            raise DatasetError(f"{path} has no 2-D 'LabelMap' variable; re-extract pascal-context/trainval")
+        return shape(np.asarray(mat["LabelMap"]))
+
+    readers = {"image": lambda p: shape(read_image_array(p, "RGB")),
+               "normals": lambda p: shape(read_normals(p))}
+    if dataset == "nyud":
+        readers.update(semseg=lambda p: shape(read_nyud_semseg(p)), depth=lambda p: shape(read_nyud_depth(p)),
+                       edge=lambda p: shape(read_image_array(p)))
+    else:
+        readers.update(semseg=lambda p: shape(read_pascal_semseg(p)), sal=lambda p: shape(read_image_array(p, "L")),
+                       labelmap=labelmap)
+    return readers
+
+
 def check_dataset(
     dataset: str | None,
     root: str | os.PathLike,
     expected_size: tuple[int, int] | None = None,
     tasks: list[str] | None = None,
-    max_ids_per_split: int | None = None,
-    parts_files_per_split: int = 4,
+    sample: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Check a dataset folder; return a summary or raise ``DatasetError`` on the first problem.
 
-    ``dataset`` may be None to detect it from the layout. Sizes: every file of an id must match its
-    image; images must be ``expected_size`` if given, else 448x576 for a real NYUD-v2 (480x640 is
-    recognised as the wrong version), the marker's size for synthetic data, and at most 500x500 for
-    a real PASCAL-Context (a warning). Header sizes are read for every id (or ``max_ids_per_split``
-    evenly spaced ones); ``parts_files_per_split`` Pascal-Part files per split are read fully.
-    Split counts differing from the real archives' (795/654, 4998/5105) are reported as warnings,
-    never for synthetic data.
+    ``dataset`` may be None to detect it from the layout. Every file of every id is decoded whole and held
+    to the loaders' content rules (label ranges, depth in float metres, RGB normals, Pascal-Part
+    structure, sizes); ``sample=N`` instead reads the headers of every file and the content of only N
+    evenly spaced ids per split (fast, and it can miss a bad file). Splits must not repeat an id nor share
+    one between train and val. Sizes: every file of an id must match its image; images must be
+    ``expected_size`` if given, else 448x576 for a real NYUD-v2 (480x640 is recognised as the wrong
+    version), the marker's size for synthetic data, and at most 500x500 for a real PASCAL-Context (a
+    warning). Split counts differing from the real archives' (795/654, 4998/5105) are reported as
+    warnings, never for synthetic data.
     """
+    from tqdm import tqdm
+
     from pamm.tasks import dataset_tasks
 
     start = time.perf_counter()
@@ -201,6 +285,7 @@ def check_dataset(
     marker = layout.read_synthetic_marker(root)
     synthetic = marker is not None
     split_ids = {split: layout.read_split_ids(require_split_file(dataset, root, split)) for split in layout.SPLITS}
+    check_split_ids(dataset, root, split_ids)
     table = layout.modalities(dataset, root)
     names = layout.modalities_for_tasks(dataset, tasks)
     require_folders(dataset, root, ["image"], tasks)
@@ -248,34 +333,45 @@ def check_dataset(
                     "or regenerate the synthetic data"
                 )
 
-    # sizes (headers only) and readability
-    files_checked = 0
+    # content (every file, or a sample) and sizes
+    readers = _content_readers(dataset)
+    files_checked, contents_read = 0, 0
     min_size, max_size = None, None
-    header_modalities = [table[n] for n in names if table[n].kind != "mat" or n == "labelmap"]
+    bar = tqdm(total=sum(len(ids) for ids in split_ids.values()), disable=not progress, desc=f"check {dataset}",
+               unit="id", mininterval=1.0, dynamic_ncols=True)
     for split, ids in split_ids.items():
-        checked_ids = _evenly_spaced(ids, max_ids_per_split)
-        parts_ids = set(_evenly_spaced(ids, parts_files_per_split)) if "human_parts" in names else set()
-        for image_id in checked_ids:
+        read_whole = set(ids) if sample is None else set(_evenly_spaced(ids, sample))
+        for image_id in ids:
+            whole = image_id in read_whole
+            sizes: dict[str, tuple[int, int]] = {}
+            for name in names:
+                modality = table[name]
+                path = root / modality.folder / f"{image_id}{modality.ext}"
+                if name == "human_parts":
+                    if whole:  # checked against the image below
+                        sizes[name] = None  # type: ignore[assignment]
+                    continue
+                sizes[name] = readers[name](path) if whole else header_size(path, modality.kind)
+                files_checked += 1
+                contents_read += whole
             image_path = root / table["image"].folder / f"{image_id}{table['image'].ext}"
-            size = header_size(image_path, "image")
+            size = sizes["image"]
             check_image_size(image_path, size)
             min_size = size if min_size is None else (min(min_size[0], size[0]), min(min_size[1], size[1]))
             max_size = size if max_size is None else (max(max_size[0], size[0]), max(max_size[1], size[1]))
-            files_checked += 1
-            for modality in header_modalities:
-                if modality.name == "image":
-                    continue
-                path = root / modality.folder / f"{image_id}{modality.ext}"
-                other = header_size(path, modality.kind)
-                files_checked += 1
-                if other != size:
+            for name, other in sizes.items():
+                path = root / table[name].folder / f"{image_id}{table[name].ext}"
+                if name == "human_parts":
+                    _check_parts_file(path, size)
+                    files_checked += 1
+                    contents_read += 1
+                elif other != size:
                     raise DatasetError(
                         f"{path} is {_size_str(other)} (HxW) but its image {image_path} is {_size_str(size)}: "
-                        f"re-extract {modality.folder}/ or regenerate the synthetic data"
+                        f"re-extract {table[name].folder}/ or regenerate the synthetic data"
                     )
-            if image_id in parts_ids:
-                _check_parts_file(root / table["human_parts"].folder / f"{image_id}.mat", size)
-                files_checked += 1
+            bar.update(1)
+    bar.close()
 
     warnings: list[str] = []
     counts = {split: len(ids) for split, ids in split_ids.items()}
@@ -298,6 +394,9 @@ def check_dataset(
         "tasks": tasks,
         "folders": {name: table[name].folder for name in names},
         "files_checked": files_checked,
+        "contents_read": contents_read,
+        "mode": ("every file read whole" if sample is None
+                 else f"headers of every file, content of {sample} ids per split"),
         "seconds": round(time.perf_counter() - start, 3),
         "warnings": warnings,
     }
@@ -319,7 +418,8 @@ def check_dataset_cli_summary(report: dict[str, Any]) -> str:
         lines.append(f"  image size: {_size_str(tuple(rng['min']))} .. {_size_str(tuple(rng['max']))} (HxW)")
     lines.append(f"  tasks: {', '.join(report['tasks'])}")
     lines.append(f"  folders: {', '.join(sorted(set(report['folders'].values())))}")
-    lines.append(f"  {report['files_checked']} files checked in {report['seconds']:.2f} s")
+    mode = report.get("mode", "headers")
+    lines.append(f"  {report['files_checked']} files checked ({mode}) in {report['seconds']:.2f} s")
     if report.get("marker"):
         m = report["marker"]
         lines.append(f"  generator: {m.get('generator')} v{m.get('version')}, seed {m.get('seed')}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from pamm.data import layout
 from pamm.data.checks import require_folders, require_root, require_split_file
 from pamm.data.layout import DatasetError
 from pamm.data.transforms import EvalTransform, TrainTransform, to_tensors
-from pamm.tasks import PAPER_SIZE, dataset_tasks
+from pamm.data.validate import IGNORE_LABEL, check_labels
+from pamm.tasks import PAPER_SIZE, TASK_INFO, dataset_tasks
 
 
 def seed_worker(worker_id: int) -> None:
@@ -31,13 +32,21 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def read_image_array(path: Path, mode: str | None = None) -> np.ndarray:
-    """Decode an image file, with a clear error naming the file when it is missing or corrupt."""
+def read_image_array(path: Path, mode: str | None = None, check_mode: Callable[[str, Path], None] | None = None
+                     ) -> np.ndarray:
+    """Decode an image file, with a clear error naming the file when it is missing or corrupt.
+
+    ``check_mode(mode, path)`` sees the file's own PIL mode before any conversion (a 1-channel PNG where
+    RGB belongs would otherwise be silently replicated into three equal channels)."""
     try:
         with Image.open(path) as image:
+            if check_mode is not None:
+                check_mode(image.mode, path)
             if mode is not None and image.mode != mode:
                 image = image.convert(mode)
             return np.array(image)
+    except DatasetError:
+        raise
     except FileNotFoundError:
         raise DatasetError(f"{path} is missing: re-extract the dataset archive or regenerate the synthetic data") \
             from None
@@ -104,11 +113,26 @@ class MultiTaskDataset(torch.utils.data.Dataset):
                     f"{self.dataset_name} item {self.ids[index]!r}: {key} is {value.shape[0]}x{value.shape[1]} but the "
                     f"image is {height}x{width}; run check_dataset on {self.root} to find all such files"
                 )
+        self.check_labels(index, sample)
         rng = self.item_rng(index) if self.train else None
-        sample = self.transform(sample, rng)
+        try:
+            sample = self.transform(sample, rng)
+        except DatasetError as err:  # an image larger than the padding size
+            raise DatasetError(f"{self.file('image', self.ids[index])}: {err}") from None
         item: dict[str, Any] = to_tensors(sample)
         item["meta"] = {"id": self.ids[index], "orig_size": torch.tensor([height, width], dtype=torch.long)}
         return item
+
+    def check_labels(self, index: int, sample: dict[str, np.ndarray]) -> None:
+        """Class labels within the task's classes (or 255): a label beyond them would stop training with an
+        index error deep inside the loss, or silently shift a metric."""
+        channels = dataset_tasks(self.dataset_name)
+        for task in self.tasks:
+            if TASK_INFO[task].kind != "classification" or task not in sample:
+                continue
+            modality = layout.TASK_MODALITIES[self.dataset_name][task][0]
+            check_labels(sample[task], self.file(modality, self.ids[index]), f"{self.dataset_name} {task}",
+                         0, channels[task] - 1, IGNORE_LABEL)
 
     def __repr__(self) -> str:
         mode = "train" if self.train else "eval"

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+
 from pamm.data.common import MultiTaskDataset, read_image_array
 from pamm.data.layout import DatasetError
+from pamm.data.validate import check_depth, check_labels, check_normals_mode
+
+#: Raw NYUD-v2 segmentation PNG values: 1..40 the classes, 0 void (shifted to 0..39 and 255 on load).
+NYUD_RAW_CLASSES = 40
 
 
 def decode_normals(encoded: np.ndarray) -> np.ndarray:
@@ -12,6 +18,31 @@ def decode_normals(encoded: np.ndarray) -> np.ndarray:
     normals = encoded[..., :3].astype(np.float32) * (2.0 / 255.0) - 1.0
     normals[~np.any(encoded[..., :3] != 0, axis=-1)] = 0.0
     return normals
+
+
+def read_normals(path: Path) -> np.ndarray:
+    """Decoded normals of an RGB-encoded PNG; a PNG of another mode (one channel) is refused."""
+    return decode_normals(read_image_array(path, "RGB", check_mode=check_normals_mode))
+
+
+def read_nyud_semseg(path: Path) -> np.ndarray:
+    """Raw segmentation labels (0 void, 1..40) of a NYUD-v2 PNG, range-checked."""
+    raw = read_image_array(path)
+    raw = raw[..., 0] if raw.ndim == 3 else raw
+    check_labels(raw, path, "NYUD-v2 segmentation (raw, 0 = void)", 0, NYUD_RAW_CLASSES, None)
+    return raw
+
+
+def read_nyud_depth(path: Path) -> np.ndarray:
+    """Depth in metres (H, W) of a ``.npy`` file: float, finite, >= 0, 0 = invalid (millimetres are refused)."""
+    try:
+        depth = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"cannot read {path} ({err}): re-extract it or regenerate the data") from None
+    depth = np.asarray(depth)
+    check_depth(depth, path)
+    depth = depth.astype(np.float32, copy=False)
+    return np.squeeze(depth) if depth.ndim == 3 else depth  # tolerate (1, H, W) / (H, W, 1)
 
 
 class NYUDv2(MultiTaskDataset):
@@ -23,21 +54,14 @@ class NYUDv2(MultiTaskDataset):
         image_id = self.ids[index]
         sample = {"image": read_image_array(self.file("image", image_id), "RGB").astype(np.float32)}
         if "semseg" in self.tasks:
-            raw = read_image_array(self.file("semseg", image_id))
-            raw = raw[..., 0] if raw.ndim == 3 else raw
+            raw = read_nyud_semseg(self.file("semseg", image_id))
             shifted = raw.astype(np.int16) - 1  # 1..40 -> 0..39; void 0 -> -1 -> ignore
             shifted[shifted < 0] = 255
             sample["semseg"] = shifted.astype(np.uint8)
         if "depth" in self.tasks:
-            path = self.file("depth", image_id)
-            try:
-                depth = np.load(path)
-            except (OSError, ValueError) as err:
-                raise DatasetError(f"cannot read {path} ({err}): re-extract it or regenerate the data") from None
-            depth = np.asarray(depth, dtype=np.float32)
-            sample["depth"] = np.squeeze(depth) if depth.ndim == 3 else depth  # tolerate (1, H, W) / (H, W, 1)
+            sample["depth"] = read_nyud_depth(self.file("depth", image_id))
         if "normals" in self.tasks:
-            sample["normals"] = decode_normals(read_image_array(self.file("normals", image_id), "RGB"))
+            sample["normals"] = read_normals(self.file("normals", image_id))
         if "edge" in self.tasks:
             raw = read_image_array(self.file("edge", image_id))
             raw = raw[..., 0] if raw.ndim == 3 else raw

@@ -14,7 +14,8 @@ from pamm.data import layout
 from pamm.data import pascal_classes as pc
 from pamm.data.common import MultiTaskDataset, read_image_array
 from pamm.data.layout import DatasetError
-from pamm.data.nyud import decode_normals
+from pamm.data.nyud import read_normals
+from pamm.data.validate import IGNORE_LABEL, check_labels
 from pamm.io import write_json
 
 log = logging.getLogger(__name__)
@@ -45,17 +46,32 @@ def read_part_objects(path: Path) -> list[PartObject]:
     mat = _loadmat(path)
     if "anno" not in mat:
         raise DatasetError(f"{path} has no 'anno' variable: it is not a Pascal-Part annotation; re-extract it")
-    anno = mat["anno"][0][0]
-    raw_objects = np.asarray(anno[1])
+    try:
+        return _part_objects(mat["anno"])
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DatasetError(
+            f"{path} has an 'anno' variable of the wrong structure ({type(err).__name__}: {err}); a Pascal-Part "
+            "annotation holds anno[0][0][1] = objects of (class, class_ind, mask, parts of (name, mask)): "
+            "re-extract human_parts/ or regenerate the synthetic data"
+        ) from None
+
+
+def _part_objects(anno: Any) -> list[PartObject]:
+    raw_objects = np.asarray(anno[0][0][1])
     objects: list[PartObject] = []
     for obj in raw_objects.ravel() if raw_objects.size else []:
         class_index = int(_first_scalar(obj[1]))
         mask = np.asarray(obj[2])
+        if mask.ndim != 2:
+            raise ValueError(f"an object mask has shape {mask.shape}, not (H, W)")
         raw_parts = np.asarray(obj[3])
         parts = []
         if raw_parts.size and raw_parts.dtype.names is not None:
             for part in raw_parts.ravel():
-                parts.append((str(_first_scalar(part[0])), np.asarray(part[1])))
+                part_mask = np.asarray(part[1])
+                if part_mask.ndim != 2:
+                    raise ValueError(f"a part mask has shape {part_mask.shape}, not (H, W)")
+                parts.append((str(_first_scalar(part[0])), part_mask))
         objects.append((class_index, mask, parts))
     return objects
 
@@ -120,6 +136,14 @@ def labelmap_edges(labelmap: np.ndarray) -> np.ndarray:
     return thin(np.abs(laplacian) > 0).astype(np.uint8)
 
 
+def read_pascal_semseg(path: Path) -> np.ndarray:
+    """VOC labels (0..20, 255 ignore) of a PASCAL-Context semseg PNG, range-checked."""
+    raw = read_image_array(path)
+    raw = raw[..., 0] if raw.ndim == 3 else raw
+    check_labels(raw, path, "PASCAL-Context semseg", 0, len(pc.VOC_CLASSES) - 1, IGNORE_LABEL)
+    return raw.astype(np.uint8)
+
+
 class PASCALContext(MultiTaskDataset):
     """PASCAL-Context (ATRC): ``ImageSets/Context/<split>.txt``, ``JPEGImages``, ``semseg``,
     ``human_parts``, ``sal_distill``, ``normals_distill``, ``pascal-context/trainval``."""
@@ -151,8 +175,7 @@ class PASCALContext(MultiTaskDataset):
         shape = image.shape[:2]
         sample = {"image": image}
         if "semseg" in self.tasks:
-            raw = read_image_array(self.file("semseg", image_id))
-            sample["semseg"] = (raw[..., 0] if raw.ndim == 3 else raw).astype(np.uint8)
+            sample["semseg"] = read_pascal_semseg(self.file("semseg", image_id))
         if "human_parts" in self.tasks:
             if self.has_person(image_id):
                 objects = read_part_objects(self.file("human_parts", image_id))
@@ -169,7 +192,7 @@ class PASCALContext(MultiTaskDataset):
                 raise DatasetError(f"{self.file('labelmap', image_id)} is {labelmap.shape[0]}x{labelmap.shape[1]} but "
                                    f"the image is {shape[0]}x{shape[1]}; run check_dataset on {self.root}")
         if "normals" in self.tasks:
-            normals = decode_normals(read_image_array(self.file("normals", image_id), "RGB"))
+            normals = read_normals(self.file("normals", image_id))
             if normals.shape[:2] == shape:
                 keep = self._normals_lut[np.clip(labelmap, 0, len(self._normals_lut) - 1)]
                 normals[~keep] = 0.0

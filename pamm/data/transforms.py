@@ -27,6 +27,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pamm.data.layout import DatasetError
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IGNORE = 255
@@ -243,9 +245,9 @@ def pad(sample: Sample, size: tuple[int, int]) -> Sample:
     height, width = sample["image"].shape[:2]
     target_h, target_w = size
     if height > target_h or width > target_w:
-        raise ValueError(
+        raise DatasetError(
             f"image of {height}x{width} is larger than the padding size {target_h}x{target_w}; "
-            "pass a size at least as large as the biggest image (no resizing happens at test time)"
+            "set data.size at least as large as the biggest image (no resizing happens at test time)"
         )
     if (height, width) == (target_h, target_w):
         return dict(sample)

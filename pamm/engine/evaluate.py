@@ -100,6 +100,9 @@ def evaluate_run(
     dev = pick_device(device)
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
+    from pamm.data.checks import preflight
+
+    preflight(run["dataset"], cfg["data"]["root"], need=("val", "train"))  # val scored, train for the trivial baselines
     model = build_run_model(cfg, state).to(dev)
 
     val = split_loader(cfg, "val", list(tasks))

@@ -289,11 +289,16 @@ def profile_model(
         result["gpu"] = torch.cuda.get_device_name(device)
     result.update(count_parameters(model))
     one = torch.randn(1, 3, h, w, device=device)
-    with torch.no_grad():  # counting needs shapes, not an autograd graph (paper sizes: GBs saved)
-        if "fvcore" in counters:
-            result.update(count_flops_fvcore(model, one))
-        if "ptflops" in counters:
-            result.update(count_flops_ptflops(model, one))
+    notes: list[str] = []
+    counting = {"fvcore": count_flops_fvcore, "ptflops": count_flops_ptflops}
+    for name in [c for c in counting if c in counters]:
+        try:
+            with torch.no_grad():  # counting needs shapes, not an autograd graph (paper sizes: GBs saved)
+                result.update(counting[name](model, one))
+        except (torch.cuda.OutOfMemoryError, MemoryError) as err:  # recorded like the latency and memory OOMs
+            kind = "CUDA out of memory" if isinstance(err, torch.cuda.OutOfMemoryError) else "out of memory"
+            notes.append(f"FLOP count ({name}): {kind}")
+            _release_memory(device)
     primary = "gmacs_fvcore" if "gmacs_fvcore" in result else "gmacs_ptflops" if "gmacs_ptflops" in result else None
     if primary:
         result["gmacs"] = result[primary]
@@ -302,10 +307,13 @@ def profile_model(
         result["gflops_decoder"] = 2 * result[f"{primary}_decoder"]
     if "gmacs_fvcore" in result and "gmacs_ptflops" in result and result["gmacs_fvcore"] > 0:
         result["flops_counter_rel_diff"] = abs(result["gmacs_fvcore"] - result["gmacs_ptflops"]) / result["gmacs_fvcore"]
+    if not primary and notes:
+        result["gflops"] = float("nan")
     if not timing:
+        if notes:
+            result["notes"] = "; ".join(notes)
         return result
     amp = {"fp32": None, "bf16": torch.bfloat16}
-    notes: list[str] = []
     for batch in batch_sizes:
         for name in dtypes:
             try:

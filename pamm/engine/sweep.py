@@ -57,6 +57,10 @@ def resolution_sweep(models: Sequence[str], dataset: str, profile: str, sizes: S
     a fresh process: on CPU the peak memory is the process's peak RSS, which never goes down, so a
     shared process would carry the largest earlier point into every later one.
     """
+    from pamm.config import resolve_config
+
+    for model in dict.fromkeys(models):  # an unknown model or variant stops here, before any point runs
+        resolve_config(profile, dataset, model, variant, 0)
     jobs = []
     for model in models:
         for size in sizes:

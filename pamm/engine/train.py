@@ -3,15 +3,23 @@
 Resumable: ``last.pt`` holds model, optimizer, scheduler, iteration and every RNG state, and the
 data order and augmentations are functions of (seed, epoch, index) alone, so a run killed at any
 point and started again ends with exactly the weights of an uninterrupted run (on CPU).
+
+``last.pt`` only ever holds a good state: finite weights and optimizer state, reached with a finite
+loss at every iteration. A non-finite loss or state stops the run and names the iteration that
+``last.pt`` keeps; Ctrl-C and write errors (full disk, read-only folder) stop it with one line too.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
+import errno
 import io
 import math
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,16 +29,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from pamm import io as pio
-from pamm.config import config_hash
+from pamm.config import ConfigError, config_hash
 from pamm.engine import distributed
 from pamm.engine.provenance import dataset_fingerprint, environment, git_state
 from pamm.losses import MultiTaskLoss
 from pamm.models import create_model
 from pamm.tasks import dataset_tasks
-
-# Test-only fault injection: SIGKILL this process right after saving the checkpoint of this iteration.
-FAULT_KILL_ENV = "PAMM_FAULT_KILL_AFTER_ITER"
-
 
 class TrainingError(RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
@@ -38,6 +42,71 @@ class TrainingError(RuntimeError):
 
 class TrainingDiverged(TrainingError):
     pass
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C (SIGINT) during training; the message says which iteration a rerun resumes from."""
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it as usual (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and previous is not signal.SIG_IGN:
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signal.SIGINT, None)
+        else:
+            raise KeyboardInterrupt
+
+
+def load_checkpoint(path: Path, fix: str) -> dict[str, Any]:
+    """``torch.load`` of a run's ``last.pt`` / ``checkpoint.pt``; a truncated or corrupt file is one
+    ``TrainingError`` naming it and ``fix`` (what to delete or rerun)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zip, pickle and EOF errors all mean the same here
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise TrainingError(f"{path} is truncated or corrupt ({type(err).__name__}: {first}): {fix}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise TrainingError(f"{path} is not a pamm-bench checkpoint (no 'model' entry): {fix}")
+    return state
+
+
+def state_is_finite(*states: Any) -> bool:
+    """Whether every floating-point tensor in (nested) state dicts is finite."""
+    for state in states:
+        if torch.is_tensor(state):
+            if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+                return False
+        elif isinstance(state, dict):
+            if not state_is_finite(*state.values()):
+                return False
+        elif isinstance(state, (list, tuple)):
+            if not state_is_finite(*state):
+                return False
+    return True
+
+
+def _non_finite_items(batch: dict[str, Any], tasks: list[str]) -> list[str]:
+    """Ids of the batch items whose image or targets hold NaN/Inf (bad data, not a bad learning rate)."""
+    ids = list(batch.get("meta", {}).get("id", []))
+    bad = set()
+    for key in ["image", *tasks]:
+        value = batch.get(key)
+        if torch.is_tensor(value) and value.is_floating_point():
+            rows = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+            bad.update(int(i) for i in torch.nonzero(rows).flatten().tolist())
+    return [ids[i] if i < len(ids) else f"#{i}" for i in sorted(bad)]
 
 
 def seed_everything(seed: int) -> None:
@@ -90,7 +159,11 @@ def build_model_for(cfg: dict[str, Any]) -> torch.nn.Module:
 
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
-    model = create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
+    try:
+        model = create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
+    except ValueError as err:  # the builders' own checks of their options (sizes, heads, widths)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"model {run['model']!r} ({run['variant']}): {first}") from None
     attach_output_offsets(model, [t for t in cfg["train"].get("output_offsets") or [] if t in tasks])
     ops.set_scan_settings(model, scan_settings_for(cfg))
     return model
@@ -226,7 +299,9 @@ def train_run(
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = copy.deepcopy(cfg)
+    if cfg["data"].get("root") is not None:
+        cfg["data"]["root"] = os.path.abspath(cfg["data"]["root"])  # evaluate may run from another folder
     chash = config_hash(cfg)
     final_path, last_path = run_dir / "checkpoint.pt", run_dir / "last.pt"
     run = cfg["run"]
@@ -235,7 +310,8 @@ def train_run(
     iterations = int(train_cfg["iterations"])
 
     if final_path.is_file():
-        saved = torch.load(final_path, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(final_path, f"delete it and rerun: training resumes from {last_path.name} if it "
+                                            "is there, else starts over")
         if saved.get("config_hash") == chash:
             return {"status": "already trained", "iteration": saved["iteration"]}
         raise TrainingError(
@@ -244,6 +320,10 @@ def train_run(
         )
     if cfg["data"].get("root") is None:
         raise TrainingError("data.root is not set: pass --data-root DIR (a NYUDv2 or PASCALContext folder)")
+    _refuse_foreign_config(run_dir / "config.yaml", chash)
+    from pamm.data.checks import preflight
+
+    preflight(run["dataset"], cfg["data"]["root"], need=("train",))
 
     dist_info = distributed.setup()
     dev = distributed.device_for(dist_info, device)
@@ -267,103 +347,183 @@ def train_run(
     amp_dtype = autocast_dtype(str(train_cfg.get("amp", "auto")), dev)
 
     start, log_rows, elapsed = 0, [], 0.0
+    last_good: int | None = None  # iteration that last.pt holds (a good state), None before the first save
     if last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(last_path, "delete it to start the run over (or restore it from a backup)")
         if state.get("config_hash") != chash:
             raise TrainingError(
                 f"{last_path} belongs to another config (hash {state.get('config_hash')} != {chash}, model "
                 f"{state.get('model_name')!r}): delete it to start over, or restore the config it was trained with"
             )
+        if not state_is_finite(state["model"], state["optimizer"]):
+            raise TrainingError(f"{last_path} holds non-finite weights or optimizer state (iteration "
+                                f"{state['iteration']}): delete it to start the run over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state["rng"])
         start, log_rows, elapsed = int(state["iteration"]), list(state["log_rows"]), float(state["train_seconds"])
-    pio.write_yaml(run_dir / "config.yaml", cfg)
+        last_good = start
+    log_every, ckpt_every = int(train_cfg.get("log_every", 10)), int(train_cfg.get("ckpt_every", 500))
 
-    last_saved = start
+    def resume_note() -> str:
+        if last_good is None:
+            first = min(ckpt_every, iterations)
+            return f"no good state was saved yet (the first checkpoint comes at iteration {first}): a rerun starts over"
+        return (f"{last_path} keeps the last good state, iteration {last_good} (finite weights, optimizer state and "
+                "loss): a rerun resumes from there")
+
+    def write_failed(path: Path, err: OSError, iteration: int) -> TrainingError:
+        fix = "free disk space" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else \
+            f"make {run_dir} writable"
+        return TrainingError(f"cannot write {path} at iteration {iteration} ({err.strerror or err}): {fix} and "
+                             f"rerun; {resume_note()}")
+
+    try:  # nothing is written before the config resolved, the data passed its preflight and the model built
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrainingError(f"cannot create the run directory {run_dir} ({err.strerror}): choose another --out") \
+            from None
+    if dist_info.is_main:
+        try:
+            pio.write_yaml(run_dir / "config.yaml", cfg)
+        except OSError as err:
+            raise write_failed(run_dir / "config.yaml", err, start) from None
 
     def save_last(iteration: int) -> None:
-        nonlocal last_saved
-        last_saved = iteration
-        if not dist_info.is_main:
-            return
-        pio.torch_save(
-            {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "iteration": iteration, "rng": _rng_state(), "config_hash": chash, "model_name": run["model"],
-                "log_rows": log_rows, "train_seconds": elapsed,
-            },
-            last_path,
-        )
-        _write_log(run_dir / "train_log.csv", log_rows, tasks)
+        with _sigint_deferred():  # Ctrl-C during a save lands after it, with last_good telling the truth
+            _save_last(iteration)
 
-    kill_after = int(os.environ.get(FAULT_KILL_ENV, "-1"))
+    def _save_last(iteration: int) -> None:
+        nonlocal last_good
+        if not state_is_finite(model.state_dict(), optimizer.state_dict()):
+            raise TrainingDiverged(
+                f"the weights or optimizer state became non-finite by iteration {iteration} (the loss was finite "
+                f"until then); stopped without saving them. {resume_note()}. Lower train.optimizer.lr or enable "
+                "train.grad_clip"
+            )
+        if dist_info.is_main:
+            try:
+                pio.torch_save(
+                    {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "iteration": iteration, "rng": _rng_state(),
+                        "config_hash": chash, "model_name": run["model"], "log_rows": log_rows,
+                        "train_seconds": elapsed,
+                    },
+                    last_path,
+                )
+            except OSError as err:
+                raise write_failed(last_path, err, iteration) from None
+            last_good = iteration
+            try:
+                _write_log(run_dir / "train_log.csv", log_rows, tasks)
+            except OSError as err:
+                raise write_failed(run_dir / "train_log.csv", err, iteration) from None
+        else:
+            last_good = iteration
+
     model.train()
     batches = iterate_batches(dataset, int(train_cfg["batch_size"]), int(run["seed"]), start,
                               int(cfg["data"].get("num_workers", 0)), dist_info)
     clip = train_cfg.get("grad_clip")
-    log_every, ckpt_every = int(train_cfg.get("log_every", 10)), int(train_cfg.get("ckpt_every", 500))
     bar = tqdm(total=iterations, initial=start, disable=not progress or not dist_info.is_main, desc=f"train {run['model']}/{run['variant']}",
                dynamic_ncols=True, mininterval=2.0)
     tic = time.perf_counter()
-    for iteration in range(start, iterations):
-        batch = move_batch(next(batches), dev)
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = net(batch["image"])
-        loss, task_losses = criterion(outputs, {t: batch[t] for t in tasks})
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"loss became {loss_value} at iteration {iteration} (task losses {task_losses}); stopped. "
-                f"{last_path.name} keeps the last good state (iteration {last_saved}); "
-                f"lower train.optimizer.lr or enable train.grad_clip"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
-        optimizer.step()
-        scheduler.step()
-        done = iteration + 1
-        if done % log_every == 0 or done == iterations:
-            now = time.perf_counter()
-            elapsed += now - tic
-            tic = now
-            log_rows.append({"iteration": done, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
-                             "seconds": round(elapsed, 3), **{f"loss_{t}": v for t, v in task_losses.items()}})
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        bar.update(1)
-        if done % ckpt_every == 0 or done == iterations:
-            elapsed += time.perf_counter() - tic
-            tic = time.perf_counter()
-            save_last(done)
-            if done == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+    completed = start
+    try:
+        for iteration in range(start, iterations):
+            batch = move_batch(next(batches), dev)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs = net(batch["image"])
+            loss, task_losses = criterion(outputs, {t: batch[t] for t in tasks})
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                bad_items = _non_finite_items(batch, tasks)
+                if bad_items:
+                    raise TrainingError(
+                        f"loss became {loss_value} at iteration {iteration + 1} because items {bad_items[:5]} of the "
+                        f"batch hold non-finite image or target values: the data is at fault, not the learning rate; "
+                        f"run pamm-bench check-dataset {cfg['data']['root']} to find every such file"
+                    )
+                raise TrainingDiverged(
+                    f"loss became {loss_value} at iteration {iteration + 1} (task losses {task_losses}); stopped. "
+                    f"{resume_note()}. Lower train.optimizer.lr or enable train.grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+            optimizer.step()
+            scheduler.step()
+            done = iteration + 1
+            if done % log_every == 0 or done == iterations:
+                now = time.perf_counter()
+                elapsed += now - tic
+                tic = now
+                log_rows.append({"iteration": done, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                                 "seconds": round(elapsed, 3), **{f"loss_{t}": v for t, v in task_losses.items()}})
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+            bar.update(1)
+            completed = done
+            if done % ckpt_every == 0 or done == iterations:
+                elapsed += time.perf_counter() - tic
+                tic = time.perf_counter()
+                save_last(done)
+    except KeyboardInterrupt:
+        bar.close()
+        raise TrainingInterrupted(f"interrupted after iteration {completed}; {resume_note()}") from None
     bar.close()
     distributed.barrier(dist_info)
     if not dist_info.is_main:
         distributed.teardown(dist_info)
         return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
 
-    pio.torch_save(
-        {"model": model.state_dict(), "iteration": iterations, "config_hash": chash, "model_name": run["model"],
-         "train_seconds": elapsed},
-        final_path,
-    )
-    pio.write_json(
-        run_dir / "provenance.json",
-        {
-            "run": run, "config_hash": chash, **git_state(), "environment": environment(),
-            "dataset": dataset_fingerprint(cfg["data"]["root"]), "device": str(dev),
-            "scan_backend": _resolved_scan_backend(scan, dev), "scan": scan.record(), "train_seconds": elapsed,
-            "iterations": iterations,
-            "world_size": dist_info.world_size, "global_batch": int(train_cfg["batch_size"]),
-            "per_rank_batch": int(train_cfg["batch_size"]) // dist_info.world_size,
-        },
-    )
+    # the batch that ran: the configured one, or the whole split when the split is smaller (epoch_batches)
+    global_batch = len(epoch_batches(len(dataset), int(train_cfg["batch_size"]), int(run["seed"]), 0)[0])
+    try:  # provenance first: checkpoint.pt (the job's output) is written last
+        pio.write_json(
+            run_dir / "provenance.json",
+            {
+                "run": run, "config_hash": chash, **git_state(), "environment": environment(),
+                "dataset": dataset_fingerprint(cfg["data"]["root"]), "device": str(dev),
+                "scan_backend": _resolved_scan_backend(scan, dev), "scan": scan.record(), "train_seconds": elapsed,
+                "iterations": iterations,
+                "world_size": dist_info.world_size, "global_batch": global_batch,
+                "configured_batch": int(train_cfg["batch_size"]),
+                "per_rank_batch": global_batch // dist_info.world_size,
+            },
+        )
+    except OSError as err:
+        raise write_failed(run_dir / "provenance.json", err, iterations) from None
+    try:
+        pio.torch_save(
+            {"model": model.state_dict(), "iteration": iterations, "config_hash": chash, "model_name": run["model"],
+             "train_seconds": elapsed},
+            final_path,
+        )
+    except OSError as err:
+        raise write_failed(final_path, err, iterations) from None
     distributed.teardown(dist_info)
     return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
+
+
+def _refuse_foreign_config(path: Path, chash: str) -> None:
+    """A ``config.yaml`` already in the run directory must be this run's (same hash); any other file of that
+    name (a config the user keeps there, another run's) is never overwritten."""
+    if not path.is_file():
+        return
+    from pamm.config import load_yaml_text
+
+    try:
+        other = load_yaml_text(path.read_text())
+        other_hash = config_hash(other) if isinstance(other, dict) and isinstance(other.get("run"), dict) else None
+    except Exception:  # noqa: BLE001 - unreadable means "not ours" here
+        other_hash = None
+    if other_hash != chash:
+        what = f"another run's config (hash {other_hash} != {chash})" if other_hash else "not a pamm-bench run config"
+        raise TrainingError(f"{path} exists and is {what}; it is never overwritten: write this run to another --out "
+                            "(a run directory holds one run), or move that file away")
 
 
 def _resolved_scan_backend(scan, device: torch.device) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from pamm import io as pio
 from pamm.tasks import TASK_INFO
@@ -33,7 +32,9 @@ def find_runs(runs_root: str | Path) -> list[Path]:
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    from pamm.config import load_run_config
+
+    cfg = load_run_config(run_dir / "config.yaml")
     metrics = pio.read_json(run_dir / "metrics.json")
     provenance = pio.read_json(run_dir / "provenance.json") if (run_dir / "provenance.json").is_file() else {}
     profile = pio.read_json(run_dir / "profile.json") if (run_dir / "profile.json").is_file() else {}

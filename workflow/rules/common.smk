@@ -1,51 +1,51 @@
 # Config validation and the run matrix. No model code is imported here.
+# Every path reaches the shell through {...:q} (or shlex.quote), so roots with spaces or non-ASCII work.
 import json
 import os
-
-from snakemake.utils import validate
+import shlex
+import sys
 
 from pamm.data.synthetic import GENERATOR_VERSION as SYNTHETIC_GENERATOR_VERSION
-from pamm.config import variant_parts
-from pamm.tasks import DATASET_TASKS
+from pamm.config import REPO_ROOT, ConfigError, resolve_workflow_runs, validate_workflow_config, workflow_matrix
 
 configfile: "workflow/config.yaml"
 
 
-validate(config, "../schemas/config.schema.yaml")
+def stop(err):
+    """End the DAG build with one line (Snakemake would print a traceback or a dump of the config)."""
+    print(f"pamm-bench workflow: error: {err}", file=sys.stderr)
+    sys.exit(1)
+
+
+try:
+    validate_workflow_config(config, REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml")
+except ConfigError as err:
+    stop(err)
 
 RESULTS = config["results_dir"]
 RUNS = f"{RESULTS}/runs"
 THREADS = int(config.get("threads_per_job", 1))
 # Extra --set overrides for every run, as one JSON string per top-level key.
 OVERRIDE_ARGS = " ".join(
-    f"--set '{key}={json.dumps(value)}'" for key, value in (config.get("overrides") or {}).items()
+    f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in (config.get("overrides") or {}).items()
 )
 
 
 # Local pretrained weights per backbone name: every run whose backbone matches gets its file.
-OVERRIDE_ARGS += "".join(f" --pretrained '{name}={path}'" for name, path in (config.get("pretrained") or {}).items())
+OVERRIDE_ARGS += "".join(f" --pretrained {shlex.quote(f'{name}={path}')}"
+                         for name, path in (config.get("pretrained") or {}).items())
 
 
-def variant_applies(dataset, model, variant):
-    """Single-task variants exist only for the dataset's own tasks (stl_<task>, or composed: stl_<task>+swin)."""
-    if model == "stl":
-        return variant_parts(variant)[0].removeprefix("stl_") in DATASET_TASKS[dataset]
-    return True
+# (dataset, model, variant, seed) of every run: the dataset's own `models` matrix when it has one, else the
+# top-level one; single-task variants only for the dataset's own tasks.
+MATRIX = workflow_matrix(config)
 
-
-def dataset_models(dataset):
-    """The dataset's own matrix when it has one, else the top-level `models`."""
-    return config["datasets"][dataset].get("models") or config["models"]
-
-
-MATRIX = [
-    (dataset, model, variant, seed)
-    for dataset in config["datasets"]
-    for model, variants in dataset_models(dataset).items()
-    for variant in variants
-    if variant_applies(dataset, model, variant)
-    for seed in config["seeds"]
-]
+# Resolve every run's config now, as its train job will: an unknown model or variant, or a bad `overrides`
+# key, stops here with one line instead of failing inside every train job later.
+try:
+    resolve_workflow_runs(config, MATRIX)
+except ConfigError as err:
+    stop(err)
 
 
 def run_dir(dataset, model, variant, seed):

@@ -16,9 +16,9 @@ rule make_synthetic:
     log:
         "logs/make_synthetic/{dataset}.log",
     shell:
-        "pamm-bench make-synthetic --dataset {wildcards.dataset} --out data/synthetic/{wildcards.dataset}"
+        "pamm-bench make-synthetic --dataset {wildcards.dataset:q} --out data/synthetic/{wildcards.dataset:q}"
         " --n-train {params.opts[n_train]} --n-val {params.opts[n_val]} --height {params.opts[height]}"
-        " --width {params.opts[width]} --seed {params.opts[seed]} --no-progress > {log} 2>&1"
+        " --width {params.opts[width]} --seed {params.opts[seed]} --no-progress > {log:q} 2>&1"
 
 
 rule check_dataset:
@@ -31,4 +31,5 @@ rule check_dataset:
     log:
         "logs/check_dataset/{dataset}.log",
     shell:
-        "pamm-bench check-dataset {params.root} --dataset {wildcards.dataset} --report {output} > {log} 2>&1"
+        "pamm-bench check-dataset {params.root:q} --dataset {wildcards.dataset:q} --report {output:q} --no-progress"
+        " > {log:q} 2>&1"

@@ -43,7 +43,7 @@ rule aggregate:
     log:
         "logs/aggregate.log",
     shell:
-        "pamm-bench aggregate --runs {RUNS} --out {output.summary} --by-config {output.by_config} 2>&1 | tee {log}"
+        "pamm-bench aggregate --runs {RUNS:q} --out {output.summary:q} --by-config {output.by_config:q} 2>&1 | tee {log:q}"
 
 
 rule tables:
@@ -62,8 +62,8 @@ rule tables:
     log:
         "logs/tables/{dataset}.log",
     shell:
-        "pamm-bench tables --summary {input.summary} --by-config {input.by_config} --published {input.published}"
-        " --out-dir {TABLES} --datasets {wildcards.dataset} > {log} 2>&1"
+        "pamm-bench tables --summary {input.summary:q} --by-config {input.by_config:q} --published {input.published:q}"
+        " --out-dir {TABLES:q} --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -80,8 +80,8 @@ rule figures:
     log:
         "logs/figures/summary.log",
     shell:
-        "pamm-bench figures --summary {input.summary} --runs {RUNS} --out-dir {FIGURES}"
-        " --only metrics_by_model training_curves > {log} 2>&1"
+        "pamm-bench figures --summary {input.summary:q} --runs {RUNS:q} --out-dir {FIGURES:q}"
+        " --only metrics_by_model training_curves > {log:q} 2>&1"
 
 
 rule figure_pareto:
@@ -95,8 +95,8 @@ rule figure_pareto:
     log:
         "logs/figures/pareto_{dataset}.log",
     shell:
-        "pamm-bench figures --summary {RESULTS}/summary.csv --by-config {input.by_config} --published {input.published}"
-        " --out-dir {FIGURES} --only pareto --datasets {wildcards.dataset} > {log} 2>&1"
+        "pamm-bench figures --summary {RESULTS:q}/summary.csv --by-config {input.by_config:q} --published {input.published:q}"
+        " --out-dir {FIGURES:q} --only pareto --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figure_ablation:
@@ -110,8 +110,8 @@ rule figure_ablation:
     log:
         "logs/figures/ablation_{dataset}.log",
     shell:
-        "pamm-bench figures --summary {input.summary} --by-config {input.by_config} --out-dir {FIGURES}"
-        " --only ablation --datasets {wildcards.dataset} > {log} 2>&1"
+        "pamm-bench figures --summary {input.summary:q} --by-config {input.by_config:q} --out-dir {FIGURES:q}"
+        " --only ablation --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figure_qualitative:
@@ -125,8 +125,8 @@ rule figure_qualitative:
     log:
         "logs/figures/qualitative_{dataset}.log",
     shell:
-        "pamm-bench figures --summary {input.summary} --runs {RUNS} --out-dir {FIGURES}"
-        " --only qualitative --datasets {wildcards.dataset} > {log} 2>&1"
+        "pamm-bench figures --summary {input.summary:q} --runs {RUNS:q} --out-dir {FIGURES:q}"
+        " --only qualitative --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figure_scan_orders:
@@ -139,7 +139,7 @@ rule figure_scan_orders:
     log:
         "logs/figures/scan_orders.log",
     shell:
-        "pamm-bench figures --out-dir {FIGURES} --only scan_orders > {log} 2>&1"
+        "pamm-bench figures --out-dir {FIGURES:q} --only scan_orders > {log:q} 2>&1"
 
 
 rule resolution_sweep:
@@ -149,7 +149,7 @@ rule resolution_sweep:
     output:
         report(SWEEP_CSV, caption="../report/resolution_sweep_csv.rst", category="Tables", subcategory="Efficiency"),
     params:
-        models=" ".join(SWEEP["models"]),
+        models=" ".join(shlex.quote(m) for m in SWEEP["models"]),
         sizes=" ".join(str(s) for s in SWEEP["sizes"]),
         repeats=SWEEP["repeats"],
         dataset=SWEEP["dataset"],
@@ -158,9 +158,9 @@ rule resolution_sweep:
     log:
         "logs/resolution_sweep.log",
     shell:
-        "pamm-bench sweep --models {params.models} --sizes {params.sizes} --dataset {params.dataset}"
-        " --profile {params.profile} --repeats {params.repeats} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "pamm-bench sweep --models {params.models} --sizes {params.sizes} --dataset {params.dataset:q}"
+        " --profile {params.profile:q} --repeats {params.repeats} --threads {threads}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule figure_resolution_sweep:
@@ -173,4 +173,4 @@ rule figure_resolution_sweep:
     log:
         "logs/figures/resolution_sweep.log",
     shell:
-        "pamm-bench figures --sweep {input} --out-dir {FIGURES} --only resolution_sweep > {log} 2>&1"
+        "pamm-bench figures --sweep {input:q} --out-dir {FIGURES:q} --only resolution_sweep > {log:q} 2>&1"

@@ -23,9 +23,9 @@ rule train:
     log:
         "logs/train/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
-        "{params.launch} train --profile {params.profile} --dataset {wildcards.dataset} --model {wildcards.model}"
-        " --variant {wildcards.variant} --seed {wildcards.seed} --data-root {params.root} --out {params.out}"
-        " --threads {threads} --no-progress {params.overrides} > {log} 2>&1"
+        "{params.launch} train --profile {params.profile:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q}"
+        " --variant {wildcards.variant:q} --seed {wildcards.seed:q} --data-root {params.root:q} --out {params.out:q}"
+        " --threads {threads} --no-progress {params.overrides} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -39,7 +39,7 @@ rule evaluate:
     log:
         "logs/evaluate/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
-        "pamm-bench evaluate --run {params.run} --threads {threads} --no-progress > {log} 2>&1"
+        "pamm-bench evaluate --run {params.run:q} --threads {threads} --no-progress > {log:q} 2>&1"
 
 
 rule profile:
@@ -54,4 +54,4 @@ rule profile:
     log:
         "logs/profile/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
-        "pamm-bench profile --run {params.run} --repeats {params.repeats} --threads {threads} > {log} 2>&1"
+        "pamm-bench profile --run {params.run:q} --repeats {params.repeats} --threads {threads} > {log:q} 2>&1"
