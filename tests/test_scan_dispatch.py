@@ -140,3 +140,29 @@ def test_a_runs_scan_settings_reach_every_scan_call_and_its_record(monkeypatch, 
         model(torch.randn(1, 3, *cfg["data"]["size"], generator=torch.Generator().manual_seed(1)))
     assert calls and {backend for backend, _ in calls} == {"ref"}
     assert {ScanSettings.from_key(key).backend for _, key in calls} == {"ref"}
+
+
+def test_equal_config_hashes_mean_equal_scan_settings_and_the_summary_records_them(monkeypatch):
+    """Every setting that picks kernels is in the config (so in ``config_hash``); an environment override is the
+    one way around it, and the run's record (and summary.csv's ``scan_settings`` column) names it."""
+    from pamm.config import config_hash, resolve_config
+    from pamm.engine.train import scan_settings_for
+    from pamm.results.aggregate import scan_settings_text
+
+    for var in ("PAMM_SCAN_BACKEND", "PAMM_TRITON_BWD", "PAMM_TRITON_BC_ORDER", "PAMM_TRITON_MULTI",
+                "PAMM_TRITON_AUTOTUNE", "PAMM_SCAN_BLOCK_ELEMENTS"):
+        monkeypatch.delenv(var, raising=False)
+    section = {"train": {"scan": {"backend": "torch", "triton_bwd": "tile", "torch_block_elements": 4096}}}
+    first, second = (resolve_config("tiny", "nyud", "pamm", overrides=section) for _ in range(2))
+    assert config_hash(first) == config_hash(second)
+    assert scan_settings_for(first) == scan_settings_for(second)
+    other = resolve_config("tiny", "nyud", "pamm", overrides={"train": {"scan": {"triton_bwd": "token"}}})
+    assert config_hash(other) != config_hash(first) and scan_settings_for(other) != scan_settings_for(first)
+    text = scan_settings_text(scan_settings_for(first).record())
+    assert "backend=torch" in text and "triton_bwd=tile" in text and "torch_block_elements=4096" in text
+    assert "env:" not in text
+    monkeypatch.setenv("PAMM_SCAN_BACKEND", "ref")
+    forced = scan_settings_for(first)
+    assert forced.backend == "ref"
+    assert scan_settings_text(forced.record()).endswith("env:backend=$PAMM_SCAN_BACKEND")
+    assert scan_settings_text(None) is None

@@ -17,7 +17,7 @@ SUMMARY_COLUMNS = [
     "run_id", "dataset", "model", "variant", "seed", "backbone", "profile", "img_h", "img_w", "iterations",
     "train_seconds", "semseg_miou", "parts_miou", "sal_maxf", "depth_rmse", "normals_merr", "edge_odsf",
     "delta_m_pct", "params_m", "gflops", "latency_ms", "peak_mem_mib", "device", "scan_backend", "git_sha",
-    "config_hash", "origin",
+    "config_hash", "origin", "scan_settings",
 ]
 # Columns that identify a configuration (everything but the seed) for the over-seeds table.
 CONFIG_KEYS = ["dataset", "model", "variant", "backbone", "profile", "img_h", "img_w", "iterations", "origin"]
@@ -48,7 +48,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "iterations": cfg["train"]["iterations"], "train_seconds": provenance.get("train_seconds"),
         "device": provenance.get("device"), "scan_backend": provenance.get("scan_backend"),
         "git_sha": provenance.get("git_sha"), "config_hash": metrics.get("config_hash"),
-        "tasks": ",".join(_run_tasks(cfg)), "origin": origin,
+        "tasks": ",".join(_run_tasks(cfg)), "origin": origin, "scan_settings": scan_settings_text(provenance.get("scan")),
     }
     row.update(metrics["metrics"])
     if "edge_odsf" in metrics["metrics"]:
@@ -61,6 +61,16 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     row["notes"] = profile.get("notes", "")
     row.update({k: v for k, v in profile.items() if k.startswith(("gflops_", "gmacs_", "latency_", "params_", "peak_mem_"))})
     return row
+
+
+def scan_settings_text(record: dict[str, Any] | None) -> str | None:
+    """A run's scan settings (``provenance.json`` ``scan``) in one cell: ``backend=auto triton_bwd=token ...``,
+    then ``env:`` and the settings an environment variable set (None for runs that predate the record)."""
+    if not record:
+        return None
+    settings = " ".join(f"{k}={v}" for k, v in record.items() if k != "env_overrides")
+    overrides = record.get("env_overrides") or {}
+    return settings + ("".join(f" env:{k}=${v}" for k, v in sorted(overrides.items())) if overrides else "")
 
 
 def _run_tasks(cfg: dict[str, Any]) -> list[str]:
