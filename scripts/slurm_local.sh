@@ -2,14 +2,17 @@
 # A single-node SLURM cluster on this machine (localhost only), from Debian's packages, for trying and
 # testing the workflow's SLURM profile. Run as root:
 #   apt-get update && apt-get install -y slurm-wlm slurmdbd munge mariadb-server   # once (Debian 12: SLURM 22.05)
-#   bash scripts/slurm_local.sh start      # munged, MariaDB, slurmdbd, slurmctld, slurmd; prints `export SLURM_CONF=...`
+#   bash scripts/slurm_local.sh start      # munged, MariaDB, slurmdbd, slurmctld, slurmd
 #   bash scripts/slurm_local.sh status     # the daemons, `sinfo` and the accounting database
 #   bash scripts/slurm_local.sh stop       # cancels every job, stops every daemon it started, checks none is left
 # One node holds this machine's cores and memory (`slurmd -C`); partitions `cpu` (default) and `gpu` both
 # hold it (no GRES: GPU jobs with --gpus are refused). Accounting goes through slurmdbd into a private
 # MariaDB, so `sacct` answers as on a real cluster. Everything (config, state, logs, database, munge key
-# and socket) lives in one folder, $PAMM_SLURM_DIR (default /tmp/pamm-slurm); /etc is not touched and the
-# system's own munged or MariaDB, if any, are left alone. Daemons listen on 127.0.0.1 only:
+# and socket) lives in one folder, $PAMM_SLURM_DIR (default /tmp/pamm-slurm); the system's own munged or
+# MariaDB, if any, are left alone. Only /etc/slurm/slurm.conf is touched: a symlink to this folder's
+# slurm.conf while the cluster runs (refused if that file belongs to another cluster), because commands
+# inside jobs find the config only there (snakemake-executor-plugin-slurm-jobstep 0.6.1 drops SLURM_CONF
+# from the environment of its `srun`). Daemons listen on 127.0.0.1 only:
 #   PAMM_SLURM_CTLD_PORT (6817)  PAMM_SLURM_SLURMD_PORT (6818)  PAMM_SLURM_DBD_PORT (6819)  PAMM_SLURM_DB_PORT (6820)
 set -euo pipefail
 
@@ -21,6 +24,7 @@ DB_PORT="${PAMM_SLURM_DB_PORT:-6820}"
 CLUSTER="${PAMM_SLURM_CLUSTER:-pamm}"
 NODE="$(hostname -s)"
 ETC="$DIR/etc" RUN="$DIR/run" LOG="$DIR/log" STATE="$DIR/state"
+SYSTEM_CONF=/etc/slurm/slurm.conf   # where SLURM commands look when SLURM_CONF is unset
 export SLURM_CONF="$ETC/slurm.conf"
 DAEMONS=(slurmd slurmctld slurmdbd mariadbd munged)   # stop order; start order is the reverse
 
@@ -191,9 +195,15 @@ start_all() {
                  "or choose another port with PAMM_SLURM_${var}_PORT=..."
         fi
     done
-    mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/ctld" "$STATE/d"
+    if [ -e "$SYSTEM_CONF" ] || [ -L "$SYSTEM_CONF" ]; then
+        [ "$(readlink "$SYSTEM_CONF" || true)" = "$SLURM_CONF" ] \
+            || fail "$SYSTEM_CONF is another cluster's configuration ($(readlink -f "$SYSTEM_CONF")):" \
+                    "stop that cluster (its slurm_local.sh stop) or move the file away first"
+    fi
+    mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/ctld" "$STATE/d" "$(dirname "$SYSTEM_CONF")"
     [ -s "$ETC/db.pass" ] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$ETC/db.pass")
     write_configs
+    ln -sfn "$SLURM_CONF" "$SYSTEM_CONF"
     start_munge
     start_db
     launch slurmdbd slurmdbd -D
@@ -206,8 +216,8 @@ start_all() {
     launch slurmd slurmd -D -N "$NODE"
     wait_for slurmd "did not register node $NODE as idle" 60 \
         bash -c "sinfo -h -n '$NODE' -o '%T' | grep -qE '^(idle|mixed|allocated)'"
-    say "cluster '$CLUSTER' is up: node $NODE ($(sinfo -h -n "$NODE" -o '%c CPUs, %m MB' | head -n 1)), partitions cpu and gpu"
-    say "use it with:  export SLURM_CONF=$SLURM_CONF"
+    say "cluster '$CLUSTER' is up: node $NODE ($(sinfo -h -n "$NODE" -o '%c CPUs, %m MB' | head -n 1)), partitions cpu and gpu;" \
+        "sbatch, squeue and sacct reach it through $SYSTEM_CONF -> $SLURM_CONF"
 }
 
 # Cancel every job, then stop the daemons this script started (by their pids), newest first.
@@ -235,6 +245,9 @@ stop_all() {
         fi
         rm -f "$RUN/$name.pid"
     done
+    if [ "$(readlink "$SYSTEM_CONF" 2>/dev/null || true)" = "$SLURM_CONF" ]; then
+        rm -f "$SYSTEM_CONF"
+    fi
     # Job steps that outlived slurmd would show up here.
     local steps
     steps="$(pgrep -x slurmstepd || true)"
@@ -270,6 +283,5 @@ case "${1:-}" in
     start) start_all ;;
     stop) stop_all ;;
     status) status_all ;;
-    env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-    *) echo "usage: bash $0 start|stop|status|env   (state in \$PAMM_SLURM_DIR, default /tmp/pamm-slurm)" >&2; exit 2 ;;
+    *) echo "usage: bash $0 start|stop|status   (state in \$PAMM_SLURM_DIR, default /tmp/pamm-slurm)" >&2; exit 2 ;;
 esac

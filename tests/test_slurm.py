@@ -1,0 +1,345 @@
+"""The DAG through a real SLURM cluster on this machine (scripts/slurm_local.sh, Debian's SLURM 22.05).
+
+Every job of a small matrix runs as a SLURM job through the unedited `workflow/profiles/slurm`, the summary
+equals a local run's but for timings, a second invocation submits nothing, and a training job killed at its
+time limit is resubmitted by the profile's retries and resumes from last.pt to the uninterrupted run's weights.
+Needs root and `apt-get install slurm-wlm slurmdbd munge mariadb-server` (`.ci/run` does both); deselect
+with `-m "not slurm"`.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SNAKEMAKE = BIN / "snakemake"
+SCRIPT = REPO / "scripts" / "slurm_local.sh"
+PROFILE = "workflow/profiles/slurm"  # as the README runs it, from the repository root
+PACKAGES = "slurm-wlm slurmdbd munge mariadb-server"
+TOOLS = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "sacctmgr", "munged", "mungekey", "mariadbd")
+# Rules the profile sends to the gpu partition; everything else goes to cpu.
+GPU_PARTITION_RULES = {"train", "evaluate", "profile"}
+# Columns that measure the machine rather than the run: wall-clock timings and the process's peak RSS on CPU.
+MEASURED = re.compile(r"^(train_seconds|latency_.*|peak_mem_mib)$")
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+# The plugin polls job states first after this many seconds, then 10 s later each time nothing finished
+# (its default, 40 s, suits real jobs and would only make this test slow).
+FAST_POLL = ("--slurm-init-seconds-before-status-checks", "2")
+# Seconds of training the time-limit run is sized to (on this machine, measured first): more than SLURM's
+# one-minute limit plus its 30 s enforcement period, so the first attempt is always cut.
+TIME_LIMIT_TRAIN_SECONDS = 110
+
+
+
+def _unavailable() -> str | None:
+    """Why the cluster cannot run here, or None."""
+    if not SNAKEMAKE.exists():
+        return "snakemake is not installed beside this python"
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "snakemake-executor-plugin-slurm is not installed (pip install -r requirements-cpu.txt)"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"SLURM packages are not installed ({', '.join(missing)} missing): apt-get install -y {PACKAGES}"
+    if os.geteuid() != 0:
+        return "the local SLURM cluster (scripts/slurm_local.sh) starts its daemons as root"
+    return None
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    env.pop("SLURM_CONF", None)  # the commands find the cluster at /etc/slurm/slurm.conf, as jobs do
+    return env
+
+
+def _run(cmd: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=_env(), timeout=timeout, **kwargs)
+
+
+def _snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return _run([SNAKEMAKE, "-s", REPO / "Snakefile", "-d", workdir, *args], timeout=timeout, cwd=REPO)
+
+
+def _snakemake_bg(workdir: Path, *args: str) -> subprocess.Popen:
+    """Snakemake in the background, its output in workdir/snakemake.out."""
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    with open(workdir / "snakemake.out", "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO)
+
+
+def _finish(process: subprocess.Popen, workdir: Path) -> None:
+    process.wait(timeout=900)
+    assert process.returncode == 0, (workdir / "snakemake.out").read_text()[-4000:]
+
+
+def _sacct(job_ids) -> dict[str, tuple[str, str]]:
+    """SLURM's accounting record (state, partition) of each job id."""
+    result = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,Partition", "-j", ",".join(job_ids)], timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.strip()]
+    return {row[0]: (row[1].split()[0], row[2]) for row in rows}
+
+
+def _all_job_ids() -> set[str]:
+    result = _run(["sacct", "-X", "-n", "-P", "-a", "-o", "JobIDRaw", "-S", "2000-01-01"], timeout=60)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def _submissions(output: str) -> list[tuple[str, str, str]]:
+    """(rule, SLURM job id, SLURM log) of every job Snakemake submitted, from its output."""
+    found = []
+    for _, slurm_id, log in SUBMITTED.findall(output):
+        rule = re.search(r"/rule_([^/]+)/", log).group(1)
+        found.append((rule, slurm_id, log))
+    return found
+
+
+def _matrix(**overrides) -> dict:
+    """A small matrix of the default DAG on synthetic NYUD (tests/test_pipeline.py's tiny set-up)."""
+    config = {
+        "profile": "tiny",
+        "results_dir": "results",
+        "threads_per_job": 1,
+        "seeds": [0],
+        "datasets": {"nyud": {"root": None, "synthetic": {"n_train": 6, "n_val": 3, "height": 48, "width": 64, "seed": 0}}},
+        "models": {"mtl": ["default"], "stl": ["stl_depth"]},
+        "resolution_sweep": {"models": []},
+        "overrides": {"train": {"iterations": 4, "ckpt_every": 2, "log_every": 2, "batch_size": 2},
+                      "data": {"size": [48, 64]}, "eval": {"batch_size": 3}},
+    }
+    config.update(overrides)
+    return config
+
+
+def _workdir(root: Path, config: dict) -> Path:
+    (root / "workflow").mkdir(parents=True)
+    (root / "workflow" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def _job_resources(output: str) -> dict[str, set[str]]:
+    """Rule -> the `resources:` lines Snakemake printed for its jobs."""
+    found: dict[str, set[str]] = {}
+    for rule, resources in re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", output, re.M):
+        found.setdefault(rule, set()).add(resources)
+    return found
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2])
+def test_gpu_resource_only_where_gpus_per_run_is_set(gpus, tmp_path):
+    """train asks for gpus_per_run GPUs, evaluate and profile for one, and nothing else for any (no cluster needed)."""
+    if not SNAKEMAKE.exists():
+        pytest.skip("snakemake is not installed beside this python")
+    workdir = _workdir(tmp_path, _matrix(gpus_per_run=gpus))
+    result = _snakemake(workdir, "-n", "-p", "all", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    resources = _job_resources(result.stdout)
+    assert {"make_synthetic", "train", "evaluate", "profile", "aggregate"} <= set(resources)
+    for rule, lines in resources.items():
+        expected = {"train": gpus, "evaluate": min(gpus, 1), "profile": min(gpus, 1)}.get(rule, 0)
+        for line in lines:
+            found = re.search(r"\bgpu=(\d+)", line)
+            assert (int(found.group(1)) if found else 0) == expected, (rule, line)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A one-node cluster for this module, stopped afterwards with nothing left running."""
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(_env(), PAMM_SLURM_DIR=str(state))
+    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield state
+    finally:
+        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, env=env, timeout=300)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "nothing left running" in stopped.stdout, stopped.stdout
+        assert not list((state / "run").glob("*.pid")), "a daemon's pid file is left"
+        assert not Path("/etc/slurm/slurm.conf").is_symlink()
+
+
+@pytest.mark.slurm
+def test_matrix_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
+    config = _matrix()
+    local_dir = _workdir(tmp_path / "local", config)
+    slurm_dir = _workdir(tmp_path / "slurm", config)
+    local = _snakemake_bg(local_dir, "--cores", "1", "all")  # the reference, meanwhile
+    jobs_before = _all_job_ids()
+
+    result = _snakemake(slurm_dir, "--workflow-profile", PROFILE, *FAST_POLL, "all")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    _finish(local, local_dir)
+
+    # Every job but the `all` target ran as a SLURM job: one submission each, all COMPLETED, on the
+    # partition the profile gives its rule, with its SLURM log kept under .snakemake/slurm_logs.
+    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
+    submitted = _submissions(output)
+    assert sorted(rule for rule, _, _ in submitted) == sorted(rule for rule in finished if rule != "all")
+    assert {"make_synthetic", "check_dataset", "train", "evaluate", "profile", "aggregate", "figures"} <= set(finished)
+    states = _sacct([slurm_id for _, slurm_id, _ in submitted])
+    for rule, slurm_id, log in submitted:
+        state, partition = states[slurm_id]
+        assert state == "COMPLETED", (rule, slurm_id, state)
+        assert partition == ("gpu" if rule in GPU_PARTITION_RULES else "cpu"), (rule, partition)
+        assert Path(log).is_file() and Path(log).name == f"{slurm_id}.log"
+    # Each run's provenance names the SLURM job that trained it.
+    train_ids = {re.search(r"rule_train/([^/]+)/", log).group(1): slurm_id
+                 for rule, slurm_id, log in submitted if rule == "train"}
+    for model, variant in (("mtl", "default"), ("stl", "stl_depth")):
+        provenance = json.loads((slurm_dir / f"results/runs/nyud/{model}/{variant}/seed0/provenance.json").read_text())
+        assert provenance["environment"]["slurm"]["job_id"] == train_ids[f"nyud_{model}_{variant}_0"]
+        assert provenance["environment"]["slurm"]["partition"] == "gpu"
+
+    # The same numbers as the local run, but for what measures the machine.
+    ours = pd.read_csv(slurm_dir / "results" / "summary.csv")
+    theirs = pd.read_csv(local_dir / "results" / "summary.csv")
+    assert list(ours.columns) == list(theirs.columns)
+    kept = [column for column in ours.columns if not MEASURED.match(column)]
+    assert len(kept) > 40 and {"semseg_miou", "depth_rmse", "delta_m_pct", "gflops", "config_hash"} <= set(kept)
+    pd.testing.assert_frame_equal(ours[kept], theirs[kept], check_exact=True)
+    assert (slurm_dir / "results" / "figures" / "metrics_by_model.png").stat().st_size > 0
+
+    # A second invocation submits nothing.
+    jobs_after = _all_job_ids()
+    assert len(jobs_after - jobs_before) == len(submitted)
+    again = _snakemake(slurm_dir, "--workflow-profile", PROFILE, *FAST_POLL, "all")
+    again_output = again.stdout + again.stderr
+    assert again.returncode == 0, again_output[-4000:]
+    assert "Nothing to be done" in again_output
+    assert not _submissions(again_output)
+    assert _all_job_ids() == jobs_after
+
+
+def _seconds_per_iteration(tmp_path: Path, overrides: dict) -> float:
+    """Training seconds per iteration of the time-limit run's config on this machine (one thread)."""
+    from pamm.config import resolve_config
+    from pamm.data import make_synthetic
+    from pamm.engine.train import train_run
+
+    root = tmp_path / "calibration_data"
+    make_synthetic(root, "nyud", n_train=6, n_val=3, height=48, width=64, seed=0, progress=False)
+    calibration = copy.deepcopy(overrides)
+    calibration["train"].update({"iterations": 30, "ckpt_every": 30, "log_every": 30})
+    calibration["data"]["root"] = str(root)
+    cfg = resolve_config("tiny", "nyud", "mtl", seed=0, overrides=calibration)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train_run(cfg, tmp_path / "calibration_run", device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return result["train_seconds"] / 30
+
+
+class _LastCheckpointWatch(threading.Thread):
+    """Records the iteration of run_dir/last.pt each time the file changes, while a run goes on."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(daemon=True)
+        self.path = run_dir / "last.pt"
+        self.iterations: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        seen = None
+        while not self.done.wait(0.3):
+            try:
+                stat = self.path.stat()
+                if (stat.st_mtime_ns, stat.st_ino) == seen:
+                    continue
+                iteration = int(torch.load(self.path, map_location="cpu", weights_only=False)["iteration"])
+                seen = (stat.st_mtime_ns, stat.st_ino)
+            except (OSError, EOFError, RuntimeError, KeyError):
+                continue  # not there yet, or replaced while being read
+            if not self.iterations or self.iterations[-1] != iteration:
+                self.iterations.append(iteration)
+
+
+@pytest.mark.slurm
+def test_time_limit_kill_is_retried_and_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
+    """runtime: 1 (minute) for train, nothing else changed in the profile: SLURM kills the first attempt,
+    the profile's retries resubmit it, and it resumes from last.pt to the same weights and metrics."""
+    base = _matrix(models={"mtl": ["default"]})
+    per_iteration = _seconds_per_iteration(tmp_path, base["overrides"])
+    iterations = max(60, int(TIME_LIMIT_TRAIN_SECONDS / per_iteration))
+    every = iterations // 60  # a checkpoint (and a log row) every ~2 s of training
+    iterations -= iterations % every
+    base["overrides"]["train"].update({"iterations": iterations, "ckpt_every": every, "log_every": every})
+    target = "results/runs/nyud/mtl/default/seed0/checkpoint.pt"
+
+    profile = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())
+    short = copy.deepcopy(profile)
+    short["set-resources"]["train"]["runtime"] = 1
+    assert profile["retries"] >= 1 and profile["set-resources"]["train"]["runtime"] > 1
+    (tmp_path / "short_profile").mkdir()
+    (tmp_path / "short_profile" / "config.yaml").write_text(yaml.safe_dump(short))
+
+    reference_dir = _workdir(tmp_path / "uninterrupted", base)
+    slurm_dir = _workdir(tmp_path / "slurm", base)
+    reference = _snakemake_bg(reference_dir, "--cores", "1", target)
+    watch = _LastCheckpointWatch(slurm_dir / "results/runs/nyud/mtl/default/seed0")
+    watch.start()
+    try:
+        result = _snakemake(slurm_dir, "--workflow-profile", tmp_path / "short_profile", *FAST_POLL, target)
+    finally:
+        watch.done.set()
+        watch.join()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    _finish(reference, reference_dir)
+
+    # SLURM cut the first attempt at its time limit; the resubmitted attempt finished the run.
+    attempts = [slurm_id for rule, slurm_id, _ in _submissions(output) if rule == "train"]
+    states = [_sacct(attempts)[slurm_id][0] for slurm_id in attempts]
+    assert len(attempts) >= 2 and states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (
+        f"{iterations} iterations at {per_iteration:.3f} s: train attempts {attempts} ended {states}")
+    assert set(states[:-1]) == {"TIMEOUT"}
+    assert "SLURM status is: 'TIMEOUT'" in output
+    run = slurm_dir / "results/runs/nyud/mtl/default/seed0"
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["environment"]["slurm"]["job_id"] == attempts[-1]
+    # Resumed, not restarted: last.pt held a partial run when the first attempt was cut, and never went back.
+    assert watch.iterations and 0 < watch.iterations[0] < iterations, watch.iterations
+    assert watch.iterations == sorted(watch.iterations), f"last.pt went back: {watch.iterations}"
+    log = (run / "train_log.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in log[1:]] == list(range(every, iterations + 1, every))
+
+    # The same weights and metrics as the uninterrupted run.
+    from pamm.engine.evaluate import evaluate_run
+
+    reference_run = reference_dir / "results/runs/nyud/mtl/default/seed0"
+    ours = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    theirs = torch.load(reference_run / "checkpoint.pt", weights_only=False)["model"]
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = evaluate_run(run, device="cpu", progress=False)["metrics"]
+        reference_metrics = evaluate_run(reference_run, device="cpu", progress=False)["metrics"]
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics == reference_metrics
+    print(f"time-limit run: {iterations} iterations ({per_iteration:.3f} s each), train attempts {attempts} "
+          f"{states}, last.pt iterations seen {watch.iterations}, metrics {metrics}")
