@@ -3,8 +3,9 @@
 Every job of a small matrix runs as a SLURM job through the unedited `workflow/profiles/slurm`, the summary
 equals a local run's but for timings, a second invocation submits nothing, and a training job killed at its
 time limit is resubmitted by the profile's retries and resumes from last.pt to the uninterrupted run's weights.
-Needs root and `apt-get install slurm-wlm slurmdbd munge mariadb-server` (`.ci/run` does both); deselect
-with `-m "not slurm"`.
+The cluster test needs root and `apt-get install slurm-wlm slurmdbd munge mariadb-server` (`.ci/run` does
+both) and skips without them; deselect it with `-m "not slurm"`. It is one test so that pytest-xdist never
+gives its parts to two workers (there is one cluster per machine).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import re
 import shutil
 import subprocess
 import sys
+import signal
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -40,9 +41,9 @@ SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(l
 # The plugin polls job states first after this many seconds, then 10 s later each time nothing finished
 # (its default, 40 s, suits real jobs and would only make this test slow).
 FAST_POLL = ("--slurm-init-seconds-before-status-checks", "2")
-# Seconds of training the time-limit run is sized to (on this machine, measured first): more than SLURM's
-# one-minute limit plus its 30 s enforcement period, so the first attempt is always cut.
-TIME_LIMIT_TRAIN_SECONDS = 110
+# The time-limit run: its trainer is paused once last.pt holds STOP_AFTER_SAVES checkpoints, so the first
+# attempt outlives its one-minute limit whatever this machine's speed; SLURM then kills it.
+TIME_LIMIT_ITERATIONS, TIME_LIMIT_EVERY, STOP_AFTER_SAVES = 200, 4, 5
 
 
 
@@ -86,12 +87,13 @@ def _finish(process: subprocess.Popen, workdir: Path) -> None:
     assert process.returncode == 0, (workdir / "snakemake.out").read_text()[-4000:]
 
 
-def _sacct(job_ids) -> dict[str, tuple[str, str]]:
-    """SLURM's accounting record (state, partition) of each job id."""
-    result = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,Partition", "-j", ",".join(job_ids)], timeout=60)
+def _sacct(job_ids) -> dict[str, tuple[str, str, str]]:
+    """SLURM's accounting record (state, partition, job name) of each job id."""
+    result = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,Partition,JobName", "-j", ",".join(job_ids)],
+                  timeout=60)
     assert result.returncode == 0, result.stderr
     rows = [line.split("|") for line in result.stdout.splitlines() if line.strip()]
-    return {row[0]: (row[1].split()[0], row[2]) for row in rows}
+    return {row[0]: (row[1].split()[0], row[2], row[3]) for row in rows}
 
 
 def _all_job_ids() -> set[str]:
@@ -157,13 +159,13 @@ def test_gpu_resource_only_where_gpus_per_run_is_set(gpus, tmp_path):
             assert (int(found.group(1)) if found else 0) == expected, (rule, line)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A one-node cluster for this module, stopped afterwards with nothing left running."""
+@pytest.fixture
+def cluster(tmp_path):
+    """A one-node cluster, stopped afterwards with nothing left running."""
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm")
+    state = tmp_path / "cluster"
     env = dict(_env(), PAMM_SLURM_DIR=str(state))
     started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=300)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -177,13 +179,125 @@ def cluster(tmp_path_factory):
         assert not Path("/etc/slurm/slurm.conf").is_symlink()
 
 
-@pytest.mark.slurm
-def test_matrix_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
+def _trainer_pid(workdir: Path) -> int | None:
+    """The `pamm-bench train` process running in workdir, if any."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if len(argv) > 2 and argv[1].endswith(b"pamm-bench") and argv[2] == b"train" \
+                    and Path(os.readlink(proc / "cwd")) == workdir:
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class _TimeLimitWatch(threading.Thread):
+    """Records the iteration in run_dir/last.pt each time the file changes; pauses the first attempt's
+    trainer (SIGSTOP) once last.pt holds `stop_at` iterations, so that attempt runs into its time limit."""
+
+    def __init__(self, workdir: Path, run_dir: Path, stop_at: int):
+        super().__init__(daemon=True)
+        self.workdir, self.path, self.stop_at = workdir, run_dir / "last.pt", stop_at
+        self.iterations: list[int] = []
+        self.paused: int | None = None  # the iteration in last.pt when the trainer was paused
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        seen = None
+        while not self.done.wait(0.2):
+            try:
+                stat = self.path.stat()
+                if (stat.st_mtime_ns, stat.st_ino) != seen:
+                    iteration = int(torch.load(self.path, map_location="cpu", weights_only=False)["iteration"])
+                    seen = (stat.st_mtime_ns, stat.st_ino)
+                    if not self.iterations or self.iterations[-1] != iteration:
+                        self.iterations.append(iteration)
+            except (OSError, EOFError, RuntimeError, KeyError):
+                continue  # not there yet, or replaced while being read
+            if self.paused is None and self.iterations and self.iterations[-1] >= self.stop_at:
+                pid = _trainer_pid(self.workdir)
+                if pid is not None:
+                    os.kill(pid, signal.SIGSTOP)
+                    self.paused = self.iterations[-1]
+
+
+class _TimeLimitRun:
+    """The run of one training job whose `runtime` (1 minute) is too short, and its uninterrupted reference."""
+
+    target = "results/runs/nyud/mtl/default/seed0/checkpoint.pt"
+
+    def __init__(self, root: Path):
+        config = _matrix(models={"mtl": ["default"]})
+        config["overrides"]["train"].update(
+            {"iterations": TIME_LIMIT_ITERATIONS, "ckpt_every": TIME_LIMIT_EVERY, "log_every": TIME_LIMIT_EVERY})
+        # The profile with one value changed: train's runtime, to one minute.
+        profile = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())
+        assert profile["retries"] >= 1 and profile["set-resources"]["train"]["runtime"] > 1
+        short = copy.deepcopy(profile)
+        short["set-resources"]["train"]["runtime"] = 1
+        self.profile = root / "short_runtime_profile"
+        self.profile.mkdir(parents=True)
+        (self.profile / "config.yaml").write_text(yaml.safe_dump(short))
+        self.slurm_dir = _workdir(root / "slurm", config)
+        self.reference_dir = _workdir(root / "uninterrupted", config)
+        self.run = self.slurm_dir / "results/runs/nyud/mtl/default/seed0"
+        self.watch = _TimeLimitWatch(self.slurm_dir, self.run, STOP_AFTER_SAVES * TIME_LIMIT_EVERY)
+
+    def start(self) -> None:
+        self.watch.start()
+        self.slurm = _snakemake_bg(self.slurm_dir, "--workflow-profile", str(self.profile), *FAST_POLL, self.target)
+        self.reference = _snakemake_bg(self.reference_dir, "--cores", "1", self.target)
+
+    def check(self) -> str:
+        try:
+            self.slurm.wait(timeout=900)
+        finally:
+            self.watch.done.set()
+            self.watch.join()
+        output = (self.slurm_dir / "snakemake.out").read_text()
+        assert self.slurm.returncode == 0, output[-6000:]
+        _finish(self.reference, self.reference_dir)
+
+        # SLURM cut the first attempt at its time limit; the profile's retries resubmitted it; that finished.
+        assert self.watch.paused is not None, f"the trainer was never paused; last.pt: {self.watch.iterations}"
+        attempts = [slurm_id for rule, slurm_id, _ in _submissions(output) if rule == "train"]
+        states = _sacct(attempts)
+        assert [states[i][0] for i in attempts] == ["TIMEOUT", "COMPLETED"], (attempts, states)
+        assert "SLURM status is: 'TIMEOUT'" in output
+        provenance = json.loads((self.run / "provenance.json").read_text())
+        assert provenance["environment"]["slurm"]["job_id"] == attempts[-1]
+        # Resumed, not restarted: last.pt held `paused` iterations when the first attempt was cut and never
+        # went back (a restart would have written TIME_LIMIT_EVERY again); the log has every row once.
+        seen = self.watch.iterations
+        assert seen == sorted(seen) and seen[-1] == TIME_LIMIT_ITERATIONS, seen
+        assert self.watch.paused >= STOP_AFTER_SAVES * TIME_LIMIT_EVERY and seen.index(self.watch.paused) < len(seen) - 1
+        log = (self.run / "train_log.csv").read_text().splitlines()
+        assert [int(line.split(",")[0]) for line in log[1:]] == list(
+            range(TIME_LIMIT_EVERY, TIME_LIMIT_ITERATIONS + 1, TIME_LIMIT_EVERY))
+
+        # The same weights and metrics as the uninterrupted run.
+        from pamm.engine.evaluate import evaluate_run
+
+        reference_run = self.reference_dir / "results/runs/nyud/mtl/default/seed0"
+        ours = torch.load(self.run / "checkpoint.pt", weights_only=False)["model"]
+        theirs = torch.load(reference_run / "checkpoint.pt", weights_only=False)["model"]
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), key
+        metrics = evaluate_run(self.run, device="cpu", progress=False)["metrics"]
+        reference_metrics = evaluate_run(reference_run, device="cpu", progress=False)["metrics"]
+        assert metrics == reference_metrics
+        return (f"train attempts {attempts}: {[states[i][0] for i in attempts]}; last.pt paused at "
+                f"{self.watch.paused}, seen {seen}; metrics (resumed = uninterrupted) {metrics}")
+
+
+def _check_matrix(root: Path, time_limit: _TimeLimitRun) -> None:
+    """The matrix through the unedited profile: every job a SLURM job, a local run's summary, then nothing to do."""
     config = _matrix()
-    local_dir = _workdir(tmp_path / "local", config)
-    slurm_dir = _workdir(tmp_path / "slurm", config)
+    local_dir = _workdir(root / "local", config)
+    slurm_dir = _workdir(root / "slurm", config)
     local = _snakemake_bg(local_dir, "--cores", "1", "all")  # the reference, meanwhile
-    jobs_before = _all_job_ids()
 
     result = _snakemake(slurm_dir, "--workflow-profile", PROFILE, *FAST_POLL, "all")
     output = result.stdout + result.stderr
@@ -191,15 +305,16 @@ def test_matrix_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
     _finish(local, local_dir)
 
     # Every job but the `all` target ran as a SLURM job: one submission each, all COMPLETED, on the
-    # partition the profile gives its rule, with its SLURM log kept under .snakemake/slurm_logs.
+    # partition the profile gives its rule, named after this Snakemake run, its SLURM log kept.
     finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
     submitted = _submissions(output)
     assert sorted(rule for rule, _, _ in submitted) == sorted(rule for rule in finished if rule != "all")
     assert {"make_synthetic", "check_dataset", "train", "evaluate", "profile", "aggregate", "figures"} <= set(finished)
+    run_uuid = re.search(r"SLURM run ID: (\S+)", output).group(1)
     states = _sacct([slurm_id for _, slurm_id, _ in submitted])
     for rule, slurm_id, log in submitted:
-        state, partition = states[slurm_id]
-        assert state == "COMPLETED", (rule, slurm_id, state)
+        state, partition, name = states[slurm_id]
+        assert (state, name) == ("COMPLETED", run_uuid), (rule, slurm_id, state, name)
         assert partition == ("gpu" if rule in GPU_PARTITION_RULES else "cpu"), (rule, partition)
         assert Path(log).is_file() and Path(log).name == f"{slurm_id}.log"
     # Each run's provenance names the SLURM job that trained it.
@@ -219,127 +334,26 @@ def test_matrix_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
     pd.testing.assert_frame_equal(ours[kept], theirs[kept], check_exact=True)
     assert (slurm_dir / "results" / "figures" / "metrics_by_model.png").stat().st_size > 0
 
-    # A second invocation submits nothing.
-    jobs_after = _all_job_ids()
-    assert len(jobs_after - jobs_before) == len(submitted)
+    # A second invocation submits nothing (once the time-limit run, which shares the cluster, is over).
+    print(time_limit.check())
+    jobs = _all_job_ids()
     again = _snakemake(slurm_dir, "--workflow-profile", PROFILE, *FAST_POLL, "all")
     again_output = again.stdout + again.stderr
     assert again.returncode == 0, again_output[-4000:]
     assert "Nothing to be done" in again_output
     assert not _submissions(again_output)
-    assert _all_job_ids() == jobs_after
-
-
-def _seconds_per_iteration(tmp_path: Path, overrides: dict) -> float:
-    """Training seconds per iteration of the time-limit run's config on this machine (one thread)."""
-    from pamm.config import resolve_config
-    from pamm.data import make_synthetic
-    from pamm.engine.train import train_run
-
-    root = tmp_path / "calibration_data"
-    make_synthetic(root, "nyud", n_train=6, n_val=3, height=48, width=64, seed=0, progress=False)
-    calibration = copy.deepcopy(overrides)
-    calibration["train"].update({"iterations": 30, "ckpt_every": 30, "log_every": 30})
-    calibration["data"]["root"] = str(root)
-    cfg = resolve_config("tiny", "nyud", "mtl", seed=0, overrides=calibration)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = train_run(cfg, tmp_path / "calibration_run", device="cpu", progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return result["train_seconds"] / 30
-
-
-class _LastCheckpointWatch(threading.Thread):
-    """Records the iteration of run_dir/last.pt each time the file changes, while a run goes on."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__(daemon=True)
-        self.path = run_dir / "last.pt"
-        self.iterations: list[int] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        seen = None
-        while not self.done.wait(0.3):
-            try:
-                stat = self.path.stat()
-                if (stat.st_mtime_ns, stat.st_ino) == seen:
-                    continue
-                iteration = int(torch.load(self.path, map_location="cpu", weights_only=False)["iteration"])
-                seen = (stat.st_mtime_ns, stat.st_ino)
-            except (OSError, EOFError, RuntimeError, KeyError):
-                continue  # not there yet, or replaced while being read
-            if not self.iterations or self.iterations[-1] != iteration:
-                self.iterations.append(iteration)
+    assert _all_job_ids() == jobs
 
 
 @pytest.mark.slurm
-def test_time_limit_kill_is_retried_and_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
-    """runtime: 1 (minute) for train, nothing else changed in the profile: SLURM kills the first attempt,
-    the profile's retries resubmit it, and it resumes from last.pt to the same weights and metrics."""
-    base = _matrix(models={"mtl": ["default"]})
-    per_iteration = _seconds_per_iteration(tmp_path, base["overrides"])
-    iterations = max(60, int(TIME_LIMIT_TRAIN_SECONDS / per_iteration))
-    every = iterations // 60  # a checkpoint (and a log row) every ~2 s of training
-    iterations -= iterations % every
-    base["overrides"]["train"].update({"iterations": iterations, "ckpt_every": every, "log_every": every})
-    target = "results/runs/nyud/mtl/default/seed0/checkpoint.pt"
-
-    profile = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())
-    short = copy.deepcopy(profile)
-    short["set-resources"]["train"]["runtime"] = 1
-    assert profile["retries"] >= 1 and profile["set-resources"]["train"]["runtime"] > 1
-    (tmp_path / "short_profile").mkdir()
-    (tmp_path / "short_profile" / "config.yaml").write_text(yaml.safe_dump(short))
-
-    reference_dir = _workdir(tmp_path / "uninterrupted", base)
-    slurm_dir = _workdir(tmp_path / "slurm", base)
-    reference = _snakemake_bg(reference_dir, "--cores", "1", target)
-    watch = _LastCheckpointWatch(slurm_dir / "results/runs/nyud/mtl/default/seed0")
-    watch.start()
+def test_dag_on_a_local_slurm_cluster(cluster, tmp_path):
+    """Both scenarios at once: the time-limit run mostly waits for SLURM's kill while the matrix runs."""
+    time_limit = _TimeLimitRun(tmp_path / "time_limit")
+    time_limit.start()
     try:
-        result = _snakemake(slurm_dir, "--workflow-profile", tmp_path / "short_profile", *FAST_POLL, target)
+        _check_matrix(tmp_path / "matrix", time_limit)
     finally:
-        watch.done.set()
-        watch.join()
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    _finish(reference, reference_dir)
-
-    # SLURM cut the first attempt at its time limit; the resubmitted attempt finished the run.
-    attempts = [slurm_id for rule, slurm_id, _ in _submissions(output) if rule == "train"]
-    states = [_sacct(attempts)[slurm_id][0] for slurm_id in attempts]
-    assert len(attempts) >= 2 and states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (
-        f"{iterations} iterations at {per_iteration:.3f} s: train attempts {attempts} ended {states}")
-    assert set(states[:-1]) == {"TIMEOUT"}
-    assert "SLURM status is: 'TIMEOUT'" in output
-    run = slurm_dir / "results/runs/nyud/mtl/default/seed0"
-    provenance = json.loads((run / "provenance.json").read_text())
-    assert provenance["environment"]["slurm"]["job_id"] == attempts[-1]
-    # Resumed, not restarted: last.pt held a partial run when the first attempt was cut, and never went back.
-    assert watch.iterations and 0 < watch.iterations[0] < iterations, watch.iterations
-    assert watch.iterations == sorted(watch.iterations), f"last.pt went back: {watch.iterations}"
-    log = (run / "train_log.csv").read_text().splitlines()
-    assert [int(line.split(",")[0]) for line in log[1:]] == list(range(every, iterations + 1, every))
-
-    # The same weights and metrics as the uninterrupted run.
-    from pamm.engine.evaluate import evaluate_run
-
-    reference_run = reference_dir / "results/runs/nyud/mtl/default/seed0"
-    ours = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
-    theirs = torch.load(reference_run / "checkpoint.pt", weights_only=False)["model"]
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        assert torch.equal(ours[key], theirs[key]), key
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        metrics = evaluate_run(run, device="cpu", progress=False)["metrics"]
-        reference_metrics = evaluate_run(reference_run, device="cpu", progress=False)["metrics"]
-    finally:
-        torch.set_num_threads(threads)
-    assert metrics == reference_metrics
-    print(f"time-limit run: {iterations} iterations ({per_iteration:.3f} s each), train attempts {attempts} "
-          f"{states}, last.pt iterations seen {watch.iterations}, metrics {metrics}")
+        for process in (getattr(time_limit, "slurm", None), getattr(time_limit, "reference", None)):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=120)
