@@ -43,7 +43,7 @@ SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(l
 FAST_POLL = ("--slurm-init-seconds-before-status-checks", "2")
 # The time-limit run: its trainer is paused once last.pt holds STOP_AFTER_SAVES checkpoints, so the first
 # attempt outlives its one-minute limit whatever this machine's speed; SLURM then kills it.
-TIME_LIMIT_ITERATIONS, TIME_LIMIT_EVERY, STOP_AFTER_SAVES = 200, 4, 5
+TIME_LIMIT_ITERATIONS, TIME_LIMIT_EVERY, STOP_AFTER_SAVES = 120, 4, 5
 
 
 
@@ -263,7 +263,9 @@ class _TimeLimitRun:
         assert self.watch.paused is not None, f"the trainer was never paused; last.pt: {self.watch.iterations}"
         attempts = [slurm_id for rule, slurm_id, _ in _submissions(output) if rule == "train"]
         states = _sacct(attempts)
-        assert [states[i][0] for i in attempts] == ["TIMEOUT", "COMPLETED"], (attempts, states)
+        ends = [states[slurm_id][0] for slurm_id in attempts]
+        # (On a loaded machine the resumed attempt may run into the limit too; the profile's retries cover it.)
+        assert len(ends) >= 2 and ends == ["TIMEOUT"] * (len(ends) - 1) + ["COMPLETED"], (attempts, states)
         assert "SLURM status is: 'TIMEOUT'" in output
         provenance = json.loads((self.run / "provenance.json").read_text())
         assert provenance["environment"]["slurm"]["job_id"] == attempts[-1]
@@ -288,7 +290,7 @@ class _TimeLimitRun:
         metrics = evaluate_run(self.run, device="cpu", progress=False)["metrics"]
         reference_metrics = evaluate_run(reference_run, device="cpu", progress=False)["metrics"]
         assert metrics == reference_metrics
-        return (f"train attempts {attempts}: {[states[i][0] for i in attempts]}; last.pt paused at "
+        return (f"train attempts {attempts}: {ends}; last.pt paused at "
                 f"{self.watch.paused}, seen {seen}; metrics (resumed = uninterrupted) {metrics}")
 
 
@@ -357,3 +359,14 @@ def test_dag_on_a_local_slurm_cluster(cluster, tmp_path):
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=120)
+
+
+def test_provenance_names_the_slurm_job_only_inside_one(monkeypatch):
+    from pamm.engine.provenance import slurm_job
+
+    for var in ("SLURM_JOB_ID", "SLURM_CLUSTER_NAME", "SLURM_JOB_PARTITION", "SLURMD_NODENAME"):
+        monkeypatch.delenv(var, raising=False)
+    assert slurm_job() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "4711")
+    monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu")
+    assert slurm_job() == {"job_id": "4711", "cluster": None, "partition": "gpu", "node": None}

@@ -68,7 +68,7 @@ def environment() -> dict[str, Any]:
 def slurm_job() -> dict[str, Any] | None:
     """The SLURM job this process runs in, from the variables slurmd sets; None outside SLURM.
 
-    A run resumed over several jobs (time limit, requeue) records the job that finished it.
+    A run resumed over several jobs (time limit: a new job; requeue: the same id) records the one that finished it.
     """
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
@@ -78,7 +78,6 @@ def slurm_job() -> dict[str, Any] | None:
         "cluster": os.environ.get("SLURM_CLUSTER_NAME"),
         "partition": os.environ.get("SLURM_JOB_PARTITION"),
         "node": os.environ.get("SLURMD_NODENAME"),
-        "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
     }
 
 
