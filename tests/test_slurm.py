@@ -9,6 +9,7 @@ gives its parts to two workers (there is one cluster per machine).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -38,9 +39,10 @@ GPU_PARTITION_RULES = {"train", "evaluate", "profile"}
 # Columns that measure the machine rather than the run: wall-clock timings and the process's peak RSS on CPU.
 MEASURED = re.compile(r"^(train_seconds|latency_.*|peak_mem_mib)$")
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
-# The plugin polls job states first after this many seconds, then 10 s later each time nothing finished
-# (its default, 40 s, suits real jobs and would only make this test slow).
-FAST_POLL = ("--slurm-init-seconds-before-status-checks", "2")
+# The plugin checks job states this many seconds after a check that saw a job end, 10 s later each time
+# one saw none (its default, 40 s, suits real jobs; 8 s catches this test's 10-30 s jobs and the one-minute
+# limit's kill, due 60-90 s into a job, at the 92 s check).
+FAST_POLL = ("--slurm-init-seconds-before-status-checks", "8")
 # The time-limit run: its trainer is paused once last.pt holds STOP_AFTER_SAVES checkpoints, so the first
 # attempt outlives its one-minute limit whatever this machine's speed; SLURM then kills it.
 TIME_LIMIT_ITERATIONS, TIME_LIMIT_EVERY, STOP_AFTER_SAVES = 120, 4, 5
@@ -287,8 +289,10 @@ class _TimeLimitRun:
         assert ours.keys() == theirs.keys()
         for key in ours:
             assert torch.equal(ours[key], theirs[key]), key
-        metrics = evaluate_run(self.run, device="cpu", progress=False)["metrics"]
-        reference_metrics = evaluate_run(reference_run, device="cpu", progress=False)["metrics"]
+        with contextlib.chdir(self.slurm_dir):  # the runs' data root is relative to their working directory
+            metrics = evaluate_run(self.run, device="cpu", progress=False)["metrics"]
+        with contextlib.chdir(self.reference_dir):
+            reference_metrics = evaluate_run(reference_run, device="cpu", progress=False)["metrics"]
         assert metrics == reference_metrics
         return (f"train attempts {attempts}: {ends}; last.pt paused at "
                 f"{self.watch.paused}, seen {seen}; metrics (resumed = uninterrupted) {metrics}")
@@ -299,7 +303,7 @@ def _check_matrix(root: Path, time_limit: _TimeLimitRun) -> None:
     config = _matrix()
     local_dir = _workdir(root / "local", config)
     slurm_dir = _workdir(root / "slurm", config)
-    local = _snakemake_bg(local_dir, "--cores", "1", "all")  # the reference, meanwhile
+    local = _snakemake_bg(local_dir, "--cores", "1", "results/summary.csv")  # the reference, meanwhile
 
     result = _snakemake(slurm_dir, "--workflow-profile", PROFILE, *FAST_POLL, "all")
     output = result.stdout + result.stderr
