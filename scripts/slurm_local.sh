@@ -3,7 +3,7 @@
 # testing the workflow's SLURM profile. Run as root:
 #   apt-get update && apt-get install -y slurm-wlm slurmdbd munge mariadb-server   # once (Debian 12: SLURM 22.05)
 #   bash scripts/slurm_local.sh start      # munged, MariaDB, slurmdbd, slurmctld, slurmd
-#   bash scripts/slurm_local.sh status     # the daemons, `sinfo` and the accounting database
+#   bash scripts/slurm_local.sh status     # the daemons, `sinfo` and `squeue`
 #   bash scripts/slurm_local.sh stop       # cancels every job, stops every daemon it started, checks none is left
 # One node holds this machine's cores and memory (`slurmd -C`); partitions `cpu` (default) and `gpu` both
 # hold it (no GRES: GPU jobs with --gpus are refused). Accounting goes through slurmdbd into a private

@@ -5,7 +5,7 @@ equals a local run's but for timings, a second invocation submits nothing, and a
 time limit is resubmitted by the profile's retries and resumes from last.pt to the uninterrupted run's weights.
 The cluster test needs root and `apt-get install slurm-wlm slurmdbd munge mariadb-server` (`.ci/run` does
 both) and skips without them; deselect it with `-m "not slurm"`. It is one test so that pytest-xdist never
-gives its parts to two workers (there is one cluster per machine).
+gives its parts to two workers (there is one cluster per machine). The other tests here need no cluster.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-import signal
 import threading
 from pathlib import Path
 
@@ -45,8 +46,7 @@ SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(l
 FAST_POLL = ("--slurm-init-seconds-before-status-checks", "8")
 # The time-limit run: its trainer is paused once last.pt holds STOP_AFTER_SAVES checkpoints, so the first
 # attempt outlives its one-minute limit whatever this machine's speed; SLURM then kills it.
-TIME_LIMIT_ITERATIONS, TIME_LIMIT_EVERY, STOP_AFTER_SAVES = 120, 4, 5
-
+TIME_LIMIT_ITERATIONS, TIME_LIMIT_EVERY, STOP_AFTER_SAVES = 80, 4, 5
 
 
 def _unavailable() -> str | None:
@@ -120,7 +120,8 @@ def _matrix(**overrides) -> dict:
         "results_dir": "results",
         "threads_per_job": 1,
         "seeds": [0],
-        "datasets": {"nyud": {"root": None, "synthetic": {"n_train": 6, "n_val": 3, "height": 48, "width": 64, "seed": 0}}},
+        "datasets": {"nyud": {"root": None,
+                              "synthetic": {"n_train": 6, "n_val": 3, "height": 48, "width": 64, "seed": 0}}},
         "models": {"mtl": ["default"], "stl": ["stl_depth"]},
         "resolution_sweep": {"models": []},
         "overrides": {"train": {"iterations": 4, "ckpt_every": 2, "log_every": 2, "batch_size": 2},
@@ -161,20 +162,44 @@ def test_gpu_resource_only_where_gpus_per_run_is_set(gpus, tmp_path):
             assert (int(found.group(1)) if found else 0) == expected, (rule, line)
 
 
+def _start(state: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=300,
+                          env=dict(_env(), PAMM_SLURM_DIR=str(state), **env))
+
+
+def _check_failures_are_named(root: Path) -> None:
+    """The script names what failed, a port in use or a daemon that did not start, and leaves nothing running."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _start(root / "busy_port", PAMM_SLURM_DBD_PORT=str(port))
+    assert result.returncode == 1 and f"port {port} (for slurmdbd) is in use" in result.stderr, result.stderr
+    bad_key = root / "bad_key"
+    (bad_key / "etc").mkdir(parents=True)
+    (bad_key / "etc" / "munge.key").write_bytes(b"too short")
+    result = _start(bad_key)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "munged did not start" in result.stderr, result.stderr
+    assert "Keyfile must be at least 32 bytes" in result.stderr, result.stderr  # munged's own reason, from its log
+    assert not list((bad_key / "run").glob("*.pid")) and not Path("/etc/slurm/slurm.conf").is_symlink()
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """A one-node cluster, stopped afterwards with nothing left running."""
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
+    _check_failures_are_named(tmp_path / "failures")
     state = tmp_path / "cluster"
-    env = dict(_env(), PAMM_SLURM_DIR=str(state))
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=300)
+    started = _start(state)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         yield state
     finally:
-        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, env=env, timeout=300)
+        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=300,
+                                 env=dict(_env(), PAMM_SLURM_DIR=str(state)))
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert "nothing left running" in stopped.stdout, stopped.stdout
         assert not list((state / "run").glob("*.pid")), "a daemon's pid file is left"
@@ -275,7 +300,8 @@ class _TimeLimitRun:
         # went back (a restart would have written TIME_LIMIT_EVERY again); the log has every row once.
         seen = self.watch.iterations
         assert seen == sorted(seen) and seen[-1] == TIME_LIMIT_ITERATIONS, seen
-        assert self.watch.paused >= STOP_AFTER_SAVES * TIME_LIMIT_EVERY and seen.index(self.watch.paused) < len(seen) - 1
+        assert self.watch.paused >= STOP_AFTER_SAVES * TIME_LIMIT_EVERY
+        assert seen.index(self.watch.paused) < len(seen) - 1
         log = (self.run / "train_log.csv").read_text().splitlines()
         assert [int(line.split(",")[0]) for line in log[1:]] == list(
             range(TIME_LIMIT_EVERY, TIME_LIMIT_ITERATIONS + 1, TIME_LIMIT_EVERY))
