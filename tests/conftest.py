@@ -34,3 +34,9 @@ def load_script(monkeypatch):
         return module
 
     return load
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SLURM test (minutes, mostly waiting on its cluster) first: under pytest-xdist the rest of the suite
+    then runs beside it instead of after it."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)

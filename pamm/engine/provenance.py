@@ -61,6 +61,23 @@ def environment() -> dict[str, Any]:
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "driver": _nvidia_driver() if cuda else None,
         "packages": package_versions(),
+        "slurm": slurm_job(),
+    }
+
+
+def slurm_job() -> dict[str, Any] | None:
+    """The SLURM job this process runs in, from the variables slurmd sets; None outside SLURM.
+
+    A run resumed over several jobs (time limit: a new job; requeue: the same id) records the one that finished it.
+    """
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    return {
+        "job_id": job_id,
+        "cluster": os.environ.get("SLURM_CLUSTER_NAME"),
+        "partition": os.environ.get("SLURM_JOB_PARTITION"),
+        "node": os.environ.get("SLURMD_NODENAME"),
     }
 
 

@@ -2,6 +2,7 @@
 # GPU jobs are switched by config (`gpus_per_run`), not by --resources: Snakemake does not hold back a
 # `gpu=1` job on a machine without GPUs. With more than one GPU per run, training goes through torchrun (DDP).
 GPUS = int(config.get("gpus_per_run", 0))
+EVAL_GPUS = min(GPUS, 1)  # evaluate and profile run on one GPU (none when gpus_per_run is 0)
 TRAIN_LAUNCH = f"torchrun --standalone --nproc_per_node={GPUS} -m pamm.cli" if GPUS > 1 else "pamm-bench"
 
 
@@ -36,6 +37,8 @@ rule evaluate:
     params:
         run=lambda wc: run_dir(wc.dataset, wc.model, wc.variant, wc.seed),
     threads: THREADS
+    resources:
+        gpu=EVAL_GPUS,
     log:
         "logs/evaluate/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
@@ -51,6 +54,8 @@ rule profile:
         run=lambda wc: run_dir(wc.dataset, wc.model, wc.variant, wc.seed),
         repeats=config.get("profile_repeats", 5),
     threads: THREADS
+    resources:
+        gpu=EVAL_GPUS,
     log:
         "logs/profile/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
