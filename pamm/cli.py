@@ -77,15 +77,15 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 def apply_pretrained_map(cfg: dict[str, Any], items: Sequence[str]) -> None:
     """``--pretrained NAME=PATH``: local weights for whichever runs use backbone NAME (others untouched)."""
+    from pamm.config import apply_pretrained
+
     mapping = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"pamm-bench train: --pretrained expects BACKBONE=PATH, got {item!r}")
         name, path = item.split("=", 1)
         mapping[name] = path
-    backbone = cfg["model"].get("backbone", {})
-    if backbone.get("name") in mapping and not backbone.get("pretrained_file"):
-        backbone["pretrained_file"] = mapping[backbone["name"]]
+    apply_pretrained(cfg, mapping)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -103,6 +103,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
     apply_pretrained_map(cfg, args.pretrained)
     resolve_weights_files(cfg)
+    if args.on_config_change == "restart":
+        from pamm.engine.train import set_aside_stale_state
+
+        moved = set_aside_stale_state(args.out, cfg)
+        if moved is not None:
+            print(f"{args.out}: the config changed; the old resume state is now {moved.name}, training starts over")
     result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress)
     print(f"{args.out}: {result['status']} ({result['iteration']} iterations)")
     return 0
@@ -294,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="append", default=[], metavar="BACKBONE=PATH",
                    help="local weights file for runs whose backbone is BACKBONE, e.g. "
                    "vit_large_patch16_384=/weights/vit_l.safetensors (repeatable; nothing is downloaded)")
+    p.add_argument("--on-config-change", default="refuse", choices=["refuse", "restart"],
+                   help="a last.pt of another config in --out: refuse (stop, the default) or restart (rename it "
+                   "to last.<hash>.pt and train from scratch; the workflow's choice)")
     _common_run_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -508,6 +508,22 @@ def train_run(
     return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
 
 
+def set_aside_stale_state(run_dir: str | os.PathLike, cfg: dict[str, Any]) -> Path | None:
+    """Rename a ``last.pt`` that belongs to another config than ``cfg`` to ``last.<its hash>.pt`` (nothing is
+    deleted), so that the run starts over instead of stopping on the hash guard; the workflow asks for this
+    because it reruns a train job exactly when the run's config hash changed. Returns the new name, if any."""
+    last_path = Path(run_dir) / "last.pt"
+    if not last_path.is_file():
+        return None
+    state = load_checkpoint(last_path, "delete it to start the run over (or restore it from a backup)")
+    old = state.get("config_hash")
+    if old == config_hash(cfg):
+        return None
+    target = last_path.with_name(f"last.{old or 'unknown'}.pt")
+    last_path.replace(target)
+    return target
+
+
 def _refuse_foreign_config(path: Path, chash: str) -> None:
     """A ``config.yaml`` already in the run directory must be this run's (same hash); any other file of that
     name (a config the user keeps there, another run's) is never overwritten."""

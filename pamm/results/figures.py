@@ -641,6 +641,8 @@ def load_examples(dataset: str, summary: pd.DataFrame, runs_root: Path) -> dict[
         if not path.is_file():
             continue
         examples = torch.load(path, map_location="cpu", weights_only=False)
+        if not examples:  # the run kept no examples (eval.save_examples: 0)
+            continue
         if model == "stl":
             if VARIANT_JOIN in str(variant):  # the single-task runs on another backbone (stl_<task>+swin)
                 continue
