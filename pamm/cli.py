@@ -90,10 +90,8 @@ def apply_pretrained_map(cfg: dict[str, Any], items: Sequence[str]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from pamm.config import resolve_config
+    from pamm.config import resolve_config, resolve_weights_files
     from pamm.engine.train import train_run
-
-    from pamm.config import resolve_weights_files
 
     overrides = _overrides(args.set)
     if args.data_root:
@@ -154,7 +152,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         if not (args.model and args.dataset and args.out):
             raise SystemExit("pamm-bench profile: give --run RUN_DIR, or --model, --dataset and --out")
-        from pamm.config import resolve_weights_files, resolve_config
+        from pamm.config import resolve_config, resolve_weights_files
 
         cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, 0, _overrides(args.set))
         resolve_weights_files(cfg)

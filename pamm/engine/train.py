@@ -36,6 +36,7 @@ from pamm.losses import MultiTaskLoss
 from pamm.models import create_model
 from pamm.tasks import dataset_tasks
 
+
 class TrainingError(RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
 

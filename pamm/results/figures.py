@@ -624,9 +624,7 @@ def load_examples(dataset: str, summary: pd.DataFrame, runs_root: Path) -> dict[
     are merged into one "single-task" entry holding each task's prediction."""
     import torch
 
-    from pamm.results.tables import MAIN_VARIANTS
-
-    from pamm.results.tables import MEASURED_ORDER
+    from pamm.results.tables import MAIN_VARIANTS, MEASURED_ORDER
 
     found: dict[str, dict[str, Any]] = {}
     rank = {m: i for i, m in enumerate(MEASURED_ORDER)}
