@@ -101,13 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
     apply_pretrained_map(cfg, args.pretrained)
     resolve_weights_files(cfg)
-    if args.on_config_change == "restart":
-        from pamm.engine.train import set_aside_stale_state
-
-        moved = set_aside_stale_state(args.out, cfg)
-        if moved is not None:
-            print(f"{args.out}: the config changed; the old resume state is now {moved.name}, training starts over")
-    result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress)
+    result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress,
+                       on_config_change=args.on_config_change)
     print(f"{args.out}: {result['status']} ({result['iteration']} iterations)")
     return 0
 

@@ -35,3 +35,29 @@ def test_the_train_verb_refuses_by_default(tmp_path):
 
     args = build_parser().parse_args(["train", "--dataset", "nyud", "--model", "mtl", "--out", str(tmp_path)])
     assert args.on_config_change == "refuse"
+
+
+def test_train_run_restarts_on_a_changed_config_only_when_asked(tmp_path):
+    """A finished run leaves last.pt; the same run under another config stops by default, and with
+    ``on_config_change="restart"`` sets that last.pt aside and trains the new config from scratch."""
+    import pytest
+
+    from pamm.data import make_synthetic
+    from pamm.engine.train import TrainingError, train_run
+
+    root = tmp_path / "data"
+    make_synthetic(root, "nyud", n_train=4, n_val=2, height=32, width=32, seed=0, progress=False)
+    small = {"train": {"iterations": 2, "ckpt_every": 2, "log_every": 1, "batch_size": 2},
+             "data": {"size": [32, 32], "root": str(root)}}
+    first = resolve_config("tiny", "nyud", "mtl", overrides=small)
+    run = tmp_path / "run"
+    assert train_run(first, run, device="cpu", progress=False)["status"] == "trained"
+    changed = resolve_config("tiny", "nyud", "mtl", overrides={**small, "model": {"width": 40}})
+    (run / "checkpoint.pt").unlink()  # what Snakemake does to a rerun job's outputs
+    (run / "config.yaml").unlink()
+    with pytest.raises(TrainingError, match="belongs to another config"):
+        train_run(changed, run, device="cpu", progress=False)
+    assert train_run(changed, run, device="cpu", progress=False, on_config_change="restart")["status"] == "trained"
+    assert (run / f"last.{config_hash(first)}.pt").is_file()
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["config_hash"] == config_hash(changed)
+    assert torch.load(run / "last.pt", weights_only=False)["iteration"] == 2

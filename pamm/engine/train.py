@@ -295,10 +295,15 @@ def train_run(
     run_dir: str | Path,
     device: str | None = None,
     progress: bool = True,
+    on_config_change: str = "refuse",
 ) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) the run described by ``cfg`` in ``run_dir``."""
+    """Train (or resume, or skip if finished) the run described by ``cfg`` in ``run_dir``. A ``last.pt`` of
+    another config stops the run (``on_config_change="refuse"``) or is set aside so that it starts over
+    (``"restart"``, see ``set_aside_stale_state``)."""
     from tqdm import tqdm
 
+    if on_config_change not in ("refuse", "restart"):
+        raise ValueError(f"on_config_change is {on_config_change!r}; expected 'refuse' or 'restart'")
     run_dir = Path(run_dir)
     cfg = copy.deepcopy(cfg)
     if cfg["data"].get("root") is not None:
@@ -328,6 +333,11 @@ def train_run(
 
     dist_info = distributed.setup()
     dev = distributed.device_for(dist_info, device)
+    if on_config_change == "restart":  # one rank renames, the others wait, so that no rank reads the old state
+        moved = set_aside_stale_state(run_dir, cfg) if dist_info.is_main else None
+        distributed.barrier(dist_info)
+        if moved is not None:
+            print(f"{run_dir}: the config changed; the old resume state is now {moved.name}, training starts over")
     scan = scan_settings_for(cfg)
     configure_cudnn(dev)
     seed_everything(int(run["seed"]) + dist_info.rank)

@@ -22,8 +22,8 @@ try:
 except ConfigError as err:
     stop(err)
 
-# The software of every rule: the conda environment of the README's GPU install (this package is then installed
-# into it with `pip install --no-deps .`).
+# The software of every rule: the conda environment of the README's GPU install, into which the README then
+# installs this package; run Snakemake inside that environment (`--use-conda` would build it without pamm-bench).
 SOFTWARE = str(REPO_ROOT / "environment.yml")
 RESULTS = config["results_dir"]
 RUNS = f"{RESULTS}/runs"
