@@ -400,9 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     global _WITH_SASS
     _WITH_SASS = not args.prewarm
-    from triton.runtime.driver import driver
-
     import bench_triton_scan as bench
+    from triton.runtime.driver import driver
 
     driver.set_active(OfflineCudaDriver(args.arch))
     shapes = SMOKE_SHAPES if args.preset == "smoke" else bench.SHAPES

@@ -77,23 +77,21 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 def apply_pretrained_map(cfg: dict[str, Any], items: Sequence[str]) -> None:
     """``--pretrained NAME=PATH``: local weights for whichever runs use backbone NAME (others untouched)."""
+    from pamm.config import apply_pretrained
+
     mapping = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"pamm-bench train: --pretrained expects BACKBONE=PATH, got {item!r}")
         name, path = item.split("=", 1)
         mapping[name] = path
-    backbone = cfg["model"].get("backbone", {})
-    if backbone.get("name") in mapping and not backbone.get("pretrained_file"):
-        backbone["pretrained_file"] = mapping[backbone["name"]]
+    apply_pretrained(cfg, mapping)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from pamm.config import resolve_config
+    from pamm.config import resolve_config, resolve_weights_files
     from pamm.engine.train import train_run
-
-    from pamm.config import resolve_weights_files
 
     overrides = _overrides(args.set)
     if args.data_root:
@@ -103,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
     apply_pretrained_map(cfg, args.pretrained)
     resolve_weights_files(cfg)
-    result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress)
+    result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress,
+                       on_config_change=args.on_config_change)
     print(f"{args.out}: {result['status']} ({result['iteration']} iterations)")
     return 0
 
@@ -148,7 +147,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         if not (args.model and args.dataset and args.out):
             raise SystemExit("pamm-bench profile: give --run RUN_DIR, or --model, --dataset and --out")
-        from pamm.config import resolve_weights_files, resolve_config
+        from pamm.config import resolve_config, resolve_weights_files
 
         cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, 0, _overrides(args.set))
         resolve_weights_files(cfg)
@@ -294,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="append", default=[], metavar="BACKBONE=PATH",
                    help="local weights file for runs whose backbone is BACKBONE, e.g. "
                    "vit_large_patch16_384=/weights/vit_l.safetensors (repeatable; nothing is downloaded)")
+    p.add_argument("--on-config-change", default="refuse", choices=["refuse", "restart"],
+                   help="a last.pt of another config in --out: refuse (stop, the default) or restart (rename it "
+                   "to last.<hash>.pt and train from scratch; the workflow's choice)")
     _common_run_args(p)
     p.set_defaults(func=cmd_train)
 

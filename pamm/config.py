@@ -21,7 +21,11 @@ import yaml
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ABLATIONS_DIR = REPO_ROOT / "ablations"
+# The overlays' one source is the checkout's ablations/; a built wheel carries a copy of it as the package data
+# pamm/ablations (setup.py adds it at build time; the checkout has no such folder), so an installed pamm
+# resolves every variant too.
+PACKAGED_ABLATIONS = Path(__file__).resolve().parent / "ablations"
+ABLATIONS_DIR = PACKAGED_ABLATIONS if PACKAGED_ABLATIONS.is_dir() else REPO_ROOT / "ablations"
 PROFILES = ("tiny", "paper")
 DEFAULT_VARIANT = "default"
 _LAYER_KEYS = {"data", "model", "train", "eval"}
@@ -463,19 +467,37 @@ def workflow_matrix(config: dict[str, Any]) -> list[tuple[str, str, str, int]]:
     ]
 
 
-def resolve_workflow_runs(config: dict[str, Any], runs: list[tuple[str, str, str, Any]]) -> None:
+def apply_pretrained(cfg: dict[str, Any], weights: dict[str, str]) -> None:
+    """Local weights per backbone name (``{name: path}``): a run whose backbone is ``name`` and names no
+    ``pretrained_file`` of its own gets ``path``; other runs are untouched."""
+    backbone = cfg["model"].get("backbone", {})
+    if backbone.get("name") in weights and not backbone.get("pretrained_file"):
+        backbone["pretrained_file"] = weights[backbone["name"]]
+
+
+def resolve_workflow_runs(
+    config: dict[str, Any], runs: list[tuple[str, str, str, Any]]
+) -> dict[tuple[str, str, str, int], str]:
     """Resolve the config of every (dataset, model, variant, seed) of the workflow's matrix, as its train job
-    will: an unknown model or variant, or a bad ``overrides`` key, stops the DAG with one line naming the run."""
+    will, and return each run's ``config_hash``: an unknown model or variant, or a bad ``overrides`` key, stops
+    the DAG with one line naming the run; the hash is the train rule's param, so a changed model YAML or
+    overlay reruns exactly the runs it changes."""
     overrides = _number_like(config.get("overrides") or {})
-    done = set()
+    weights = {str(name): str(path) for name, path in (config.get("pretrained") or {}).items()}
+    resolved: dict[tuple[str, str, str], dict[str, Any]] = {}
+    hashes: dict[tuple[str, str, str, int], str] = {}
     for dataset, model, variant, seed in runs:
-        if (dataset, model, variant) in done:
-            continue
-        done.add((dataset, model, variant))
-        try:
-            resolve_config(config["profile"], dataset, model, variant, int(seed), overrides)
-        except ConfigError as err:
-            raise ConfigError(f"workflow run {dataset}/{model}/{variant}: {err}") from None
+        if (dataset, model, variant) not in resolved:
+            try:
+                cfg = resolve_config(config["profile"], dataset, model, variant, 0, overrides)
+            except ConfigError as err:
+                raise ConfigError(f"workflow run {dataset}/{model}/{variant}: {err}") from None
+            apply_pretrained(cfg, weights)
+            resolved[(dataset, model, variant)] = cfg
+        cfg = resolved[(dataset, model, variant)]
+        cfg["run"]["seed"] = int(seed)  # the seed enters the resolved config only here
+        hashes[(dataset, model, variant, int(seed))] = config_hash(cfg)
+    return hashes
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

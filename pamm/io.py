@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _STALE_SECONDS = 24 * 3600

@@ -144,7 +144,7 @@ def main() -> None:
     by_key = {(r[0], r[1]): r for r in rows}
     if ("mtmamba", "nyud") in by_key and ("mtmamba", "pascal") in by_key:
         extra = (by_key[("mtmamba", "pascal")][6] - by_key[("mtmamba", "nyud")][6]) / 1e6
-        print(f"  MTMamba's decoder is per task (PatchExpand, fusion, 2 STM, F-CTM task branch, X4 head), so PASCAL's 5th task")
+        print("  MTMamba's decoder is per task (PatchExpand, fusion, 2 STM, F-CTM task branch, X4 head), so PASCAL's 5th task")
         print(f"  adds {extra:.1f}M; the single '~300M' MTMamba figure is a recall that does not say which dataset it is for.")
     print("  MTMamba++ lands within 0.1% of the published 315M / 343M, so those figures count the same modules")
     print("  (backbone without classifier, decoder, heads); the remaining 0.02-0.23M is below the sources' rounding")

@@ -3,8 +3,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pamm  # noqa: E402,F401  (sets up pamm._compat)
 import torch  # noqa: E402
+
+import pamm  # noqa: E402,F401  (sets up pamm._compat)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

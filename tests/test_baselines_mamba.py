@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from baselines.ss2d import SS2D, TaskLayerNorm, TaskLinear
 from pamm.config import resolve_config
 from pamm.models import create_model
 from pamm.tasks import dataset_tasks
-
-from baselines.ss2d import SS2D, TaskLayerNorm, TaskLinear
 
 MODELS = ("mtmamba", "mtmamba_pp")
 DATASETS = ("nyud", "pascal")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pamm.checkpoints import ConversionError, Converted, import_checkpoint, load_run_model
-from pamm.checkpoints import registry
+from pamm.checkpoints import ConversionError, Converted, import_checkpoint, load_run_model, registry
 from pamm.checkpoints.importer import released_state_dict
 from pamm.config import resolve_config
 from pamm.engine.train import build_model_for

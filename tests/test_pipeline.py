@@ -30,10 +30,32 @@ TINY = {
 }
 
 
-def _snakemake(workdir, *args):
+def _snakemake(workdir, *args, checkout=REPO):
+    """Snakemake on the workflow of ``checkout`` (whose pamm the jobs import), in ``workdir``."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    if checkout != REPO:
+        env["PYTHONPATH"] = str(checkout)
+    cmd = [str(SNAKEMAKE), "-s", str(checkout / "Snakefile"), "-d", str(workdir), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+# What the workflow reads from the checkout: a copy of it lets a test edit model YAMLs and overlays.
+CHECKOUT_PARTS = ("Snakefile", "environment.yml", "workflow", "pamm", "baselines", "ablations", "results/reference")
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    import shutil
+
+    copy = tmp_path_factory.mktemp("checkout")
+    for part in CHECKOUT_PARTS:
+        source, target = REPO / part, copy / part
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +75,29 @@ def test_dry_run_lists_the_dag(workdir):
     assert "stl_sal" not in result.stdout
 
 
-def test_full_run_then_nothing_to_do(workdir):
-    result = _snakemake(workdir, "--cores", "2", "all")
+def _train_jobs(dry_run_output):
+    """The run directories of the train jobs a dry run lists."""
+    jobs, rule = [], None
+    for line in dry_run_output.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif rule == "train" and line.strip().startswith("output:"):
+            jobs.append(line.split("output:", 1)[1].split(",")[0].strip().rsplit("/", 1)[0])
+    return jobs
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, f"{path} no longer holds {old!r}: update the test's edit"
+    path.write_text(text.replace(old, new))
+
+
+def test_full_run_then_nothing_to_do_then_edits_rerun_their_runs(workdir, checkout):
+    """The whole tiny DAG runs; a second dry run has nothing to do; editing a model YAML, then an overlay,
+    lists exactly the train jobs of the runs it changes, and the rerun of such a job starts the run over."""
+    from pamm.config import config_hash, load_run_config, resolve_workflow_runs, workflow_matrix
+
+    result = _snakemake(workdir, "--cores", "2", "all", checkout=checkout)
     assert result.returncode == 0, result.stderr[-5000:]
     results = workdir / TINY["results_dir"]
     summary = pd.read_csv(results / "summary.csv")
@@ -65,9 +108,39 @@ def test_full_run_then_nothing_to_do(workdir):
     assert 0.0 <= mtl["semseg_miou"] <= 100.0 and mtl["depth_rmse"] > 0
     assert (results / "summary_by_config.csv").is_file()
     assert (results / "figures" / "metrics_by_model.png").stat().st_size > 0
-    again = _snakemake(workdir, "-n", "all")
+    again = _snakemake(workdir, "-n", "all", checkout=checkout)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The DAG's hash of each run (the train rule's param) is the hash of the config the run trained with.
+    runs = results / "runs" / "nyud"
+    hashes = resolve_workflow_runs(TINY, workflow_matrix(TINY))
+    assert hashes[("nyud", "mtl", "default", 0)] == config_hash(load_run_config(runs / "mtl/default/seed0/config.yaml"))
+    assert hashes[("nyud", "stl", "stl_depth", 0)] == config_hash(
+        load_run_config(runs / "stl/stl_depth/seed0/config.yaml"))
+
+    mtl_run, stl_run = f"{TINY['results_dir']}/runs/nyud/mtl/default/seed0", f"{TINY['results_dir']}/runs/nyud/stl/stl_depth/seed0"
+    model_yaml, overlay = checkout / "pamm/configs/models/mtl.yaml", checkout / "ablations/stl_depth.yaml"
+    _edit(model_yaml, "      width: 48", "      width: 40")
+    edited = _snakemake(workdir, "-n", "all", checkout=checkout)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert _train_jobs(edited.stdout) == [mtl_run], edited.stdout[-3000:]
+    assert "evaluate" in edited.stdout and "aggregate" in edited.stdout
+
+    # The rerun starts over: the finished run's resume state (another config now) is set aside, not resumed.
+    old_hash = hashes[("nyud", "mtl", "default", 0)]
+    rerun = _snakemake(workdir, "--cores", "1", f"{mtl_run}/checkpoint.pt", checkout=checkout)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    new_cfg = load_run_config(runs / "mtl/default/seed0/config.yaml")
+    assert new_cfg["model"]["width"] == 40 and config_hash(new_cfg) != old_hash
+    assert (runs / f"mtl/default/seed0/last.{old_hash}.pt").is_file()
+
+    _edit(overlay, "data: {tasks: [depth]}", "data: {tasks: [depth]}\neval: {save_examples: 2}")
+    edited = _snakemake(workdir, "-n", "all", checkout=checkout)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert _train_jobs(edited.stdout) == [stl_run], edited.stdout[-3000:]
+    _edit(overlay, "\neval: {save_examples: 2}", "")
+    untouched = _snakemake(workdir, "-n", "all", checkout=checkout)
+    assert _train_jobs(untouched.stdout) == [], untouched.stdout[-3000:]  # the edited mtl run is the one trained
 
 
 def _with(**changes):

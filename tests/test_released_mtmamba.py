@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from released_cases import Case, case_outputs, model_outputs, relative_errors, released_cases, run_case
 
+import baselines.released_mtmamba as released_mtmamba
 from pamm.checkpoints import list_sources, load_run_model
 from pamm.checkpoints.registry import get_converter
 from pamm.cli import main
@@ -21,9 +23,6 @@ from pamm.models import create_model
 from pamm.models.backbones import Backbone
 from pamm.models.swin_mmseg import shifted_window_attention
 from pamm.tasks import dataset_tasks
-
-import baselines.released_mtmamba as released_mtmamba
-from released_cases import Case, case_outputs, model_outputs, relative_errors, released_cases, run_case
 
 CASES = released_cases("mtmamba")
 needs_fixtures = pytest.mark.skipif(not CASES, reason="the released MTMamba fixtures (../shared/fixtures/released/"

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from released_cases import Case, case_outputs, model_outputs, relative_errors, released_cases, run_case
 
-from pamm.checkpoints import ConversionError, get_converter, load_run_model
+from pamm.checkpoints import get_converter, load_run_model
 from pamm.cli import main
 from pamm.config import ConfigError, resolve_config
 from pamm.engine.train import build_model_for
 from pamm.models.backbones import Backbone, PretrainedWeightsError, _timm
-from released_cases import Case, case_outputs, model_outputs, relative_errors, released_cases, run_case
 
 CASES = released_cases("pamm")
 needs_fixtures = pytest.mark.skipif(not CASES, reason="no PAMM fixtures under ../shared/fixtures/released/pamm")
@@ -159,7 +159,7 @@ def test_converter_refuses_unmapped_missing_and_misshaped_keys(tmp_path, capsys)
 
     extra = {**saved["model"], "module.backbone.extra_head.weight": torch.zeros(3)}
     assert "'backbone.extra_head.weight'" in refused(extra, "extra")
-    missing = {k: v for k, v in saved["model"].items() if not k.endswith(f"C_proj0.MoE.14.W.weight")}
+    missing = {k: v for k, v in saved["model"].items() if not k.endswith("C_proj0.MoE.14.W.weight")}
     assert "lacks key 'backbone.stage_MTLoRA_mamba.0.C_proj0.MoE.14.W.weight'" in refused(missing, "missing")
     misshaped = dict(saved["model"])
     key = f"module.{STAGE}.1.proj_z0.{tasks[1]}.weight"
@@ -192,7 +192,7 @@ def released_layout(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
     """Our as-released model's tensors under the release's names and shapes (the module map of
     MoE_mamba.py / PAME.py: one module per task and per expert), plus its unregistered dict."""
     tasks, d, di = model.task_names, model.options.embed_dim, model.options.d_inner
-    rank, n = model.options.resolved_dt_rank, model.options.d_state
+    rank = model.options.resolved_dt_rank
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out, extra = {}, {}
     for key, value in sd.items():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from released_cases import Case, case_outputs, import_case, model_outputs, released_cases, relative_errors, run_case
+from released_cases import Case, case_outputs, import_case, model_outputs, relative_errors, released_cases, run_case
 
-from pamm.checkpoints import ConversionError, import_checkpoint, load_run_model
+from pamm.checkpoints import import_checkpoint, load_run_model
 from pamm.cli import main as cli_main
 from pamm.config import resolve_config
 from pamm.engine.train import build_model_for

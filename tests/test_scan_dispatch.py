@@ -84,8 +84,9 @@ def test_training_calls_the_kernels_autograd_once_instead_of_recomputing(monkeyp
 
 def test_inference_and_tracing_go_through_the_op(monkeypatch):
     """Without gradients (and under jit tracing, for fvcore) the call stays one pamm::selective_scan node."""
-    import pamm.ops as ops
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    import pamm.ops as ops
 
     class OpLog(TorchDispatchMode):
         def __init__(self):

@@ -21,7 +21,6 @@ from pamm.data import layout
 from pamm.data.layout import DatasetError
 
 
-
 def _fix_data(dataset: str, root: Path) -> str:
     name = dataset if dataset in layout.DEFAULT_FOLDERS else "nyud|pascal"
     return ("download the ATRC archive (the HKUST OneDrive mirrors in the InvPT/MTMamba READMEs), or generate "

@@ -140,10 +140,9 @@ def evaluate_run(
         "eval_seconds": seconds,
         "iteration": int(state["iteration"]),
     }
-    if examples:
-        with pio.atomic_path(run_dir / "examples.pt") as tmp:
-            torch.save({k: torch.cat(v)[:n_examples] if torch.is_tensor(v[0]) else sum(v, [])[:n_examples]
-                        for k, v in examples.items()}, tmp)
+    with pio.atomic_path(run_dir / "examples.pt") as tmp:  # always written (empty with save_examples: 0): a declared output
+        torch.save({k: torch.cat(v)[:n_examples] if torch.is_tensor(v[0]) else sum(v, [])[:n_examples]
+                    for k, v in examples.items()}, tmp)
     pio.write_json(run_dir / "metrics.json", result)
     return result
 

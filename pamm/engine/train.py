@@ -36,6 +36,7 @@ from pamm.losses import MultiTaskLoss
 from pamm.models import create_model
 from pamm.tasks import dataset_tasks
 
+
 class TrainingError(RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
 
@@ -294,10 +295,15 @@ def train_run(
     run_dir: str | Path,
     device: str | None = None,
     progress: bool = True,
+    on_config_change: str = "refuse",
 ) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) the run described by ``cfg`` in ``run_dir``."""
+    """Train (or resume, or skip if finished) the run described by ``cfg`` in ``run_dir``. A ``last.pt`` of
+    another config stops the run (``on_config_change="refuse"``) or is set aside so that it starts over
+    (``"restart"``, see ``set_aside_stale_state``)."""
     from tqdm import tqdm
 
+    if on_config_change not in ("refuse", "restart"):
+        raise ValueError(f"on_config_change is {on_config_change!r}; expected 'refuse' or 'restart'")
     run_dir = Path(run_dir)
     cfg = copy.deepcopy(cfg)
     if cfg["data"].get("root") is not None:
@@ -327,6 +333,11 @@ def train_run(
 
     dist_info = distributed.setup()
     dev = distributed.device_for(dist_info, device)
+    if on_config_change == "restart":  # one rank renames, the others wait, so that no rank reads the old state
+        moved = set_aside_stale_state(run_dir, cfg) if dist_info.is_main else None
+        distributed.barrier(dist_info)
+        if moved is not None:
+            print(f"{run_dir}: the config changed; the old resume state is now {moved.name}, training starts over")
     scan = scan_settings_for(cfg)
     configure_cudnn(dev)
     seed_everything(int(run["seed"]) + dist_info.rank)
@@ -506,6 +517,22 @@ def train_run(
         raise write_failed(final_path, err, iterations) from None
     distributed.teardown(dist_info)
     return {"status": "trained", "iteration": iterations, "train_seconds": elapsed}
+
+
+def set_aside_stale_state(run_dir: str | os.PathLike, cfg: dict[str, Any]) -> Path | None:
+    """Rename a ``last.pt`` that belongs to another config than ``cfg`` to ``last.<its hash>.pt`` (nothing is
+    deleted), so that the run starts over instead of stopping on the hash guard; the workflow asks for this
+    because it reruns a train job exactly when the run's config hash changed. Returns the new name, if any."""
+    last_path = Path(run_dir) / "last.pt"
+    if not last_path.is_file():
+        return None
+    state = load_checkpoint(last_path, "delete it to start the run over (or restore it from a backup)")
+    old = state.get("config_hash")
+    if old == config_hash(cfg):
+        return None
+    target = last_path.with_name(f"last.{old or 'unknown'}.pt")
+    last_path.replace(target)
+    return target
 
 
 def _refuse_foreign_config(path: Path, chash: str) -> None:

@@ -624,9 +624,7 @@ def load_examples(dataset: str, summary: pd.DataFrame, runs_root: Path) -> dict[
     are merged into one "single-task" entry holding each task's prediction."""
     import torch
 
-    from pamm.results.tables import MAIN_VARIANTS
-
-    from pamm.results.tables import MEASURED_ORDER
+    from pamm.results.tables import MAIN_VARIANTS, MEASURED_ORDER
 
     found: dict[str, dict[str, Any]] = {}
     rank = {m: i for i, m in enumerate(MEASURED_ORDER)}
@@ -641,6 +639,8 @@ def load_examples(dataset: str, summary: pd.DataFrame, runs_root: Path) -> dict[
         if not path.is_file():
             continue
         examples = torch.load(path, map_location="cpu", weights_only=False)
+        if not examples:  # the run kept no examples (eval.save_examples: 0)
+            continue
         if model == "stl":
             if VARIANT_JOIN in str(variant):  # the single-task runs on another backbone (stl_<task>+swin)
                 continue

@@ -22,8 +22,8 @@ import pandas as pd
 
 from pamm import io as pio
 from pamm.config import variant_parts
-from pamm.results.aggregate import RELEASED, TRAINED
 from pamm.results import plotting_style as style
+from pamm.results.aggregate import RELEASED, TRAINED
 from pamm.tasks import DATASET_TASKS, PAPER_SIZE, TASK_INFO
 
 # Variants that appear in the main table (the rest are ablations).

@@ -22,6 +22,9 @@ try:
 except ConfigError as err:
     stop(err)
 
+# The software of every rule: the conda environment of the README's GPU install, into which the README then
+# installs this package; run Snakemake inside that environment (`--use-conda` would build it without pamm-bench).
+SOFTWARE = str(REPO_ROOT / "environment.yml")
 RESULTS = config["results_dir"]
 RUNS = f"{RESULTS}/runs"
 THREADS = int(config.get("threads_per_job", 1))
@@ -41,11 +44,16 @@ OVERRIDE_ARGS += "".join(f" --pretrained {shlex.quote(f'{name}={path}')}"
 MATRIX = workflow_matrix(config)
 
 # Resolve every run's config now, as its train job will: an unknown model or variant, or a bad `overrides`
-# key, stops here with one line instead of failing inside every train job later.
+# key, stops here with one line instead of failing inside every train job later. Each run's config hash is
+# its train job's param, so an edited model YAML or overlay reruns that run (Snakemake's params trigger).
 try:
-    resolve_workflow_runs(config, MATRIX)
+    CONFIG_HASHES = resolve_workflow_runs(config, MATRIX)
 except ConfigError as err:
     stop(err)
+
+
+def config_hash_of(wildcards):
+    return CONFIG_HASHES[(wildcards.dataset, wildcards.model, wildcards.variant, int(wildcards.seed))]
 
 
 def run_dir(dataset, model, variant, seed):
@@ -57,6 +65,23 @@ def dataset_root(dataset):
     if config["datasets"][dataset]["synthetic"] is not None:
         return f"data/synthetic/{dataset}"
     return config["datasets"][dataset]["root"]
+
+
+def runs_root(run_file):
+    """The runs folder (RUNS) of a file in a run directory RUNS/<dataset>/<model>/<variant>/seed<N>/."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(run_file)))))
+
+
+def synthetic_inputs(wildcards):
+    """The generator's marker file of a synthetic dataset (nothing for a real one)."""
+    if config["datasets"][wildcards.dataset]["synthetic"] is None:
+        return []
+    return f"{dataset_root(wildcards.dataset)}/pamm_synthetic.json"
+
+
+def dataset_runs(wildcards, name="metrics.json"):
+    """File ``name`` of every run of the matrix on the wildcard's dataset."""
+    return [f"{run_dir(*key)}/{name}" for key in MATRIX if key[0] == wildcards.dataset]
 
 
 def dataset_ready(wildcards):

@@ -1,18 +1,14 @@
 # Synthetic data (when the dataset's `synthetic` is set) and the dataset check.
 
 
-def synthetic_inputs(wildcards):
-    if config["datasets"][wildcards.dataset]["synthetic"] is None:
-        return []
-    return f"{dataset_root(wildcards.dataset)}/pamm_synthetic.json"
-
-
 rule make_synthetic:
     output:
         "data/synthetic/{dataset}/pamm_synthetic.json",
     params:
         opts=lambda wc: config["datasets"][wc.dataset]["synthetic"],
         generator=SYNTHETIC_GENERATOR_VERSION,  # a new renderer version re-renders (Snakemake's params trigger)
+    conda:
+        SOFTWARE
     log:
         "logs/make_synthetic/{dataset}.log",
     shell:
@@ -28,6 +24,8 @@ rule check_dataset:
         f"{RESULTS}/checks/{{dataset}}.json",
     params:
         root=lambda wc: dataset_root(wc.dataset),
+    conda:
+        SOFTWARE
     log:
         "logs/check_dataset/{dataset}.log",
     shell:

@@ -1,7 +1,7 @@
 # From run directories to the summary, the tables and the figures.
 # Every table / figure is the output of a rule whose inputs are the files it reads, so it is redrawn
 # when they change; `report(...)` outputs (with an .rst caption each) make `snakemake --report`.
-from pamm.config import REPO_ROOT
+from pamm.config import REPO_ROOT, variant_parts, variant_path
 
 REPO_DIR = REPO_ROOT  # the checkout (published numbers, overlays, configs), also when run with -d elsewhere
 PUBLISHED = str(REPO_DIR / "results" / "reference" / "published.csv")
@@ -18,10 +18,6 @@ SWEEP = {"models": ["pamm", "mtmamba", "invpt"], "sizes": [64, 96, 128], "repeat
 HAS_SWEEP = bool(SWEEP["models"]) and bool(SWEEP["sizes"])
 
 
-def dataset_runs(wildcards, name="metrics.json"):
-    return [f"{run_dir(*key)}/{name}" for key in MATRIX if key[0] == wildcards.dataset]
-
-
 RESULTS_TARGETS = (
     [f"{TABLES}/{kind}_{dataset}.{ext}" for dataset in DATASETS for kind in ("main", "ablation") for ext in ("md", "tex")]
     + [f"{FIGURES}/{name}_{dataset}.{ext}" for dataset in DATASETS for name in ("pareto", "qualitative")
@@ -34,16 +30,20 @@ RESULTS_TARGETS = (
 
 rule aggregate:
     input:
-        [f"{run_dir(*key)}/metrics.json" for key in MATRIX],
-        [f"{run_dir(*key)}/profile.json" for key in MATRIX],
+        [f"{run_dir(*key)}/{name}" for key in MATRIX
+         for name in ("config.yaml", "provenance.json", "metrics.json", "profile.json")],
     output:
         summary=report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Tables", subcategory="Summaries"),
         by_config=report(f"{RESULTS}/summary_by_config.csv", caption="../report/summary_by_config.rst", category="Tables",
                          subcategory="Summaries"),
+    params:
+        runs=lambda wc, input: runs_root(input[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/aggregate.log",
     shell:
-        "pamm-bench aggregate --runs {RUNS:q} --out {output.summary:q} --by-config {output.by_config:q} 2>&1 | tee {log:q}"
+        "pamm-bench aggregate --runs {params.runs:q} --out {output.summary:q} --by-config {output.by_config:q} 2>&1 | tee {log:q}"
 
 
 rule tables:
@@ -51,7 +51,7 @@ rule tables:
         summary=f"{RESULTS}/summary.csv",
         by_config=f"{RESULTS}/summary_by_config.csv",
         published=PUBLISHED,
-        overlays=[str(REPO_DIR / "ablations" / f"{v}.yaml") for v in PAMM_VARIANTS if v != "default"],
+        overlays=sorted({str(variant_path(part)) for v in PAMM_VARIANTS if v != "default" for part in variant_parts(v)}),
     output:
         main=report(f"{TABLES}/main_{{dataset}}.md", caption="../report/main_table.rst", category="Tables",
                     subcategory="{dataset}", labels={"dataset": "{dataset}", "table": "main results"}),
@@ -59,17 +59,21 @@ rule tables:
         ablation=report(f"{TABLES}/ablation_{{dataset}}.md", caption="../report/ablation_table.rst", category="Tables",
                         subcategory="{dataset}", labels={"dataset": "{dataset}", "table": "PAMM ablations"}),
         ablation_tex=f"{TABLES}/ablation_{{dataset}}.tex",
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/tables/{dataset}.log",
     shell:
         "pamm-bench tables --summary {input.summary:q} --by-config {input.by_config:q} --published {input.published:q}"
-        " --out-dir {TABLES:q} --datasets {wildcards.dataset:q} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figures:
     input:
         summary=f"{RESULTS}/summary.csv",
-        runs=[f"{run_dir(*key)}/checkpoint.pt" for key in MATRIX],  # train_log.csv is written with the checkpoint
+        logs=[f"{run_dir(*key)}/train_log.csv" for key in MATRIX],
     output:
         metrics=report(f"{FIGURES}/metrics_by_model.png", caption="../report/metrics_by_model.rst", category="Figures",
                        subcategory="Accuracy"),
@@ -77,26 +81,36 @@ rule figures:
         curves=report(f"{FIGURES}/training_curves.png", caption="../report/training_curves.rst", category="Figures",
                       subcategory="Training"),
         curves_pdf=f"{FIGURES}/training_curves.pdf",
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        runs=lambda wc, input: runs_root(input.logs[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/figures/summary.log",
     shell:
-        "pamm-bench figures --summary {input.summary:q} --runs {RUNS:q} --out-dir {FIGURES:q}"
+        "pamm-bench figures --summary {input.summary:q} --runs {params.runs:q} --out-dir {params.out_dir:q}"
         " --only metrics_by_model training_curves > {log:q} 2>&1"
 
 
 rule figure_pareto:
     input:
+        summary=f"{RESULTS}/summary.csv",
         by_config=f"{RESULTS}/summary_by_config.csv",
         published=PUBLISHED,
     output:
         png=report(f"{FIGURES}/pareto_{{dataset}}.png", caption="../report/pareto.rst", category="Figures",
                    subcategory="Accuracy vs cost", labels={"dataset": "{dataset}", "figure": "accuracy vs cost"}),
         pdf=f"{FIGURES}/pareto_{{dataset}}.pdf",
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/figures/pareto_{dataset}.log",
     shell:
-        "pamm-bench figures --summary {RESULTS:q}/summary.csv --by-config {input.by_config:q} --published {input.published:q}"
-        " --out-dir {FIGURES:q} --only pareto --datasets {wildcards.dataset:q} > {log:q} 2>&1"
+        "pamm-bench figures --summary {input.summary:q} --by-config {input.by_config:q} --published {input.published:q}"
+        " --out-dir {params.out_dir:q} --only pareto --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figure_ablation:
@@ -107,25 +121,34 @@ rule figure_ablation:
         png=report(f"{FIGURES}/ablation_{{dataset}}.png", caption="../report/ablation.rst", category="Figures",
                    subcategory="Ablations", labels={"dataset": "{dataset}", "figure": "PAMM ablations"}),
         pdf=f"{FIGURES}/ablation_{{dataset}}.pdf",
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/figures/ablation_{dataset}.log",
     shell:
-        "pamm-bench figures --summary {input.summary:q} --by-config {input.by_config:q} --out-dir {FIGURES:q}"
+        "pamm-bench figures --summary {input.summary:q} --by-config {input.by_config:q} --out-dir {params.out_dir:q}"
         " --only ablation --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figure_qualitative:
     input:
         summary=f"{RESULTS}/summary.csv",
-        runs=dataset_runs,  # evaluate writes examples.pt before metrics.json
+        examples=lambda wc: dataset_runs(wc, "examples.pt"),
     output:
         png=report(f"{FIGURES}/qualitative_{{dataset}}.png", caption="../report/qualitative.rst", category="Figures",
                    subcategory="Qualitative", labels={"dataset": "{dataset}", "figure": "val predictions"}),
         pdf=f"{FIGURES}/qualitative_{{dataset}}.pdf",
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        runs=lambda wc, input: runs_root(input.examples[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/figures/qualitative_{dataset}.log",
     shell:
-        "pamm-bench figures --summary {input.summary:q} --runs {RUNS:q} --out-dir {FIGURES:q}"
+        "pamm-bench figures --summary {input.summary:q} --runs {params.runs:q} --out-dir {params.out_dir:q}"
         " --only qualitative --datasets {wildcards.dataset:q} > {log:q} 2>&1"
 
 
@@ -136,10 +159,14 @@ rule figure_scan_orders:
         png=report(f"{FIGURES}/scan_orders.png", caption="../report/scan_orders.rst", category="Figures",
                    subcategory="Scan orders"),
         pdf=f"{FIGURES}/scan_orders.pdf",
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/figures/scan_orders.log",
     shell:
-        "pamm-bench figures --out-dir {FIGURES:q} --only scan_orders > {log:q} 2>&1"
+        "pamm-bench figures --out-dir {params.out_dir:q} --only scan_orders > {log:q} 2>&1"
 
 
 rule resolution_sweep:
@@ -155,6 +182,8 @@ rule resolution_sweep:
         dataset=SWEEP["dataset"],
         profile=config["profile"],
     threads: THREADS
+    conda:
+        SOFTWARE
     log:
         "logs/resolution_sweep.log",
     shell:
@@ -170,7 +199,11 @@ rule figure_resolution_sweep:
         png=report(f"{FIGURES}/resolution_sweep.png", caption="../report/resolution_sweep.rst", category="Figures",
                    subcategory="Efficiency"),
         pdf=f"{FIGURES}/resolution_sweep.pdf",
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        SOFTWARE
     log:
         "logs/figures/resolution_sweep.log",
     shell:
-        "pamm-bench figures --sweep {input:q} --out-dir {FIGURES:q} --only resolution_sweep > {log:q} 2>&1"
+        "pamm-bench figures --sweep {input:q} --out-dir {params.out_dir:q} --only resolution_sweep > {log:q} 2>&1"

@@ -9,9 +9,16 @@ TRAIN_LAUNCH = f"torchrun --standalone --nproc_per_node={GPUS} -m pamm.cli" if G
 rule train:
     input:
         dataset_ready,
+    # last.pt (the resume state, read and written) is deliberately no output: Snakemake deletes a failed or
+    # incomplete job's outputs, and a cut run must resume from it. A changed config hash (the param) reruns
+    # the job, and --on-config-change restart sets the old config's last.pt aside instead of stopping on it.
     output:
-        f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        checkpoint=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        config=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/config.yaml",
+        log=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/train_log.csv",
+        provenance=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/provenance.json",
     params:
+        config_hash=config_hash_of,  # the resolved config's hash: a new one reruns the run (params trigger)
         root=lambda wc: dataset_root(wc.dataset),
         out=lambda wc: run_dir(wc.dataset, wc.model, wc.variant, wc.seed),
         profile=config["profile"],
@@ -21,24 +28,31 @@ rule train:
     resources:
         mem_mb=4000,
         gpu=GPUS,
+    conda:
+        SOFTWARE
     log:
         "logs/train/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
         "{params.launch} train --profile {params.profile:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q}"
         " --variant {wildcards.variant:q} --seed {wildcards.seed:q} --data-root {params.root:q} --out {params.out:q}"
-        " --threads {threads} --no-progress {params.overrides} > {log:q} 2>&1"
+        " --threads {threads} --no-progress --on-config-change restart {params.overrides} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        checkpoint=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        config=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/config.yaml",
+        dataset=dataset_ready,
     output:
-        f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/metrics.json",
+        metrics=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/metrics.json",
+        examples=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/examples.pt",
     params:
         run=lambda wc: run_dir(wc.dataset, wc.model, wc.variant, wc.seed),
     threads: THREADS
     resources:
         gpu=EVAL_GPUS,
+    conda:
+        SOFTWARE
     log:
         "logs/evaluate/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
@@ -47,7 +61,8 @@ rule evaluate:
 
 rule profile:
     input:
-        f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        checkpoint=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        config=f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/config.yaml",
     output:
         f"{RUNS}/{{dataset}}/{{model}}/{{variant}}/seed{{seed}}/profile.json",
     params:
@@ -56,6 +71,8 @@ rule profile:
     threads: THREADS
     resources:
         gpu=EVAL_GPUS,
+    conda:
+        SOFTWARE
     log:
         "logs/profile/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:

@@ -8,7 +8,15 @@ import triton.language as tl
 from pamm.ops.triton.kernels.backward_split import adjoint_steps, recompute_steps, split_gradients
 from pamm.ops.triton.kernels.backward_steps import recompute_inputs, reverse_inputs
 from pamm.ops.triton.kernels.common import (
-    bc_index, delta_at, positions, program_channels, sigmoid, skip_and_bias, slot, store_backward_partials, token,
+    bc_index,
+    delta_at,
+    positions,
+    program_channels,
+    sigmoid,
+    skip_and_bias,
+    slot,
+    store_backward_partials,
+    token,
     write_grad,
 )
 
@@ -249,7 +257,7 @@ def scan_bwd_kernel(
                         dz_rows = tl.where(at_t, dz[:, None], dz_rows)
                     h_t = h_prev
                 if PREFETCH:
-                    pos, dt, dt_raw, dout, zt, Ct = pos_n, dt_n, dt_raw_n, dout_n, zt_n, Ct_n
+                    dt, dt_raw, dout, zt, Ct = dt_n, dt_raw_n, dout_n, zt_n, Ct_n
                     u, Bt, h_prev = u_n, Bt_n, h_prev_n
             if not LOCAL_PASS:  # the interval's gradients, token-contiguous
                 in_chunk = cols < n_tok

@@ -6,8 +6,20 @@ import triton
 import triton.language as tl
 
 from pamm.ops.triton.kernels.common import (
-    affine_combine, bc_index, column, delta_at, load_delta, positions, program_channels, sigmoid, skip_and_bias,
-    slot, store_backward_partials, token, with_column, write_grad,
+    affine_combine,
+    bc_index,
+    column,
+    delta_at,
+    load_delta,
+    positions,
+    program_channels,
+    sigmoid,
+    skip_and_bias,
+    slot,
+    store_backward_partials,
+    token,
+    with_column,
+    write_grad,
 )
 
 

@@ -6,8 +6,17 @@ import triton
 import triton.language as tl
 
 from pamm.ops.triton.kernels.common import (
-    affine_combine, bc_index, column, last_column, load_delta, positions, program_channels, sigmoid, skip_and_bias,
-    slot, with_column,
+    affine_combine,
+    bc_index,
+    column,
+    last_column,
+    load_delta,
+    positions,
+    program_channels,
+    sigmoid,
+    skip_and_bias,
+    slot,
+    with_column,
 )
 
 
