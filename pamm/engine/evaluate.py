@@ -73,7 +73,7 @@ def edge_ground_truth_source(dataset: Any) -> Callable[[str], Any]:
         return dataset.load_labelmap
 
     def edge_png(image_id: str) -> Any:
-        from pamm.data.common import read_image_array
+        from pamm.data.readers import read_image_array
 
         raw = read_image_array(dataset.file("edge", image_id))
         return raw[..., 0] if raw.ndim == 3 else raw
