@@ -1,8 +1,13 @@
 """Baseline models (MTMamba, MTMamba++, InvPT, TaskPrompter), built from ``pamm`` blocks.
 
-Importing this package registers every baseline in ``pamm.models.registry``.
+Importing this package registers every baseline in ``pamm.models.registry`` and the converters of their
+released checkpoints in ``pamm.checkpoints.registry`` (each module registers itself on import).
 """
-from baselines import invpt  # noqa: F401
-from baselines import taskprompter  # noqa: F401
-from baselines import mtmamba  # noqa: F401
-from baselines import mtmamba_pp  # noqa: F401
+from baselines import (  # noqa: F401
+    invpt,
+    mtmamba,
+    mtmamba_pp,
+    released_mtmamba,
+    released_transformers,
+    taskprompter,
+)

@@ -8,7 +8,7 @@ from pamm.checkpoints import ConversionError, Converted, import_checkpoint, load
 from pamm.checkpoints import registry
 from pamm.checkpoints.importer import released_state_dict
 from pamm.config import resolve_config
-from pamm.engine.train import build_model_for
+from pamm.engine.build import build_model_for
 
 TINY = {"data": {"size": [32, 32]}}
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pamm.checkpoints import ConversionError, get_converter, load_run_model
 from pamm.cli import main
 from pamm.config import ConfigError, resolve_config
-from pamm.engine.train import build_model_for
+from pamm.engine.build import build_model_for
 from pamm.models.backbones import Backbone, PretrainedWeightsError, _timm
 from released_cases import Case, case_outputs, model_outputs, relative_errors, released_cases, run_case
 

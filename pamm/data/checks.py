@@ -21,7 +21,6 @@ from pamm.data import layout
 from pamm.data.layout import DatasetError, dataset_title, require_folders, require_root, require_split_file
 
 
-
 def detect_dataset(root: str | os.PathLike) -> str:
     """"nyud" or "pascal" from a dataset folder's layout (or its marker / folder name)."""
     root = Path(root)

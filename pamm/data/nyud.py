@@ -1,9 +1,9 @@
 """NYUD-v2 in the ATRC layout (reference.md §4.1): semseg (40 classes), depth, normals, edge."""
 from __future__ import annotations
 
-import numpy as np
-
 from pathlib import Path
+
+import numpy as np
 
 from pamm.data.common import MultiTaskDataset
 from pamm.data.layout import DatasetError
