@@ -1,7 +1,9 @@
 """Where each dataset keeps its splits and modalities on disk (reference.md §4), in one place.
 
 The loaders, the checks and the synthetic writer all read these tables, so the three can never
-disagree about a folder name or a file extension.
+disagree about a folder name or a file extension. The presence checks (``require_root``,
+``require_split_file``, ``require_folders``) live here too: the readers call them and the full dataset
+check builds on them, and this module imports nothing of ``pamm``, so neither side imports the other.
 """
 from __future__ import annotations
 

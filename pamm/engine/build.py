@@ -15,10 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import baselines  # noqa: F401  (registers the baseline models and their checkpoint converters)
-import pamm.models  # noqa: F401  (registers pamm's own models)
-from pamm.config import ConfigError
+from pamm.errors import ConfigError
 from pamm.losses import MultiTaskLoss
-from pamm.models import create_model
+from pamm.models import create_model  # importing pamm.models registers pamm's own models
 from pamm.tasks import IGNORE_INDEX, TASK_INFO, dataset_tasks
 
 
