@@ -120,8 +120,8 @@ def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dty
 
 def run_case(text: str, args, device: torch.device, workdir: Path, backbone_source: dict) -> dict:
     from pamm import ops
-    from pamm.engine.profile import timed_runs, write_kernel_table
     from pamm.engine.build import scan_settings_for
+    from pamm.engine.profile import timed_runs, write_kernel_table
 
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
