@@ -82,8 +82,8 @@ INVPT_UNUSED = (
 _BLOCK = r"backbone\.blocks\.(?P<b>\d+)\."
 
 TASKPROMPTER_RULES: list[Rule] = [
-    _rule(r"backbone\.(?P<rest>patch_embed\..+|pos_embed|norm\..+)", "vit.{rest}"),
-    _rule(rf"{_BLOCK}(?P<n>norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.{_P}", "vit.blocks.{b}.{n}.{p}"),
+    _rule(r"backbone\.(?P<rest>patch_embed\..+|pos_embed|norm\..+)", "backbone.{rest}"),
+    _rule(rf"{_BLOCK}(?P<n>norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.{_P}", "backbone.blocks.{b}.{n}.{p}"),
     _rule(rf"{_BLOCK}attn\.token_trans\.{_P}", "prompt_updates.{b}.to_pixels.{p}"),
     _rule(rf"{_BLOCK}attn\.token_trans1\.{_P}", "prompt_updates.{b}.to_channels.{p}"),
     _rule(r"backbone\.task_prompts", "prompts"),
@@ -222,7 +222,7 @@ def convert_taskprompter(
 ) -> Converted:
     """The release's TaskPrompter (``TaskPrompterWrapper``: backbone, heads) → ``baselines.taskprompter``."""
     _refuse_unregistered("taskprompter", unregistered)
-    depth = len(model.vit.blocks)
+    depth = len(model.backbone.blocks)
     _check_layout("taskprompter", released, model.task_names, depth)
     if model.taps[-1] != depth - 1:
         raise ConversionError(

@@ -190,12 +190,12 @@ class TaskPrompter(nn.Module):
         wrapper = create_backbone(backbone, img_size)
         if not wrapper.is_vit:
             raise ValueError(f"TaskPrompter needs a plain ViT backbone, got {wrapper.name!r}")
-        self.vit = wrapper.model
+        self.backbone = wrapper.model
         self.taps = sorted(wrapper.taps)
-        vit_dim = self.vit.embed_dim
-        num_heads = self.vit.blocks[0].attn.num_heads
-        self.grid = tuple(int(g) for g in self.vit.patch_embed.grid_size)
-        for index, block in enumerate(self.vit.blocks):
+        vit_dim = self.backbone.embed_dim
+        num_heads = self.backbone.blocks[0].attn.num_heads
+        self.grid = tuple(int(g) for g in self.backbone.patch_embed.grid_size)
+        for index, block in enumerate(self.backbone.blocks):
             missing = [part for part in self._BLOCK_PARTS if not hasattr(block, part)]
             if missing:
                 raise ValueError(
@@ -203,8 +203,8 @@ class TaskPrompter(nn.Module):
                     f"{index} ({type(block).__name__}) lacks {missing}: pick a plain vit_* backbone"
                 )
         # As released: no class/register tokens; their position-embedding slot is skipped in forward.
-        self.vit.cls_token = None
-        self.vit.reg_token = None
+        self.backbone.cls_token = None
+        self.backbone.reg_token = None
         self.prompt_len = prompt_len
         self.num_prompts = prompt_len * len(self.tasks)
         if vit_dim % num_heads:
@@ -237,7 +237,7 @@ class TaskPrompter(nn.Module):
         """Patch embedding + position embedding (patch slots only) -> (B, H·W, C)."""
         from timm.layers import resample_abs_pos_embed
 
-        vit = self.vit
+        vit = self.backbone
         x = vit.patch_embed(image)
         grid = tuple(x.shape[1:3]) if x.ndim == 4 else self.grid
         if grid != self.grid:
@@ -300,12 +300,12 @@ class TaskPrompter(nn.Module):
         tokens = torch.cat([self.prompts.unsqueeze(0).expand(patches.shape[0], -1, -1), patches], dim=1)
         summed: list[torch.Tensor | float] = [0.0] * len(self.task_names)
         last_tap = self.taps[-1]
-        for index, block in enumerate(self.vit.blocks[: last_tap + 1]):
+        for index, block in enumerate(self.backbone.blocks[: last_tap + 1]):
             tokens, normed, prompt_pixels = self._run_block(block, self.prompt_updates[index], tokens)
             if index in self.taps:
                 patch_out = tokens[:, self.num_prompts :]
                 if index == last_tap:
-                    patch_out = self.vit.norm(patch_out)
+                    patch_out = self.backbone.norm(patch_out)
                 tap_maps = self._tap_features(self.taps.index(index), block, normed, prompt_pixels, patch_out)
                 summed = [s + m for s, m in zip(summed, tap_maps)]
         size = image.shape[-2:]

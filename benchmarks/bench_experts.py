@@ -35,8 +35,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pamm.engine.build import configure_cudnn  # noqa: E402
 from pamm.engine.profile import timed_runs  # noqa: E402
-from pamm.engine.train import configure_cudnn  # noqa: E402
 from pamm.models.experts import ParameterExpert, expert_reference, run_parameter_experts  # noqa: E402
 
 PRESETS = {

@@ -66,7 +66,8 @@ def parse_case(text: str) -> tuple[str, str, dict[str, Any]]:
 def make_batch(dataset: str, size: tuple[int, int], batch: int, device: torch.device, workdir: Path) -> dict:
     """One training batch from the real loader over synthetic data written at ``size``."""
     from pamm.data import build_dataset
-    from pamm.engine.train import iterate_batches, move_batch
+    from pamm.engine.build import move_batch
+    from pamm.engine.train import iterate_batches
     from pamm.tasks import dataset_tasks
 
     root = workdir / dataset
@@ -81,7 +82,7 @@ def make_batch(dataset: str, size: tuple[int, int], batch: int, device: torch.de
 
 def build_case(model_name: str, variant: str, overrides: dict, dataset: str, profile: str):
     from pamm.config import resolve_config
-    from pamm.engine.train import build_model_for
+    from pamm.engine.build import build_model_for
 
     cfg = resolve_config(profile, dataset, model_name, variant, 0, overrides={"model": overrides} if overrides else None)
     torch.manual_seed(0)
@@ -90,7 +91,7 @@ def build_case(model_name: str, variant: str, overrides: dict, dataset: str, pro
 
 def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dtype | None, backbone_only: bool):
     """A closure doing one full training step, as pamm.engine.train does it."""
-    from pamm.engine.train import build_criterion, build_optimizer
+    from pamm.engine.build import build_criterion, build_optimizer
     from pamm.tasks import dataset_tasks
 
     train_cfg = cfg["train"]
@@ -119,8 +120,8 @@ def step_function(model: torch.nn.Module, cfg: dict, batch: dict, amp: torch.dty
 
 def run_case(text: str, args, device: torch.device, workdir: Path, backbone_source: dict) -> dict:
     from pamm import ops
+    from pamm.engine.build import scan_settings_for
     from pamm.engine.profile import timed_runs, write_kernel_table
-    from pamm.engine.train import scan_settings_for
 
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from pamm.engine.train import configure_cudnn
+    from pamm.engine.build import configure_cudnn
 
     configure_cudnn(device, args.cudnn_benchmark)
     first_model = next((parse_case(c) for c in args.cases if not c.startswith("backbone")), ("pamm", "default", {}))

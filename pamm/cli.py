@@ -220,6 +220,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    import baselines  # noqa: F401  (registers the baseline models)
     from pamm.config import list_variants
     from pamm.models import list_models
 
@@ -473,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from pamm.checkpoints import ConversionError, RunModelError
         from pamm.data import DatasetError
-        from pamm.engine.train import TrainingError, TrainingInterrupted
+        from pamm.engine.build import TrainingError
+        from pamm.engine.train import TrainingInterrupted
 
         known = known + (ConversionError, DatasetError, RunModelError, TrainingError)
         interrupted = interrupted + (TrainingInterrupted,)

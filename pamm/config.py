@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from pamm.errors import ConfigError
+
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The overlays' one source is the checkout's ablations/; a built wheel carries a copy of it as the package data
@@ -30,10 +32,6 @@ PROFILES = ("tiny", "paper")
 DEFAULT_VARIANT = "default"
 _LAYER_KEYS = {"data", "model", "train", "eval"}
 _META_KEYS = {"description", "applies_to"}
-
-
-class ConfigError(ValueError):
-    """A config that cannot be resolved; the message names the file/key and the fix."""
 
 
 REPLACE_MARKER = "_replace"  # a mapping with `_replace: true` replaces what it merges onto, not merges into it
@@ -362,6 +360,7 @@ def _builder_verdict(model: str, dataset: str, tasks_json: str, model_json: str,
     device, weights files left out)."""
     import torch
 
+    import baselines  # noqa: F401  (registers the baseline models)
     from pamm.models import create_model
     from pamm.tasks import dataset_tasks
 

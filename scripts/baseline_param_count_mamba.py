@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+import baselines  # noqa: E402,F401  (registers the baseline models)
 import pamm  # noqa: E402,F401  (torchvision shim before timm)
 from pamm.config import resolve_config  # noqa: E402
 from pamm.models import create_model  # noqa: E402

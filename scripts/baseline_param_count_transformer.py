@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import baselines  # noqa: E402,F401  (registers the baseline models)
 from pamm.config import resolve_config  # noqa: E402
 from pamm.models import create_model  # noqa: E402
 from pamm.tasks import dataset_tasks  # noqa: E402

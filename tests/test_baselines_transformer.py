@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import baselines  # noqa: F401  (registers the baseline models)
 from pamm.config import resolve_config
 from pamm.models import create_model
 from pamm.tasks import dataset_tasks
@@ -95,8 +96,8 @@ def test_taskprompter_prompt_attention_equals_block_attention() -> None:
 
     model, size = build("taskprompter", "nyud")
     model.eval()
-    block = model.vit.blocks[1]
-    tokens = torch.cat([model.prompts.unsqueeze(0).expand(2, -1, -1), torch.randn(2, 80, model.vit.embed_dim)], dim=1)
+    block = model.backbone.blocks[1]
+    tokens = torch.cat([model.prompts.unsqueeze(0).expand(2, -1, -1), torch.randn(2, 80, model.backbone.embed_dim)], dim=1)
     captured = {}
     block.attn.fused_attn = False  # the explicit path passes the probabilities through attn_drop
     handle = block.attn.attn_drop.register_forward_hook(lambda m, inp, out: captured.setdefault("probs", inp[0]))
@@ -125,10 +126,10 @@ def test_taskprompter_block_step_is_the_timm_block_plus_the_prompt_update() -> N
     """``_run_block`` with the update zeroed is timm's own block; with it, only the prompt rows change."""
     model, _ = build("taskprompter", "nyud")
     model.eval()
-    block, update = model.vit.blocks[0], model.prompt_updates[0]
+    block, update = model.backbone.blocks[0], model.prompt_updates[0]
     with torch.no_grad():
         update.to_channels.weight.normal_(0.0, 0.5)
-        tokens = torch.cat([model.prompts.unsqueeze(0).expand(2, -1, -1), torch.randn(2, 80, model.vit.embed_dim)], 1)
+        tokens = torch.cat([model.prompts.unsqueeze(0).expand(2, -1, -1), torch.randn(2, 80, model.backbone.embed_dim)], 1)
         plain = block(tokens)
         with_update, normed, prompt_pixels = model._run_block(block, update, tokens)
         p = model.num_prompts
@@ -148,7 +149,7 @@ def test_taskprompter_every_block_but_the_last_tap_maps_its_prompts_back() -> No
     assert all(u.to_channels is not None for u in model.prompt_updates[:-1])
     assert model.prompt_updates[-1].to_channels is None
     pixels = model.grid[0] * model.grid[1]
-    assert model.prompt_updates[0].to_pixels.weight.shape == (pixels, model.vit.embed_dim)
+    assert model.prompt_updates[0].to_pixels.weight.shape == (pixels, model.backbone.embed_dim)
     assert all(h.body[0].bias is not None for h in model.heads.values())
 
 

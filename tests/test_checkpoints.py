@@ -7,7 +7,7 @@ import torch
 from pamm.checkpoints import ConversionError, Converted, import_checkpoint, load_run_model, registry
 from pamm.checkpoints.importer import released_state_dict
 from pamm.config import resolve_config
-from pamm.engine.train import build_model_for
+from pamm.engine.build import build_model_for
 
 TINY = {"data": {"size": [32, 32]}}
 

@@ -114,6 +114,7 @@ def test_unknown_or_bad_run_keys_are_named(override, message):
 
 
 def test_every_model_and_variant_resolves_for_both_profiles():
+    import baselines  # noqa: F401  (registers the baseline models)
     from pamm.models import list_models
     from pamm.tasks import DATASET_TASKS
 

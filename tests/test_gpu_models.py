@@ -26,7 +26,7 @@ def usable_backends() -> list[str]:
 
 def tiny_model(name: str, variant: str, backend: str):
     from pamm.config import resolve_config
-    from pamm.engine.train import build_model_for
+    from pamm.engine.build import build_model_for
 
     overrides = {"model": {"scan_backend": backend}, "train": {"scan_backend": backend}} if name in SCAN_MODELS else None
     cfg = resolve_config("tiny", "nyud", name, variant, 0, overrides=overrides)
@@ -96,7 +96,7 @@ def test_gpu_backends_match_the_torch_backend_output_and_gradients(dtype: torch.
 
 
 def test_adam_on_cuda_parameters_is_fused_and_matches_foreach() -> None:
-    from pamm.engine.train import build_optimizer
+    from pamm.engine.build import build_optimizer
 
     gen = torch.Generator().manual_seed(0)
     start = [torch.randn(64, 32, generator=gen), torch.randn(32, generator=gen)]

@@ -313,7 +313,8 @@ def test_text_file_as_weights_is_one_line(nyud, capsys, tmp_path):
 def test_moved_weights_do_not_block_resume(nyud, tmp_path, monkeypatch):
     """Train from local weights, stop at iteration 1, move the weights, resume from the new place."""
     from pamm import io as pio
-    from pamm.engine.train import TrainingInterrupted, build_model_for, train_run
+    from pamm.engine.build import build_model_for
+    from pamm.engine.train import TrainingInterrupted, train_run
 
     overrides = {"data": {"root": str(nyud), "size": [H, W]},
                  "train": {"iterations": 2, "batch_size": 2, "ckpt_every": 1}}

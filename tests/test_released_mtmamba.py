@@ -18,7 +18,7 @@ from pamm.checkpoints import list_sources, load_run_model
 from pamm.checkpoints.registry import get_converter
 from pamm.cli import main
 from pamm.config import deep_merge, parse_override, resolve_config
-from pamm.engine.train import build_model_for
+from pamm.engine.build import build_model_for
 from pamm.models import create_model
 from pamm.models.backbones import Backbone
 from pamm.models.swin_mmseg import shifted_window_attention

@@ -16,7 +16,7 @@ from released_cases import Case, case_outputs, model_outputs, relative_errors, r
 from pamm.checkpoints import get_converter, load_run_model
 from pamm.cli import main
 from pamm.config import ConfigError, resolve_config
-from pamm.engine.train import build_model_for
+from pamm.engine.build import build_model_for
 from pamm.models.backbones import Backbone, PretrainedWeightsError, _timm
 
 CASES = released_cases("pamm")

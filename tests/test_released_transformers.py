@@ -19,7 +19,7 @@ from released_cases import Case, case_outputs, import_case, model_outputs, relat
 from pamm.checkpoints import import_checkpoint, load_run_model
 from pamm.cli import main as cli_main
 from pamm.config import resolve_config
-from pamm.engine.train import build_model_for
+from pamm.engine.build import build_model_for
 
 CASES = released_cases("transformers")
 case_params = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -214,7 +214,7 @@ INVPT_TO_RELEASE = [
     (r"heads\.(\w+)\.(weight|bias)", r"heads.\1.linear_pred.\2"),
 ]
 TASKPROMPTER_TO_RELEASE = [
-    (r"vit\.(.+)", r"backbone.\1"),
+    (r"backbone\.(.+)", r"backbone.\1"),  # the ViT keeps its release names
     (r"prompts", r"backbone.task_prompts"),
     (r"prompt_updates\.(\d+)\.to_pixels\.(.+)", r"backbone.blocks.\1.attn.token_trans.\2"),
     (r"prompt_updates\.(\d+)\.to_channels\.(.+)", r"backbone.blocks.\1.attn.token_trans1.\2"),

@@ -119,7 +119,7 @@ def test_a_runs_scan_settings_reach_every_scan_call_and_its_record(monkeypatch, 
     named backend wins, and is what is recorded."""
     from pamm import ops
     from pamm.config import resolve_config
-    from pamm.engine.train import build_model_for, scan_settings_for
+    from pamm.engine.build import build_model_for, scan_settings_for
 
     for var in ("PAMM_SCAN_BACKEND", "PAMM_SCAN_BLOCK_ELEMENTS"):
         monkeypatch.delenv(var, raising=False)

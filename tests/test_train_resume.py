@@ -17,8 +17,9 @@ import torch
 
 from pamm.config import resolve_config
 from pamm.data import make_synthetic
+from pamm.engine.build import TrainingError, configure_cudnn
 from pamm.engine.evaluate import evaluate_run
-from pamm.engine.train import TrainingError, configure_cudnn, state_is_finite, train_run
+from pamm.engine.train import state_is_finite, train_run
 
 OVERRIDES = {
     "data": {"size": [48, 64]},

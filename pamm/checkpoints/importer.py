@@ -87,8 +87,8 @@ def import_checkpoint(
     converter's notes); it is written whole or not at all. Returns the provenance record."""
     from pamm import io as pio
     from pamm.config import config_hash, deep_merge, resolve_config
+    from pamm.engine.build import build_model_for
     from pamm.engine.provenance import git_state
-    from pamm.engine.train import build_model_for
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

@@ -3,11 +3,12 @@
 A converter maps a released state dict (its ``module.`` prefix already stripped) onto the freshly built
 target model and returns the target's complete state dict. It is registered with
 ``@register_converter(source, model_name)`` in the module that knows both layouts; this module imports
-nothing of ``pamm.models``, ``pamm.engine`` or ``baselines``, so any of them may register here.
+nothing of ``pamm.models``, ``pamm.engine`` or ``baselines``, so any of them may register here. As with models,
+a converter module registers itself when it is imported: ``import pamm.checkpoints`` registers the PAMM
+converter and ``import baselines`` the baselines' converters.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,14 +41,6 @@ class ConverterEntry:
 
 _CONVERTERS: dict[str, ConverterEntry] = {}
 
-# Modules whose import registers the built-in converters (as pamm.models.registry does for models).
-_BUILTIN_MODULES = (
-    "pamm.checkpoints.released_pamm",
-    "baselines.released_transformers",
-    "baselines.released_mtmamba",
-)
-
-
 def register_converter(
     source: str, model_name: str, cfg_defaults: dict[str, Any] | None = None
 ) -> Callable[[ConvertFn], ConvertFn]:
@@ -66,24 +59,17 @@ def register_converter(
     return decorate
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-
-
 def list_sources() -> list[str]:
-    _load_builtins()
+    """The registered ``--from`` sources (those of the converter modules imported so far)."""
     return sorted(_CONVERTERS)
 
 
 def get_converter(source: str) -> ConverterEntry:
-    _load_builtins()
     if source not in _CONVERTERS:
-        raise ConversionError(f"no converter for released checkpoints of {source!r}; valid --from values: {sorted(_CONVERTERS)}")
+        raise ConversionError(
+            f"no converter for released checkpoints of {source!r}; valid --from values: {sorted(_CONVERTERS)} "
+            "(`import pamm.checkpoints, baselines` registers the built-in converters)"
+        )
     return _CONVERTERS[source]
 
 

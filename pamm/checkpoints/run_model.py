@@ -23,7 +23,7 @@ def read_run_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, 
             f"{path} does not exist: train the run first (pamm-bench train --out {run_dir}) "
             f"or import a released checkpoint (pamm-bench import-checkpoint --out {run_dir})"
         )
-    from pamm.engine.train import load_checkpoint
+    from pamm.engine.build import load_checkpoint
 
     state = load_checkpoint(path, f"delete it and rerun pamm-bench train --out {run_dir} (it resumes from last.pt), or "
                                   f"import the authors' checkpoint again (pamm-bench import-checkpoint)")
@@ -34,7 +34,7 @@ def read_run_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, 
 
 def build_run_model(cfg: dict[str, Any], checkpoint: dict[str, Any]) -> nn.Module:
     """The model of a run's config with the checkpoint's weights, on CPU, in eval mode."""
-    from pamm.engine.train import build_model_for
+    from pamm.engine.build import build_model_for
 
     model = build_model_for(cfg)
     model.load_state_dict(checkpoint["model"])

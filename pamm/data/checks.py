@@ -18,24 +18,7 @@ from typing import Any
 import numpy as np
 
 from pamm.data import layout
-from pamm.data.layout import DatasetError
-
-
-def _fix_data(dataset: str, root: Path) -> str:
-    name = dataset if dataset in layout.DEFAULT_FOLDERS else "nyud|pascal"
-    return ("download the ATRC archive (the HKUST OneDrive mirrors in the InvPT/MTMamba READMEs), or generate "
-            f"synthetic data with `pamm-bench make-synthetic --dataset {name} --out {root}`")
-
-
-def _dataset_title(dataset: str) -> str:
-    return {"nyud": "NYUD-v2", "pascal": "PASCAL-Context"}.get(dataset, dataset)
-
-
-def _expected_layout(dataset: str) -> str:
-    if dataset == "nyud":
-        return "gt_sets/, images/, segmentation/, depth/, normals/, edge/"
-    return ("ImageSets/Context/, JPEGImages/, semseg/, human_parts/, sal_distill/, normals_distill/, "
-            "pascal-context/trainval/")
+from pamm.data.layout import DatasetError, dataset_title, require_folders, require_root, require_split_file
 
 
 def detect_dataset(root: str | os.PathLike) -> str:
@@ -56,40 +39,6 @@ def detect_dataset(root: str | os.PathLike) -> str:
         f"cannot tell which dataset {root} holds: it has neither gt_sets/ (NYUD-v2) nor ImageSets/Context/ "
         "(PASCAL-Context); pass the dataset folder itself (e.g. data/NYUDv2) or name the dataset explicitly"
     )
-
-
-def require_root(dataset: str, root: Path) -> None:
-    if not root.is_dir():
-        what = "is not a folder" if root.exists() else "does not exist"
-        holding = _expected_layout(dataset) if dataset in layout.DEFAULT_FOLDERS else "the split lists"
-        raise DatasetError(
-            f"dataset root {root} {what}: pass the {_dataset_title(dataset)} folder itself (the one holding "
-            f"{holding}), or {_fix_data(dataset, root)}"
-        )
-
-
-def require_split_file(dataset: str, root: Path, split: str) -> Path:
-    path = layout.split_file(dataset, root, split)
-    if not path.is_file():
-        raise DatasetError(
-            f"split file {path} is missing, so {root} is not a complete {_dataset_title(dataset)} dataset "
-            f"(expected {_expected_layout(dataset)}); re-extract the archive into {root} or regenerate the "
-            f"synthetic data (split must be one of {list(layout.SPLITS)})"
-        )
-    return path
-
-
-def require_folders(dataset: str, root: Path, modality_names: list[str], tasks: list[str]) -> None:
-    table = layout.modalities(dataset, root)
-    for name in modality_names:
-        folder = root / table[name].folder
-        if not folder.is_dir():
-            users = [t for t in tasks if name in layout.TASK_MODALITIES[dataset][t]] or ["every task"]
-            raise DatasetError(
-                f"folder {folder} is missing ({name} files, needed by {', '.join(users)}): re-extract the "
-                f"{_dataset_title(dataset)} archive into {root}, regenerate the synthetic data, or leave "
-                f"{', '.join(users)} out of the tasks"
-            )
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,9 +174,9 @@ def preflight(dataset: str, root: str | os.PathLike, need: tuple[str, ...] = ("t
 def _content_readers(dataset: str) -> dict[str, Any]:
     """modality name -> function(path) -> (H, W) that decodes the whole file with the loaders' own readers
     (and so their content rules: label ranges, depth units, normals channels, Pascal-Part structure)."""
-    from pamm.data.common import read_image_array
-    from pamm.data.nyud import read_normals, read_nyud_depth, read_nyud_semseg
+    from pamm.data.nyud import read_nyud_depth, read_nyud_semseg
     from pamm.data.pascal import _loadmat, read_pascal_semseg
+    from pamm.data.readers import read_image_array, read_normals
 
     def shape(array: np.ndarray) -> tuple[int, int]:
         return int(array.shape[0]), int(array.shape[1])
@@ -404,7 +353,7 @@ def check_dataset(
 def check_dataset_cli_summary(report: dict[str, Any]) -> str:
     """Human-readable lines for ``pamm-bench check-dataset``."""
     kind = "synthetic" if report["synthetic"] else "real"
-    lines = [f"{_dataset_title(report['dataset'])} ({kind}) at {report['root']}: OK"]
+    lines = [f"{dataset_title(report['dataset'])} ({kind}) at {report['root']}: OK"]
     splits = ", ".join(f"{split} {n}" for split, n in report["splits"].items())
     if report.get("expected_counts"):
         expected = "/".join(str(n) for n in report["expected_counts"].values())

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pamm.data import layout
-from pamm.data.checks import require_folders, require_root, require_split_file
-from pamm.data.layout import DatasetError
+from pamm.data.layout import DatasetError, require_folders, require_root, require_split_file
 from pamm.data.transforms import EvalTransform, TrainTransform, to_tensors
 from pamm.data.validate import IGNORE_LABEL, check_labels
 from pamm.tasks import PAPER_SIZE, TASK_INFO, dataset_tasks
@@ -30,30 +28,6 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-def read_image_array(path: Path, mode: str | None = None, check_mode: Callable[[str, Path], None] | None = None
-                     ) -> np.ndarray:
-    """Decode an image file, with a clear error naming the file when it is missing or corrupt.
-
-    ``check_mode(mode, path)`` sees the file's own PIL mode before any conversion (a 1-channel PNG where
-    RGB belongs would otherwise be silently replicated into three equal channels)."""
-    try:
-        with Image.open(path) as image:
-            if check_mode is not None:
-                check_mode(image.mode, path)
-            if mode is not None and image.mode != mode:
-                image = image.convert(mode)
-            return np.array(image)
-    except DatasetError:
-        raise
-    except FileNotFoundError:
-        raise DatasetError(f"{path} is missing: re-extract the dataset archive or regenerate the synthetic data") \
-            from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DatasetError(
-            f"cannot read {path} ({err}); the file is corrupt or truncated: re-extract it or regenerate the data"
-        ) from None
 
 
 def default_size(dataset: str, root: Path) -> tuple[int, int]:

@@ -1,7 +1,9 @@
 """Where each dataset keeps its splits and modalities on disk (reference.md §4), in one place.
 
 The loaders, the checks and the synthetic writer all read these tables, so the three can never
-disagree about a folder name or a file extension.
+disagree about a folder name or a file extension. The presence checks (``require_root``,
+``require_split_file``, ``require_folders``) live here too: the readers call them and the full dataset
+check builds on them, and this module imports nothing of ``pamm``, so neither side imports the other.
 """
 from __future__ import annotations
 
@@ -137,3 +139,58 @@ def read_synthetic_marker(root: Path) -> dict[str, Any] | None:
     if not isinstance(marker, dict) or "generator" not in marker:
         return None
     return marker
+
+
+# ------------------------------------------------------------------------------------------
+# presence checks: the readers call these before opening a file, so they live beside the layout
+
+
+def _fix_data(dataset: str, root: Path) -> str:
+    name = dataset if dataset in DEFAULT_FOLDERS else "nyud|pascal"
+    return ("download the ATRC archive (the HKUST OneDrive mirrors in the InvPT/MTMamba READMEs), or generate "
+            f"synthetic data with `pamm-bench make-synthetic --dataset {name} --out {root}`")
+
+
+def dataset_title(dataset: str) -> str:
+    return {"nyud": "NYUD-v2", "pascal": "PASCAL-Context"}.get(dataset, dataset)
+
+
+def _expected_layout(dataset: str) -> str:
+    if dataset == "nyud":
+        return "gt_sets/, images/, segmentation/, depth/, normals/, edge/"
+    return ("ImageSets/Context/, JPEGImages/, semseg/, human_parts/, sal_distill/, normals_distill/, "
+            "pascal-context/trainval/")
+
+
+def require_root(dataset: str, root: Path) -> None:
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        holding = _expected_layout(dataset) if dataset in DEFAULT_FOLDERS else "the split lists"
+        raise DatasetError(
+            f"dataset root {root} {what}: pass the {dataset_title(dataset)} folder itself (the one holding "
+            f"{holding}), or {_fix_data(dataset, root)}"
+        )
+
+
+def require_split_file(dataset: str, root: Path, split: str) -> Path:
+    path = split_file(dataset, root, split)
+    if not path.is_file():
+        raise DatasetError(
+            f"split file {path} is missing, so {root} is not a complete {dataset_title(dataset)} dataset "
+            f"(expected {_expected_layout(dataset)}); re-extract the archive into {root} or regenerate the "
+            f"synthetic data (split must be one of {list(SPLITS)})"
+        )
+    return path
+
+
+def require_folders(dataset: str, root: Path, modality_names: list[str], tasks: list[str]) -> None:
+    table = modalities(dataset, root)
+    for name in modality_names:
+        folder = root / table[name].folder
+        if not folder.is_dir():
+            users = [t for t in tasks if name in TASK_MODALITIES[dataset][t]] or ["every task"]
+            raise DatasetError(
+                f"folder {folder} is missing ({name} files, needed by {', '.join(users)}): re-extract the "
+                f"{dataset_title(dataset)} archive into {root}, regenerate the synthetic data, or leave "
+                f"{', '.join(users)} out of the tasks"
+            )

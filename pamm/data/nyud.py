@@ -5,24 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pamm.data.common import MultiTaskDataset, read_image_array
+from pamm.data.common import MultiTaskDataset
 from pamm.data.layout import DatasetError
-from pamm.data.validate import check_depth, check_labels, check_normals_mode
+from pamm.data.readers import read_image_array, read_normals
+from pamm.data.validate import check_depth, check_labels
 
 #: Raw NYUD-v2 segmentation PNG values: 1..40 the classes, 0 void (shifted to 0..39 and 255 on load).
 NYUD_RAW_CLASSES = 40
-
-
-def decode_normals(encoded: np.ndarray) -> np.ndarray:
-    """uint8 RGB v -> n = 2 v / 255 - 1; the all-zero colour (invalid) -> the zero vector."""
-    normals = encoded[..., :3].astype(np.float32) * (2.0 / 255.0) - 1.0
-    normals[~np.any(encoded[..., :3] != 0, axis=-1)] = 0.0
-    return normals
-
-
-def read_normals(path: Path) -> np.ndarray:
-    """Decoded normals of an RGB-encoded PNG; a PNG of another mode (one channel) is refused."""
-    return decode_normals(read_image_array(path, "RGB", check_mode=check_normals_mode))
 
 
 def read_nyud_semseg(path: Path) -> np.ndarray:

@@ -12,9 +12,9 @@ from scipy import ndimage
 
 from pamm.data import layout
 from pamm.data import pascal_classes as pc
-from pamm.data.common import MultiTaskDataset, read_image_array
+from pamm.data.common import MultiTaskDataset
 from pamm.data.layout import DatasetError
-from pamm.data.nyud import read_normals
+from pamm.data.readers import read_image_array, read_normals
 from pamm.data.validate import IGNORE_LABEL, check_labels
 from pamm.io import write_json
 

@@ -10,46 +10,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader
 
 from pamm import io as pio
 from pamm.checkpoints.run_model import build_run_model, read_run_checkpoint
 from pamm.config import config_hash
-from pamm.engine.train import TrainingError, move_batch, pick_device
-from pamm.tasks import IGNORE_INDEX, TASK_INFO, dataset_tasks
-
-
-def split_loader(cfg: dict[str, Any], split: str, tasks: list[str]) -> DataLoader:
-    """The un-augmented ``split`` of the run's dataset, in order."""
-    from pamm.data import build_dataset
-
-    dataset = build_dataset(
-        cfg["run"]["dataset"], cfg["data"]["root"], split, tasks=tasks, train=False, size=tuple(cfg["data"]["size"])
-    )
-    # An explicit generator keeps the global RNG untouched (the trainer's resume relies on it).
-    return DataLoader(dataset, batch_size=int(cfg["eval"]["batch_size"]), shuffle=False, num_workers=0,
-                      generator=torch.Generator())
-
-
-def train_statistics(loader: DataLoader, tasks: dict[str, int]) -> dict[str, torch.Tensor]:
-    """What a trivial predictor knows: class frequencies, mean depth, mean normal over the train split."""
-    stats: dict[str, torch.Tensor] = {}
-    for batch in loader:
-        for task, channels in tasks.items():
-            target = batch[task]
-            if TASK_INFO[task].kind == "classification":
-                valid = target[target != IGNORE_INDEX]
-                counts = torch.bincount(valid.flatten(), minlength=channels).double()
-                stats[task] = stats.get(task, torch.zeros(channels, dtype=torch.float64)) + counts
-            elif task == "depth":
-                valid = target[target > 0].double()
-                prev = stats.get(task, torch.zeros(2, dtype=torch.float64))
-                stats[task] = prev + torch.stack([valid.sum(), torch.tensor(float(valid.numel()), dtype=torch.float64)])
-            elif task == "normals":
-                valid = (target != IGNORE_INDEX).all(dim=1, keepdim=True).expand_as(target)
-                summed = (target * valid).double().sum(dim=(0, 2, 3))
-                stats[task] = stats.get(task, torch.zeros(3, dtype=torch.float64)) + summed
-    return stats
+from pamm.engine.build import TrainingError, move_batch, pick_device, split_loader, train_statistics
+from pamm.tasks import TASK_INFO, dataset_tasks
 
 
 def trivial_prediction(task: str, channels: int, stats: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
@@ -73,7 +39,7 @@ def edge_ground_truth_source(dataset: Any) -> Callable[[str], Any]:
         return dataset.load_labelmap
 
     def edge_png(image_id: str) -> Any:
-        from pamm.data.common import read_image_array
+        from pamm.data.readers import read_image_array
 
         raw = read_image_array(dataset.file("edge", image_id))
         return raw[..., 0] if raw.ndim == 3 else raw

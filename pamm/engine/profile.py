@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from pamm.models.interface import BACKBONE_ATTRIBUTE
+
 FLOP_CONVENTION = (
     "gflops = 2 x GMACs of conv/linear/matmul/attention (elementwise ops not counted); "
     "selective scan = 9*b*l*d*n (+b*d*l for D, +b*d*l for z) FLOPs, entered as FLOPs/2 MACs"
@@ -62,8 +64,9 @@ def find_unregistered_tensors(model: nn.Module) -> list[str]:
     return found
 
 
-def count_parameters(model: nn.Module, backbone_prefix: str = "backbone.") -> dict[str, float]:
-    """Parameters in millions: total, trainable, backbone and decoder (everything not under ``backbone``)."""
+def count_parameters(model: nn.Module, backbone_prefix: str = f"{BACKBONE_ATTRIBUTE}.") -> dict[str, float]:
+    """Parameters in millions: total, trainable, backbone (under ``model.backbone``, the declared interface of
+    ``pamm.models.interface``) and decoder (everything else)."""
     unregistered = find_unregistered_tensors(model)
     if unregistered:
         raise UnregisteredTensorError(
@@ -127,7 +130,7 @@ def count_flops_fvcore(model: nn.Module, image: torch.Tensor) -> dict[str, float
         analysis.uncalled_modules_warnings(False)
         total = analysis.total()
         by_module = analysis.by_module()
-    backbone = by_module.get("backbone", 0)
+    backbone = by_module.get(BACKBONE_ATTRIBUTE, 0)
     return {"gmacs_fvcore": total / 1e9, "gmacs_fvcore_backbone": backbone / 1e9,
             "gmacs_fvcore_decoder": (total - backbone) / 1e9, "gflops_scan": sum(scan_flops) / 1e9}
 
@@ -165,7 +168,7 @@ def count_flops_ptflops(model: nn.Module, image: torch.Tensor) -> dict[str, floa
         return float(macs or 0.0)
 
     total = macs_of(model)
-    backbone = macs_of(model.backbone) if hasattr(model, "backbone") else 0.0
+    backbone = macs_of(getattr(model, BACKBONE_ATTRIBUTE)) if hasattr(model, BACKBONE_ATTRIBUTE) else 0.0
     return {"gmacs_ptflops": total / 1e9, "gmacs_ptflops_backbone": backbone / 1e9,
             "gmacs_ptflops_decoder": (total - backbone) / 1e9}
 
@@ -349,7 +352,7 @@ def profile_config(
     cfg: dict[str, Any], device: str | None = None, model: torch.nn.Module | None = None, **options: Any
 ) -> dict[str, Any]:
     """Profile the model of a resolved config at its own resolution (``model``, or one with random weights)."""
-    from pamm.engine.train import build_model_for, pick_device, scan_settings_for
+    from pamm.engine.build import build_model_for, pick_device, scan_settings_for
 
     dev = pick_device(device)
     if model is None:

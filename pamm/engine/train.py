@@ -29,16 +29,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from pamm import io as pio
-from pamm.config import ConfigError, config_hash
+from pamm.config import config_hash
 from pamm.engine import distributed
+from pamm.engine.build import (
+    TrainingError,
+    autocast_dtype,
+    build_criterion,
+    build_model_for,
+    build_optimizer,
+    build_scheduler,
+    configure_cudnn,
+    init_offsets_from_train_split,
+    load_checkpoint,
+    move_batch,
+    scan_settings_for,
+    seed_everything,
+)
 from pamm.engine.provenance import dataset_fingerprint, environment, git_state
-from pamm.losses import MultiTaskLoss
-from pamm.models import create_model
 from pamm.tasks import dataset_tasks
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
 
 
 class TrainingDiverged(TrainingError):
@@ -68,21 +76,6 @@ def _sigint_deferred() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def load_checkpoint(path: Path, fix: str) -> dict[str, Any]:
-    """``torch.load`` of a run's ``last.pt`` / ``checkpoint.pt``; a truncated or corrupt file is one
-    ``TrainingError`` naming it and ``fix`` (what to delete or rerun)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - zip, pickle and EOF errors all mean the same here
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise TrainingError(f"{path} is truncated or corrupt ({type(err).__name__}: {first}): {fix}") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise TrainingError(f"{path} is not a pamm-bench checkpoint (no 'model' entry): {fix}")
-    return state
-
-
 def state_is_finite(*states: Any) -> bool:
     """Whether every floating-point tensor in (nested) state dicts is finite."""
     for state in states:
@@ -108,119 +101,6 @@ def _non_finite_items(batch: dict[str, Any], tasks: list[str]) -> list[str]:
             rows = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
             bad.update(int(i) for i in torch.nonzero(rows).flatten().tolist())
     return [ids[i] if i < len(ids) else f"#{i}" for i in sorted(bad)]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def configure_cudnn(device: torch.device, benchmark: bool = True) -> None:
-    """Let cuDNN time its convolution algorithms once per input shape (``cudnn.benchmark``), as the
-    released PAMM, MTMamba and InvPT trainers do (reference §1.8): training runs at one crop size, so
-    the search happens once, and without it cuDNN's heuristic pick is what runs for every convolution
-    (PAMM's wide 9×9 expert convolutions among them). No-op off CUDA."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = benchmark
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA for ``auto``; fp32 (no autocast) on CPU unless ``bf16`` is forced."""
-    if amp == "fp32":
-        return None
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    if amp == "auto":
-        return None
-    raise TrainingError(f"train.amp must be auto, bf16 or fp32, got {amp!r}")
-
-
-def scan_settings_for(cfg: dict[str, Any]):
-    """The run's scan settings (``pamm.ops.ScanSettings``): ``train.scan`` with its backend defaulting to
-    ``train.scan_backend``, a model's named ``scan_backend`` winning (it is what the model's scan calls
-    name), and the documented environment overrides."""
-    from pamm import ops
-
-    section = {"backend": cfg["train"].get("scan_backend", "auto"), **(cfg["train"].get("scan") or {})}
-    settings = ops.ScanSettings.from_config(section, where="train.scan")
-    model_backend = cfg["model"].get("scan_backend", "auto")
-    return settings if model_backend == "auto" else settings.forced(backend=model_backend)
-
-
-def build_model_for(cfg: dict[str, Any]) -> torch.nn.Module:
-    from pamm import ops
-    from pamm.models.heads import attach_output_offsets
-
-    run = cfg["run"]
-    tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
-    try:
-        model = create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
-    except ValueError as err:  # the builders' own checks of their options (sizes, heads, widths)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"model {run['model']!r} ({run['variant']}): {first}") from None
-    attach_output_offsets(model, [t for t in cfg["train"].get("output_offsets") or [] if t in tasks])
-    ops.set_scan_settings(model, scan_settings_for(cfg))
-    return model
-
-
-def _init_offsets_from_train_split(model: torch.nn.Module, cfg: dict[str, Any], tasks: list[str]) -> None:
-    """Start each output offset at the train split's mean target (un-augmented pass over the split)."""
-    from pamm.engine.evaluate import split_loader, train_statistics
-    from pamm.models.heads import init_output_offsets
-
-    wanted = [t for t in cfg["train"].get("output_offsets") or [] if t in tasks]
-    if not wanted:
-        return
-    unsupported = [t for t in wanted if t != "depth"]
-    if unsupported:
-        raise TrainingError(f"train.output_offsets supports depth only, got {unsupported}")
-    stats = train_statistics(split_loader(cfg, "train", wanted), {t: 1 for t in wanted})
-    init_output_offsets(model, {"depth": float(stats["depth"][0] / stats["depth"][1].clamp_min(1))})
-
-
-def build_criterion(cfg: dict[str, Any], tasks: list[str]) -> MultiTaskLoss:
-    """The run's multi-task loss (scheme, task weights, edge positive weight from ``train.loss``)."""
-    loss_cfg = cfg["train"]["loss"]
-    return MultiTaskLoss(tasks, cfg["run"]["dataset"], scheme=loss_cfg["scheme"], weights=loss_cfg.get("weights"),
-                         edge_pos_weight=float(loss_cfg["edge_pos_weight"]))
-
-
-def build_optimizer(params, opt_cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """The run's optimizer. Adam/AdamW on CUDA parameters use torch's fused kernel (one launch for every
-    tensor; same update up to rounding): the foreach version took 20 ms of PAMM's 504 ms NYUD step."""
-    params = list(params)
-    name = opt_cfg.get("name", "adam").lower()
-    kwargs = {"lr": float(opt_cfg["lr"]), "weight_decay": float(opt_cfg.get("weight_decay", 0.0))}
-    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
-    if name == "adam":
-        return torch.optim.Adam(params, **kwargs, **fused)
-    if name == "adamw":
-        return torch.optim.AdamW(params, **kwargs, **fused)
-    if name == "sgd":
-        return torch.optim.SGD(params, momentum=float(opt_cfg.get("momentum", 0.9)), **kwargs)
-    raise TrainingError(f"train.optimizer.name {name!r} is not one of adam, adamw, sgd")
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: dict[str, Any], iterations: int):
-    """Poly decay stepped per iteration (the shared recipe), or constant."""
-    name = sched_cfg.get("name", "poly")
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
-    if name != "poly":
-        raise TrainingError(f"train.scheduler.name {name!r} is not one of poly, constant")
-    power = float(sched_cfg.get("power", 0.9))
-    base = float(optimizer.param_groups[0]["lr"])
-    floor = float(sched_cfg.get("min_lr", 0.0)) / base if base > 0 else 0.0
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(floor, (1.0 - min(it, iterations) / iterations) ** power)
-    )
 
 
 def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -258,10 +138,6 @@ def iterate_batches(
         )
         yield from loader
         epoch, skip = epoch + 1, 0
-
-
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -349,7 +225,7 @@ def train_run(
     )
     model = build_model_for(cfg).to(dev)
     if not last_path.is_file():
-        _init_offsets_from_train_split(model, cfg, tasks)
+        init_offsets_from_train_split(model, cfg, tasks)
     net = distributed.wrap(model, dist_info, dev)
     model = net.module if dist_info.enabled else net  # SyncBatchNorm conversion returns a new module
     criterion = build_criterion(cfg, tasks)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pamm._compat import ensure_torchvision_importable
-from pamm.config import ConfigError
+from pamm.errors import ConfigError
 from pamm.models.swin_mmseg import mmseg_swin_features, swin_semantics_kwargs
 
 _log = logging.getLogger(__name__)

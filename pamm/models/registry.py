@@ -1,26 +1,23 @@
 """Model registry in timm's style: ``@register_model("name")`` and ``create_model(name, **cfg)``.
 
 A model is a name plus a plain config dict. Every builder takes ``tasks`` (task name -> output
-channels, see ``pamm.tasks``) and keyword options, and returns an ``nn.Module`` whose
-``forward(image)`` returns ``{task: (B, C_task, H, W)}`` at the input size. Models with deep
-supervision may add ``"aux": {task: tensor}`` while training.
+channels, see ``pamm.tasks``) and keyword options, and returns a model that meets
+``pamm.models.interface.MultiTaskModel`` (``backbone``, ``tasks``, ``forward(image) -> {task: map}``);
+``create_model`` checks it.
+
+This module imports no model: a model module registers itself when it is imported. ``import pamm.models``
+registers pamm's own models and ``import baselines`` the baselines; the entry points (the CLI, the engine's
+builders, the config check) import both.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 import torch.nn as nn
 
+from pamm.models.interface import check_model
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-# Modules whose import registers the built-in models (baselines live outside ``pamm``).
-_BUILTIN_MODULES = (
-    "pamm.models.mtl",
-    "pamm.models.pamm_model",
-    "baselines",
-)
-
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -32,32 +29,24 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return decorate
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            # Only tolerate the module itself being absent (e.g. a partial checkout),
-            # never a missing dependency inside it.
-            if err.name != module:
-                raise
-
-
 def list_models() -> list[str]:
-    _load_builtins()
+    """The registered model names (those of the model modules imported so far)."""
     return sorted(_BUILDERS)
 
 
 def create_model(name: str, tasks: dict[str, int], **cfg: Any) -> nn.Module:
     """Build model ``name`` for ``tasks`` with options ``cfg``."""
-    _load_builtins()
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid models: {sorted(_BUILDERS)}")
+        raise ValueError(
+            f"unknown model {name!r}; registered models: {sorted(_BUILDERS)} (a model registers when its module is "
+            "imported: `import pamm.models, baselines` registers the built-in ones)"
+        )
     try:
         model = _BUILDERS[name](tasks=dict(tasks), **cfg)
     except TypeError as err:
         if "unexpected keyword argument" not in str(err):
             raise
         raise ValueError(f"model {name!r}: {err}; check the model: section of its config (pamm/configs/models/{name}.yaml)") from err
+    check_model(model, name, tasks)
     model.model_name = name
     return model
