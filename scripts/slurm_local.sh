@@ -26,7 +26,7 @@ NODE="$(hostname -s)"
 ETC="$DIR/etc" RUN="$DIR/run" LOG="$DIR/log" STATE="$DIR/state"
 SYSTEM_CONF=/etc/slurm/slurm.conf   # where SLURM commands look when SLURM_CONF is unset
 export SLURM_CONF="$ETC/slurm.conf"
-DAEMONS=(slurmd slurmctld slurmdbd mariadbd munged)   # stop order; start order is the reverse
+DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)   # in start order
 
 fail() { echo "slurm_local: $*" >&2; exit 1; }
 say() { echo "slurm_local: $*"; }
@@ -220,9 +220,30 @@ start_all() {
         "sbatch, squeue and sacct reach it through $SYSTEM_CONF -> $SLURM_CONF"
 }
 
-# Cancel every job, then stop the daemons this script started (by their pids), newest first.
+STOPPED_HARD=()
+# SIGTERM to the named daemons this script started (by their pids), then wait; SIGKILL after 20 s.
+stop_daemons() {
+    local name pid i pids=() names=()
+    for name in "$@"; do
+        if pid="$(pid_of "$name")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid") names+=("$name")
+        fi
+        rm -f "$RUN/$name.pid"
+    done
+    for i in "${!pids[@]}"; do
+        local deadline=$((SECONDS + 20))
+        while kill -0 "${pids[$i]}" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+        if kill -0 "${pids[$i]}" 2>/dev/null; then
+            kill -KILL "${pids[$i]}" 2>/dev/null || true
+            STOPPED_HARD+=("${names[$i]} (pid ${pids[$i]})")
+        fi
+    done
+}
+
+# Cancel every job, then stop the daemons this script started, newest first.
 stop_all() {
-    local quiet="${1:-}" name pid i left=()
+    local quiet="${1:-}" i
     if pid_of slurmctld >/dev/null; then
         if [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
             scancel --full --quiet $(squeue -h -o %i) 2>/dev/null || true
@@ -232,19 +253,10 @@ stop_all() {
             done
         fi
     fi
-    for name in "${DAEMONS[@]}"; do
-        pid="$(pid_of "$name")" || { rm -f "$RUN/$name.pid"; continue; }
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL "$pid" 2>/dev/null || true
-            left+=("$name (pid $pid, killed)")
-        fi
-        rm -f "$RUN/$name.pid"
-    done
+    # SLURM's daemons first, then its accounting, then the database and munge; each stage at once.
+    stop_daemons slurmd slurmctld
+    stop_daemons slurmdbd
+    stop_daemons mariadbd munged
     if [ "$(readlink "$SYSTEM_CONF" 2>/dev/null || true)" = "$SLURM_CONF" ]; then
         rm -f "$SYSTEM_CONF"
     fi
@@ -256,8 +268,8 @@ stop_all() {
         return 1
     fi
     [ -z "$quiet" ] || return 0
-    if [ ${#left[@]} -gt 0 ]; then
-        say "stopped; did not exit on SIGTERM within 20 s: ${left[*]}"
+    if [ ${#STOPPED_HARD[@]} -gt 0 ]; then
+        say "stopped; killed (SIGKILL) after 20 s without exiting on SIGTERM: ${STOPPED_HARD[*]}"
     else
         say "stopped; nothing left running"
     fi
@@ -265,7 +277,7 @@ stop_all() {
 
 status_all() {
     local name pid up=0
-    for name in munged mariadbd slurmdbd slurmctld slurmd; do
+    for name in "${DAEMONS[@]}"; do
         if pid="$(pid_of "$name")"; then
             echo "$name: running (pid $pid)"; up=$((up + 1))
         else
