@@ -153,7 +153,7 @@ def _job_resources(output: str) -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.parametrize("gpus", [0, 1, 2])
+@pytest.mark.parametrize("gpus", [0, 2])
 def test_gpu_resource_only_where_gpus_per_run_is_set(gpus, tmp_path):
     """train asks for gpus_per_run GPUs, evaluate and profile for one, and nothing else for any (no cluster needed)."""
     if not SNAKEMAKE.exists():
