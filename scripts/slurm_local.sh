@@ -12,7 +12,8 @@
 # MariaDB, if any, are left alone. Only /etc/slurm/slurm.conf is touched: a symlink to this folder's
 # slurm.conf while the cluster runs (refused if that file belongs to another cluster), because commands
 # inside jobs find the config only there (snakemake-executor-plugin-slurm-jobstep 0.6.1 drops SLURM_CONF
-# from the environment of its `srun`). Daemons listen on 127.0.0.1 only:
+# from the environment of its `srun`). Every connection goes to 127.0.0.1 (MariaDB and slurmd listen only
+# there; slurmctld and slurmdbd, which cannot be told so, on every interface), on these ports:
 #   PAMM_SLURM_CTLD_PORT (6817)  PAMM_SLURM_SLURMD_PORT (6818)  PAMM_SLURM_DBD_PORT (6819)  PAMM_SLURM_DB_PORT (6820)
 set -euo pipefail
 
@@ -125,6 +126,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$RUN/munge.socket
+# slurmd listens on the node's address (127.0.0.1) only; slurmctld and slurmdbd have no such setting.
+CommunicationParameters=NoInAddrAny
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE $hw State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
@@ -164,13 +167,18 @@ start_db() {
     if [ ! -d "$STATE/db/mysql" ]; then
         first=1
         mariadb-install-db --no-defaults --datadir="$STATE/db" --user=root --auth-root-authentication-method=socket \
-            --skip-test-db >"$LOG/mariadbd.install.log" 2>&1 \
-            || { echo "slurm_local: mariadb-install-db failed:" >&2; tail -n 15 "$LOG/mariadbd.install.log" >&2; stop_all quiet; exit 1; }
+            --skip-test-db >"$LOG/mariadbd.install.log" 2>&1 || {
+            echo "slurm_local: mariadb-install-db failed; the end of $LOG/mariadbd.install.log:" >&2
+            tail -n 15 "$LOG/mariadbd.install.log" | sed 's/^/    /' >&2
+            stop_all quiet || true
+            exit 1
+        }
     fi
     launch mariadbd mariadbd --no-defaults --datadir="$STATE/db" --socket="$RUN/mysqld.sock" --port="$DB_PORT" \
         --bind-address=127.0.0.1 --user=root --pid-file="$RUN/mariadbd.daemon.pid" --log-error="$LOG/mariadbd.log" \
         --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 --skip-log-bin
-    wait_for mariadbd "did not answer on port $DB_PORT" 60 mariadb --no-defaults --socket="$RUN/mysqld.sock" -e "SELECT 1"
+    wait_for mariadbd "did not answer on port $DB_PORT" 60 \
+        mariadb --no-defaults --socket="$RUN/mysqld.sock" -e "SELECT 1"
     if [ "$first" = 1 ]; then
         mariadb --no-defaults --socket="$RUN/mysqld.sock" <<EOF
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
@@ -188,7 +196,8 @@ start_all() {
             fail "$name from $DIR is already running (pid $(pid_of "$name")): 'bash $0 stop' first"
         fi
     done
-    for port in "$CTLD_PORT:slurmctld:CTLD" "$SLURMD_PORT:slurmd:SLURMD" "$DBD_PORT:slurmdbd:DBD" "$DB_PORT:mariadbd:DB"; do
+    for port in "$CTLD_PORT:slurmctld:CTLD" "$SLURMD_PORT:slurmd:SLURMD" "$DBD_PORT:slurmdbd:DBD" \
+                "$DB_PORT:mariadbd:DB"; do
         IFS=: read -r number name var <<<"$port"
         if port_busy "$number"; then
             fail "port $number (for $name) is in use on 127.0.0.1: stop what holds it (ss -ltnp)" \
@@ -216,7 +225,8 @@ start_all() {
     launch slurmd slurmd -D -N "$NODE"
     wait_for slurmd "did not register node $NODE as idle" 60 \
         bash -c "sinfo -h -n '$NODE' -o '%T' | grep -qE '^(idle|mixed|allocated)'"
-    say "cluster '$CLUSTER' is up: node $NODE ($(sinfo -h -n "$NODE" -o '%c CPUs, %m MB' | head -n 1)), partitions cpu and gpu;" \
+    say "cluster '$CLUSTER' is up: node $NODE ($(sinfo -h -n "$NODE" -o '%c CPUs, %m MB' | head -n 1))," \
+        "partitions cpu and gpu;" \
         "sbatch, squeue and sacct reach it through $SYSTEM_CONF -> $SLURM_CONF"
 }
 
@@ -264,7 +274,8 @@ stop_all() {
     local steps
     steps="$(pgrep -x slurmstepd || true)"
     if [ -n "$steps" ]; then
-        echo "slurm_local: slurmstepd still running (pids $(echo $steps)): a job did not end; it is not ours to kill blindly" >&2
+        echo "slurm_local: slurmstepd still running (pids $(echo $steps)): a job did not end;" \
+             "it is not ours to kill blindly" >&2
         return 1
     fi
     [ -z "$quiet" ] || return 0
