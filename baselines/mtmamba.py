@@ -31,14 +31,13 @@ from baselines.ss2d import (
     FCTMBlock,
     SCTMBlock,
     STMBlock,
-    TaskLayerNorm,
-    TaskLinear,
     TaskPatchExpand,
     pixel_shuffle_channels_last,
 )
 from pamm.models.backbones import create_backbone
 from pamm.models.heads import resize_to
 from pamm.models.registry import register_model
+from pamm.models.task_layers import TaskLayerNorm, TaskLinear
 
 BLOCKS_PER_STAGE = 3  # 2 STM + 1 cross-task block: the DropPath schedule counts these
 

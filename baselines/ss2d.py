@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pamm.ops as scan_ops
+from pamm.models.task_layers import TaskLayerNorm, TaskLinear
 
 SCAN_DIRECTIONS = 4  # row-major, column-major, and both reversed (VMamba's SS2D set)
 # ``scan_orders("raster", h, w, 4)`` lists [row, row reversed, column, column reversed]; SS2D stacks
@@ -42,56 +43,6 @@ def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
 def _uniform_(tensor: torch.Tensor, bound: float) -> None:
     with torch.no_grad():
         tensor.uniform_(-bound, bound)
-
-
-class TaskLinear(nn.Module):
-    """``num_tasks`` independent Linear layers applied to a ``(T, ..., in)`` stack in one batched matmul.
-
-    An input with a leading axis of 1 is broadcast to every task (e.g. a shared backbone map).
-    Initialised like ``nn.Linear`` (uniform, bound 1/sqrt(in)), task by task.
-    """
-
-    def __init__(self, num_tasks: int, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__()
-        self.num_tasks, self.in_features, self.out_features = num_tasks, in_features, out_features
-        self.weight = nn.Parameter(torch.empty(num_tasks, out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(num_tasks, out_features)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_features)
-        _uniform_(self.weight, bound)
-        if self.bias is not None:
-            _uniform_(self.bias, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, inner = x.shape[0], x.shape[1:-1]
-        flat = x.reshape(lead, -1, self.in_features)
-        out = torch.matmul(flat, self.weight.transpose(1, 2))  # broadcasts a lead of 1 over tasks
-        if self.bias is not None:
-            out = out + self.bias[:, None, :]
-        return out.reshape(self.num_tasks, *inner, self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"tasks={self.num_tasks}, in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"
-
-
-class TaskLayerNorm(nn.Module):
-    """``num_tasks`` LayerNorms over the last axis of a ``(T, ..., C)`` stack (a lead of 1 broadcasts)."""
-
-    def __init__(self, num_tasks: int, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_tasks, self.channels, self.eps = num_tasks, channels, eps
-        self.weight = nn.Parameter(torch.ones(num_tasks, channels))
-        self.bias = nn.Parameter(torch.zeros(num_tasks, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (self.num_tasks,) + (1,) * (x.dim() - 2) + (self.channels,)
-        normed = F.layer_norm(x, (self.channels,), eps=self.eps)
-        return normed * self.weight.view(shape) + self.bias.view(shape)
-
-    def extra_repr(self) -> str:
-        return f"tasks={self.num_tasks}, channels={self.channels}, eps={self.eps}"
 
 
 class TaskDropPath(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.ss2d import SS2D, TaskLayerNorm, TaskLinear
+from baselines.ss2d import SS2D
 from pamm.config import resolve_config
 from pamm.models import create_model
 from pamm.tasks import dataset_tasks
@@ -142,22 +142,6 @@ def test_css2d_takes_its_selection_from_the_cross_input() -> None:
         out_a, out_b = css2d(x, cross_input=shared_a), css2d(x, cross_input=shared_b)
     assert out_a.shape == (2, 1, 3, 4, 8)
     assert not torch.allclose(out_a, out_b)
-
-
-def test_task_stacked_linear_and_layernorm_equal_per_task_modules() -> None:
-    torch.manual_seed(0)
-    linear, norm = TaskLinear(3, 5, 7), TaskLayerNorm(3, 7)
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-    x = torch.randn(3, 2, 4, 5)
-    with torch.no_grad():
-        got = norm(linear(x))
-        for t in range(3):
-            expected = F.layer_norm(F.linear(x[t], linear.weight[t], linear.bias[t]), (7,), norm.weight[t], norm.bias[t])
-            torch.testing.assert_close(got[t], expected)
-        shared = linear(x[:1])  # a lead axis of 1 is broadcast to every task
-        torch.testing.assert_close(shared[2], F.linear(x[0], linear.weight[2], linear.bias[2]))
 
 
 @pytest.mark.parametrize("name", MODELS)

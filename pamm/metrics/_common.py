@@ -71,6 +71,17 @@ def check_same_layout(pred: np.ndarray, target: np.ndarray, task: str) -> None:
         raise ValueError(f"{task}: prediction {pred.shape} and target {target.shape} differ in batch or H, W")
 
 
+def prediction_and_target(
+    pred: Any, target: Any, task: str, pred_channels: int, target_channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """A meter's batch as numpy: prediction (B, C, H, W), target as :func:`batch_target` gives it, both
+    shapes checked and the two checked against each other."""
+    prediction = batch_prediction(pred, pred_channels, task)
+    labels = batch_target(target, target_channels, task)
+    check_same_layout(prediction, labels, task)
+    return prediction, labels
+
+
 def resolve_meta(
     meta: Mapping[str, Any] | None, orig_sizes: Any | None, ids: Sequence[str] | None
 ) -> tuple[Any | None, Sequence[str] | None]:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pamm.metrics._common import batch_prediction, batch_target, check_same_layout, percent
+from pamm.metrics._common import percent, prediction_and_target
 
 VALID_MODES = ("range", "nonzero")
 
@@ -56,9 +56,8 @@ class DepthMeter:
         ids: Sequence[str] | None = None,
     ) -> None:
         """``pred``: (B, 1, H, W) depth in metres (raw network output); ``target``: (B, 1, H, W), 0 = invalid."""
-        prediction = batch_prediction(pred, 1, "depth")[:, 0].astype(np.float64)
-        gt = batch_target(target, 1, "depth").astype(np.float64)
-        check_same_layout(prediction, gt, "depth")
+        prediction, gt = prediction_and_target(pred, target, "depth", 1)
+        prediction, gt = prediction[:, 0].astype(np.float64), gt.astype(np.float64)
         mask = valid_depth_mask(gt, self.valid, self.min_depth, self.max_depth)
         prediction = np.maximum(prediction, 0.0)
         prediction[prediction <= 0] = 1e-9

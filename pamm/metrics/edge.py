@@ -28,7 +28,7 @@ from scipy.special import expit
 
 from pamm.io import atomic_path
 from pamm.metrics import boundary
-from pamm.metrics._common import batch_prediction, batch_target, check_same_layout, percent, resolve_meta, to_numpy
+from pamm.metrics._common import percent, prediction_and_target, resolve_meta, to_numpy
 from pamm.tasks import IGNORE_INDEX
 
 PAD_POSITIONS = ("top_left", "center")
@@ -289,9 +289,8 @@ class EdgeMeter:
         when ``save_dir`` or ``gt_source`` is set. Both default to the loader's ``meta``.
         """
         orig_sizes, ids = resolve_meta(meta, orig_sizes, ids)
-        logits = batch_prediction(pred, 1, "edge")[:, 0]
-        targets = batch_target(target, 1, "edge")
-        check_same_layout(logits, targets, "edge")
+        logits, targets = prediction_and_target(pred, target, "edge", 1)
+        logits = logits[:, 0]
         batch = logits.shape[0]
         if ids is not None and len(ids) != batch:
             raise ValueError(f"edge: {len(ids)} ids for a batch of {batch}")

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pamm.metrics._common import batch_prediction, batch_target, check_same_layout, percent
+from pamm.metrics._common import percent, prediction_and_target
 from pamm.tasks import IGNORE_INDEX
 
 PREDICTION_PRECISIONS = ("float", "uint8")
@@ -81,9 +81,8 @@ class NormalsMeter:
         ids: Sequence[str] | None = None,
     ) -> None:
         """``pred``: raw (B, 3, H, W) output; ``target``: (B, 3, H, W) unit normals, 255 = invalid."""
-        raw = batch_prediction(pred, 3, "normals")
-        gt = batch_target(target, 3, "normals").astype(np.float64)
-        check_same_layout(raw, gt, "normals")
+        raw, gt = prediction_and_target(pred, target, "normals", 3, 3)
+        gt = gt.astype(np.float64)
         valid = np.all(gt != self.ignore_index, axis=1)
         prediction = requantize_prediction(raw, self.prediction_precision)
         errors = angular_error_degrees(prediction, normalize_vectors(gt))[valid]

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.special import expit, softmax
 
-from pamm.metrics._common import batch_prediction, batch_target, check_same_layout, percent
+from pamm.metrics._common import percent, prediction_and_target
 from pamm.tasks import IGNORE_INDEX
 
 DEFAULT_THRESHOLDS = np.arange(1, 20, dtype=np.float64) * 0.05
@@ -67,9 +67,7 @@ class SaliencyMeter:
         ids: Sequence[str] | None = None,
     ) -> None:
         """``pred``: logits (B, 2, H, W), channel 1 = salient; ``target``: (B, H, W) in {0, 1}, 255 ignored."""
-        logits = batch_prediction(pred, 2, "sal")
-        labels = batch_target(target, 1, "sal")
-        check_same_layout(logits, labels, "sal")
+        logits, labels = prediction_and_target(pred, target, "sal", 2)
         valid = labels != self.ignore_index
         salient = labels[valid] == 1
         probability = softmax(logits.astype(np.float32), axis=1)[:, 1][valid]

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pamm.metrics._common import batch_prediction, batch_target, check_same_layout, percent
+from pamm.metrics._common import percent, prediction_and_target
 from pamm.tasks import IGNORE_INDEX
 
 ABSENT_CLASS_POLICIES = ("zero", "ignore")
@@ -98,9 +98,7 @@ class SegmentationMeter:
     ) -> None:
         """``pred``: logits (B, K, H, W); ``target``: labels (B, H, W) with ``ignore_index`` ignored."""
         task = self.column_prefix
-        logits = batch_prediction(pred, self.num_classes, task)
-        labels = batch_target(target, 1, task)
-        check_same_layout(logits, labels, task)
+        logits, labels = prediction_and_target(pred, target, task, self.num_classes)
         self.confusion += confusion_matrix(logits.argmax(axis=1), labels, self.num_classes, self.ignore_index)
 
     def per_class_iou(self) -> np.ndarray:

@@ -20,44 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pamm.models.task_layers import TaskLayerNorm, TaskLinear
+
 ROUTER_SPATIAL_KINDS = ("released_linear", "attention_pool")
-
-
-class TaskLinear(nn.Module):
-    """One ``nn.Linear(in, out)`` per task, applied to ``(batch, tasks, in)`` in a single einsum."""
-
-    def __init__(self, num_tasks: int, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_tasks, out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(num_tasks, out_features)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # nn.Linear's default init, per task.
-        bound = 1.0 / math.sqrt(self.weight.shape[-1])
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.einsum("bti,toi->bto", x, self.weight)
-        return out + self.bias if self.bias is not None else out
-
-
-class TaskLayerNorm(nn.Module):
-    """LayerNorm over the last axis with a per-task affine; input ``(batch, tasks, ..., channels)``."""
-
-    def __init__(self, num_tasks: int, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_tasks, channels))
-        self.bias = nn.Parameter(torch.zeros(num_tasks, channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        extra = (1,) * (x.dim() - 3)  # broadcast over any axes between tasks and channels
-        shape = (1, self.weight.shape[0], *extra, self.weight.shape[1])
-        return normed * self.weight.view(shape) + self.bias.view(shape)
 
 
 class TaskRouter(nn.Module):
@@ -90,8 +55,8 @@ class TaskRouter(nn.Module):
         self.spatial = spatial
         # channel branch
         self.channel_proj = nn.Conv1d(num_tasks * in_channels, num_tasks * hidden, 1, groups=num_tasks)
-        self.channel_norm = TaskLayerNorm(num_tasks, hidden)
-        self.channel_out = TaskLinear(num_tasks, hidden, hidden)
+        self.channel_norm = TaskLayerNorm(num_tasks, hidden, task_axis=1)
+        self.channel_out = TaskLinear(num_tasks, hidden, hidden, task_axis=1)
         # spatial branch
         if spatial == "released_linear":
             if token_grid is None:
@@ -106,9 +71,9 @@ class TaskRouter(nn.Module):
             bound = 1.0 / math.sqrt(in_channels)
             self.spatial_weight = nn.Parameter(torch.empty(num_tasks, in_channels).uniform_(-bound, bound))
             self.spatial_bias = nn.Parameter(torch.zeros(num_tasks))
-        self.spatial_norm = TaskLayerNorm(num_tasks, in_channels)
-        self.spatial_out = TaskLinear(num_tasks, in_channels, hidden)
-        self.logits = TaskLinear(num_tasks, 2 * hidden, num_outputs)
+        self.spatial_norm = TaskLayerNorm(num_tasks, in_channels, task_axis=1)
+        self.spatial_out = TaskLinear(num_tasks, in_channels, hidden, task_axis=1)
+        self.logits = TaskLinear(num_tasks, 2 * hidden, num_outputs, task_axis=1)
 
     def check_grid(self, grid: tuple[int, int]) -> None:
         """Raise a clear error when the released, resolution-tied router sees another token grid."""

@@ -21,7 +21,6 @@ import pamm.ops as scan_ops
 from pamm.models.experts import ParameterExpert, PlainTaskProjection, run_parameter_experts
 
 FIDELITY_MODES = ("as_described", "as_released")
-SCAN_ORDERS = scan_ops.SCAN_KINDS
 SCAN_CALLS = ("batched", "per_task_direction")
 SCAN_MERGES = ("sum", "mean")
 PRIOR_STD = 0.02  # the released prompts' trunc-normal std
@@ -72,7 +71,7 @@ class PAMMOptions:
                 raise ValueError(f"pamm option {name}={value!r} is not one of {list(valid)}")
 
         one_of("fidelity", self.fidelity, FIDELITY_MODES)
-        one_of("scan_order", self.scan_order, SCAN_ORDERS)
+        one_of("scan_order", self.scan_order, scan_ops.SCAN_KINDS)
         one_of("scan_directions", self.scan_directions, (1, 2, 4))
         one_of("scan_merge", self.scan_merge, SCAN_MERGES)
         one_of("scan_call", self.scan_call, SCAN_CALLS)
