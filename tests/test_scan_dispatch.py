@@ -174,6 +174,29 @@ def test_a_backend_named_outside_train_scan_is_refused_with_where_it_moved(key, 
             create_model(model_name, {"semseg": 40}, img_size=(64, 80), **fresh["model"], scan_backend="triton")
 
 
+def test_no_model_module_names_a_backend_in_its_scan_calls():
+    """Model code passes the run's settings, never ``backend=``, to the scan ops (which keep the keyword for
+    direct callers), so that ``train.scan.backend`` is what runs."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "pamm" / "models").glob("*.py")) + sorted((root / "baselines").glob("*.py"))
+    scan_calls, named = 0, []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if callee in ("selective_scan", "multi_direction_scan"):
+                    scan_calls += 1
+                    keywords = {k.arg for k in node.keywords}
+                    if "backend" in keywords or "settings" not in keywords:
+                        named.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert scan_calls >= 3  # PAMM's batched and per-task calls, SS2D's call
+    assert named == [], f"scan calls that name a backend or pass no settings: {named}"
+
+
 def test_equal_config_hashes_mean_equal_scan_settings_and_the_summary_records_them(monkeypatch):
     """Every setting that picks kernels is in the config (so in ``config_hash``); an environment override is the
     one way around it, and the run's record (and summary.csv's ``scan_settings`` column) names it."""
