@@ -75,8 +75,8 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 def scan_settings_for(cfg: dict[str, Any]):
     """The run's scan settings (``pamm.ops.ScanSettings``): the config's ``train.scan`` section and the
-    documented environment overrides. A config that still names the backend elsewhere (``train.scan_backend``,
-    ``model.scan_backend``, e.g. a run directory's ``config.yaml`` written before the move) is refused."""
+    documented environment overrides. A config that names the backend under a key of
+    ``pamm.config.MOVED_KEYS`` (an older run directory's ``config.yaml``, say) is refused."""
     from pamm import ops
 
     check_moved_keys(cfg)
