@@ -17,7 +17,7 @@ the same four LayerNorms here. Released checkpoints convert with ``baselines.rel
 Differences from the released code, all deliberate:
 * timm's weight names and PatchMerging channel order inside the backbone (the converter permutes).
 * No ``mamba_ssm``: the scan is ``pamm.ops.multi_direction_scan`` (one call per SS2D for all tasks
-  and directions) with whichever backend ``scan_backend`` picks.
+  and directions) on the backend that the run's scan settings (``train.scan``) choose.
 """
 from __future__ import annotations
 
@@ -113,7 +113,6 @@ class MTMambaNet(nn.Module):
         dt_rank: int | str = "auto",
         drop_path_rate: float = 0.2,
         feature_norm: bool = True,
-        scan_backend: str = "auto",
         head: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -134,7 +133,7 @@ class MTMambaNet(nn.Module):
         num_blocks = num_stages * BLOCKS_PER_STAGE
         # torch.linspace(rate, 0, n) in plain Python, so the model also builds on the meta device.
         drop_paths = [drop_path_rate * (1.0 - i / (num_blocks - 1)) for i in range(num_blocks)]
-        ss2d_kwargs = {"d_state": d_state, "ssm_ratio": ssm_ratio, "dt_rank": dt_rank, "scan_backend": scan_backend}
+        ss2d_kwargs = {"d_state": d_state, "ssm_ratio": ssm_ratio, "dt_rank": dt_rank}
         block = CROSS_TASK_BLOCKS[cross_task_block]
         self.stages = nn.ModuleList(
             DecoderStage(

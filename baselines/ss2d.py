@@ -104,7 +104,6 @@ class SS2D(nn.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
-        scan_backend: str = "auto",
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
@@ -114,7 +113,6 @@ class SS2D(nn.Module):
         self.dt_rank = resolve_dt_rank(dt_rank, d_model)
         self.d_conv = d_conv
         self.gated, self.project_out, self.cross = gated, project_out, cross
-        self.scan_backend = scan_backend
         self.scan_settings = None  # pamm.ops.ScanSettings, set by pamm.ops.set_scan_settings
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         T, K, di, N, R = num_tasks, SCAN_DIRECTIONS, self.d_inner, d_state, self.dt_rank
@@ -186,7 +184,6 @@ class SS2D(nn.Module):
             perm=perm,
             inverse=inverse,
             merge="sum",
-            backend=self.scan_backend,
             settings=self.scan_settings,
         )
 

@@ -6,12 +6,13 @@ times the same step here: forward under autocast, the multi-task loss, backward,
 clipping and the optimizer step, on a batch produced by the real data pipeline (synthetic data
 in the real on-disk format at the paper resolution, written to a temporary folder).
 
-Each case is ``model[:variant][,key=value...]``, where the keys are model config overrides
-(``scan_call``, ``scan_backend``, ``fidelity``...); the special model ``backbone`` times the
-first case's backbone alone (forward, mean-square loss, backward, step). Examples:
+Each case is ``model[:variant][,key=value...]``: a plain key is a model option (``scan_call``,
+``fidelity``...), a dotted key a config key as ``--set`` takes it (``train.scan.backend``, the scan
+backend); the special model ``backbone`` times the first case's backbone alone (forward, mean-square
+loss, backward, step). Examples:
 
     python benchmarks/bench_train_step.py                      # the default cases below
-    python benchmarks/bench_train_step.py --cases pamm:as_released,scan_backend=triton backbone
+    python benchmarks/bench_train_step.py --cases pamm:as_released,train.scan.backend=triton backbone
 
 Reported per case: median and p90 step time (CUDA events around the whole step), peak memory
 (``torch.cuda.max_memory_allocated`` after a reset), parameters, and the ratio to the backbone
@@ -37,11 +38,11 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_CASES = [
     "backbone",
-    "pamm:as_released,scan_backend=cuda",                                  # the released math, our structure
-    "pamm:as_released,scan_backend=cuda,scan_call=per_task_direction",     # ... one scan call per task x direction
-    "pamm:as_released,scan_backend=triton",
-    "pamm,scan_backend=cuda",                                              # as described (3x3 experts)
-    "pamm,scan_backend=triton",
+    "pamm:as_released,train.scan.backend=cuda",                               # the released math, our structure
+    "pamm:as_released,train.scan.backend=cuda,scan_call=per_task_direction",  # ... one scan call per task x direction
+    "pamm:as_released,train.scan.backend=triton",
+    "pamm,train.scan.backend=cuda",                                           # as described (3x3 experts)
+    "pamm,train.scan.backend=triton",
 ]
 FIELDS = ["case", "model", "variant", "overrides", "dataset", "batch", "amp", "img_h", "img_w", "params_m",
           "step_ms", "step_p90_ms", "peak_mem_gib", "vs_backbone", "scan_backend", "cudnn_benchmark", "device",
@@ -49,17 +50,22 @@ FIELDS = ["case", "model", "variant", "overrides", "dataset", "batch", "amp", "i
 
 
 def parse_case(text: str) -> tuple[str, str, dict[str, Any]]:
-    """``model[:variant][,key=value...]`` -> (model, variant, model overrides)."""
-    import yaml
+    """``model[:variant][,key=value...]`` -> (model, variant, config overrides); a plain key is under ``model``."""
+    from pamm.config import deep_merge, parse_override
+    from pamm.errors import ConfigError
 
     head, *pairs = text.split(",")
     model, _, variant = head.partition(":")
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"case {text!r}: {pair!r} is not key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
+        key = key.strip() if "." in key else f"model.{key.strip()}"
+        try:
+            overrides = deep_merge(overrides, parse_override(f"{key}={value}"))
+        except ConfigError as err:
+            raise SystemExit(f"case {text!r}: {err}") from None
     return model, variant or "default", overrides
 
 
@@ -80,11 +86,21 @@ def make_batch(dataset: str, size: tuple[int, int], batch: int, device: torch.de
     return move_batch(next(iterate_batches(data, batch, 0, 0, 0)), device)
 
 
-def build_case(model_name: str, variant: str, overrides: dict, dataset: str, profile: str):
+def case_config(model_name: str, variant: str, overrides: dict, dataset: str, profile: str) -> dict:
+    """The resolved run config of a case; a bad case stops with the config's one-line error."""
     from pamm.config import resolve_config
+    from pamm.errors import ConfigError
+
+    try:
+        return resolve_config(profile, dataset, model_name, variant, 0, overrides=overrides or None)
+    except ConfigError as err:
+        raise SystemExit(f"case {model_name}:{variant}: {err}") from None
+
+
+def build_case(model_name: str, variant: str, overrides: dict, dataset: str, profile: str):
     from pamm.engine.build import build_model_for
 
-    cfg = resolve_config(profile, dataset, model_name, variant, 0, overrides={"model": overrides} if overrides else None)
+    cfg = case_config(model_name, variant, overrides, dataset, profile)
     torch.manual_seed(0)
     return cfg, build_model_for(cfg)
 
@@ -126,7 +142,7 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
     model_name, variant, overrides = parse_case(text)
     record = {"case": text, "model": model_name, "variant": variant, "batch": args.batch, "amp": args.amp,
               "dataset": args.dataset, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "overrides": ";".join(f"{k}={v}" for k, v in overrides.items()), "status": "ok",
+              "overrides": ";".join(text.split(",")[1:]), "status": "ok",
               "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None}
     backbone_only = model_name == "backbone"
     if backbone_only:
@@ -186,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     from pamm.engine.build import configure_cudnn
 
     configure_cudnn(device, args.cudnn_benchmark)
+    for text in args.cases:  # every case's config resolves before any is timed
+        if not text.startswith("backbone"):
+            case_config(*parse_case(text), args.dataset, args.profile)
     first_model = next((parse_case(c) for c in args.cases if not c.startswith("backbone")), ("pamm", "default", {}))
     backbone_source = dict(zip(("model", "variant", "overrides"), first_model))
     records = []

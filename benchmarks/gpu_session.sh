@@ -157,12 +157,12 @@ stage_step() {
 
 stage_steptile() {
     run train_step_tile env PAMM_TRITON_BWD=tile "$PY" benchmarks/bench_train_step.py --csv "$WORK/train_step_tile.csv" \
-        --cases "pamm:as_released,scan_backend=triton" "pamm,scan_backend=triton"
+        --cases "pamm:as_released,train.scan.backend=triton" "pamm,train.scan.backend=triton"
 }
 
 stage_stepfused() {
     cached_run train_step_fused env PAMM_TRITON_MULTI=fused "$PY" benchmarks/bench_train_step.py \
-        --csv "$WORK/train_step_fused.csv" --cases "pamm:as_released,scan_backend=triton" "pamm,scan_backend=triton"
+        --csv "$WORK/train_step_fused.csv" --cases "pamm:as_released,train.scan.backend=triton" "pamm,train.scan.backend=triton"
 }
 
 stage_experts() {

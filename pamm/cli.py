@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data_root:
         overrides.setdefault("data", {})["root"] = str(args.data_root.absolute())
     if args.scan_backend:
-        overrides.setdefault("train", {})["scan_backend"] = args.scan_backend
+        overrides.setdefault("train", {}).setdefault("scan", {})["backend"] = args.scan_backend
     cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
     apply_pretrained_map(cfg, args.pretrained)
     resolve_weights_files(cfg)
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="the dataset folder")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--scan-backend", default=None, choices=["auto", "torch", "cuda", "ref", "triton"],
-                   help="force the selective-scan backend")
+                   help="force the selective-scan backend (sets train.scan.backend)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.iterations=50 (repeatable)")
     p.add_argument("--pretrained", action="append", default=[], metavar="BACKBONE=PATH",

@@ -177,10 +177,31 @@ def resolve_config(
     return cfg
 
 
+#: Keys that moved, by old dotted name -> new dotted name. A config that still sets one stops with a line that
+#: says where it went, rather than the schema's "unknown key".
+MOVED_KEYS = {
+    "train.scan_backend": "train.scan.backend",
+    "model.scan_backend": "train.scan.backend",
+}
+
+
+def check_moved_keys(cfg: dict[str, Any]) -> None:
+    """Refuse a config that sets a key of ``MOVED_KEYS``, naming the key and where it moved."""
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(cfg.get(section), dict) and key in cfg[section]:
+            value = cfg[section][key]
+            raise ConfigError(
+                f"config key {old}: moved to {new}; set {new}: {value} in the YAML (or --set {new}={value}) "
+                f"and remove {old}"
+            )
+
+
 def validate_run_config(cfg: dict[str, Any]) -> None:
     """Check a resolved config against ``configs/run.schema.yaml``; the error names the offending key."""
     import jsonschema
 
+    check_moved_keys(cfg)
     schema = _load_yaml(PACKAGE_CONFIGS / "run.schema.yaml")
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
     if errors:

@@ -28,7 +28,7 @@ def tiny_model(name: str, variant: str, backend: str):
     from pamm.config import resolve_config
     from pamm.engine.build import build_model_for
 
-    overrides = {"model": {"scan_backend": backend}, "train": {"scan_backend": backend}} if name in SCAN_MODELS else None
+    overrides = {"train": {"scan": {"backend": backend}}} if name in SCAN_MODELS else None
     cfg = resolve_config("tiny", "nyud", name, variant, 0, overrides=overrides)
     torch.manual_seed(0)
     return cfg, build_model_for(cfg).cuda()

@@ -114,24 +114,22 @@ def test_inference_and_tracing_go_through_the_op(monkeypatch):
 @pytest.mark.parametrize("model_name", ["pamm", "mtmamba"])
 def test_a_runs_scan_settings_reach_every_scan_call_and_its_record(monkeypatch, model_name):
     """The engine builds the model with the run's settings, on every scanning module: every scan call of a
-    forward runs the backend they name (here ``ref``, forced by the config; PAMM only, ``ref`` is slow),
-    the settings travel with the call, and what the run records as its backend is that one. A model's own
-    named backend wins, and is what is recorded."""
+    forward runs the backend they name (here ``ref``, forced by ``train.scan.backend``; PAMM only, ``ref`` is
+    slow), the settings travel with the call, and what the run records as its backend is that one."""
     from pamm import ops
     from pamm.config import resolve_config
     from pamm.engine.build import build_model_for, scan_settings_for
 
     for var in ("PAMM_SCAN_BACKEND", "PAMM_SCAN_BLOCK_ELEMENTS"):
         monkeypatch.delenv(var, raising=False)
-    cfg = resolve_config("tiny", "nyud", model_name, "default", 0, overrides={"train": {"scan_backend": "ref"}})
+    default = resolve_config("tiny", "nyud", model_name, "default", 0)
+    assert scan_settings_for(default).backend == "auto" and ops.resolve(scan_settings_for(default), "cpu") == "torch"
+    cfg = resolve_config("tiny", "nyud", model_name, "default", 0, overrides={"train": {"scan": {"backend": "ref"}}})
     torch.manual_seed(0)
     model = build_model_for(cfg).eval()
     scanning = [m for m in model.modules() if hasattr(m, "scan_settings")]
     assert scanning and all(m.scan_settings == scan_settings_for(cfg) for m in scanning)
     assert ops.resolve(scan_settings_for(cfg), "cpu") == "ref"
-    named = resolve_config("tiny", "nyud", model_name, "default", 0,
-                           overrides={"train": {"scan_backend": "ref"}, "model": {"scan_backend": "torch"}})
-    assert ops.resolve(scan_settings_for(named), "cpu") == "torch"
     if model_name != "pamm":
         return
     calls = []
@@ -141,6 +139,62 @@ def test_a_runs_scan_settings_reach_every_scan_call_and_its_record(monkeypatch, 
         model(torch.randn(1, 3, *cfg["data"]["size"], generator=torch.Generator().manual_seed(1)))
     assert calls and {backend for backend, _ in calls} == {"ref"}
     assert {ScanSettings.from_key(key).backend for _, key in calls} == {"ref"}
+
+
+@pytest.mark.parametrize("key", ["train.scan_backend", "model.scan_backend"])
+def test_a_backend_named_outside_train_scan_is_refused_with_where_it_moved(key, tmp_path):
+    """``train.scan.backend`` is the one key that picks the backend: the old keys stop a config (``--set``, an
+    overlay YAML), a stored run config and a direct ``create_model`` call with one line saying where it moved."""
+    import copy
+
+    from pamm.config import parse_override, resolve_config
+    from pamm.engine.build import build_model_for, scan_settings_for
+    from pamm.errors import ConfigError
+    from pamm.models import create_model
+
+    message = (rf"^config key {key}: moved to train\.scan\.backend; set train\.scan\.backend: triton in the YAML "
+               rf"\(or --set train\.scan\.backend=triton\) and remove {key}$")
+    section, name = key.split(".")
+    (tmp_path / "old_backend.yaml").write_text(f"applies_to: [pamm, mtmamba]\n{section}: {{{name}: triton}}\n")
+    for model_name in ("pamm", "mtmamba"):
+        moved = resolve_config("tiny", "nyud", model_name, overrides=parse_override("train.scan.backend=triton"))
+        assert moved["train"]["scan"] == {"backend": "triton"}  # the new key resolves (no triton needed for that)
+        with pytest.raises(ConfigError, match=message):
+            resolve_config("tiny", "nyud", model_name, overrides=parse_override(f"{key}=triton"))
+        with pytest.raises(ConfigError, match=message):
+            resolve_config("tiny", "nyud", model_name, "old_backend", ablations_dir=tmp_path)
+        fresh = resolve_config("tiny", "nyud", model_name)
+        stored = copy.deepcopy(fresh)  # a run directory's config.yaml written before the move
+        stored[section][name] = "triton"
+        for build in (scan_settings_for, build_model_for):
+            with pytest.raises(ConfigError, match=message):
+                build(stored)
+        with pytest.raises(ValueError, match=rf"^model '{model_name}': scan_backend is not a model option; set the run "
+                                             r"config's train\.scan\.backend"):
+            create_model(model_name, {"semseg": 40}, img_size=(64, 80), **fresh["model"], scan_backend="triton")
+
+
+def test_no_model_module_names_a_backend_in_its_scan_calls():
+    """Model code passes the run's settings, never ``backend=``, to the scan ops (which keep the keyword for
+    direct callers), so that ``train.scan.backend`` is what runs."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "pamm" / "models").glob("*.py")) + sorted((root / "baselines").glob("*.py"))
+    scan_calls, named = 0, []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if callee in ("selective_scan", "multi_direction_scan"):
+                    scan_calls += 1
+                    keywords = {k.arg for k in node.keywords}
+                    if "backend" in keywords or "settings" not in keywords:
+                        named.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert scan_calls >= 3  # PAMM's batched and per-task calls, SS2D's call
+    assert named == [], f"scan calls that name a backend or pass no settings: {named}"
 
 
 def test_equal_config_hashes_mean_equal_scan_settings_and_the_summary_records_them(monkeypatch):

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import baselines  # noqa: F401  (registers the baseline models and their checkpoint converters)
+from pamm.config import check_moved_keys
 from pamm.errors import ConfigError
 from pamm.losses import MultiTaskLoss
 from pamm.models import create_model  # importing pamm.models registers pamm's own models
@@ -73,15 +74,13 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def scan_settings_for(cfg: dict[str, Any]):
-    """The run's scan settings (``pamm.ops.ScanSettings``): ``train.scan`` with its backend defaulting to
-    ``train.scan_backend``, a model's named ``scan_backend`` winning (it is what the model's scan calls
-    name), and the documented environment overrides."""
+    """The run's scan settings (``pamm.ops.ScanSettings``): the config's ``train.scan`` section and the
+    documented environment overrides. A config that names the backend under a key of
+    ``pamm.config.MOVED_KEYS`` (an older run directory's ``config.yaml``, say) is refused."""
     from pamm import ops
 
-    section = {"backend": cfg["train"].get("scan_backend", "auto"), **(cfg["train"].get("scan") or {})}
-    settings = ops.ScanSettings.from_config(section, where="train.scan")
-    model_backend = cfg["model"].get("scan_backend", "auto")
-    return settings if model_backend == "auto" else settings.forced(backend=model_backend)
+    check_moved_keys(cfg)
+    return ops.ScanSettings.from_config(cfg["train"].get("scan") or {}, where="train.scan")
 
 
 def build_model_for(cfg: dict[str, Any]) -> torch.nn.Module:
@@ -90,13 +89,14 @@ def build_model_for(cfg: dict[str, Any]) -> torch.nn.Module:
 
     run = cfg["run"]
     tasks = dataset_tasks(run["dataset"], cfg["data"].get("tasks"))
+    settings = scan_settings_for(cfg)  # first: a moved key is named as such, not as an unknown model option
     try:
         model = create_model(run["model"], tasks, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
     except ValueError as err:  # the builders' own checks of their options (sizes, heads, widths)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"model {run['model']!r} ({run['variant']}): {first}") from None
     attach_output_offsets(model, [t for t in cfg["train"].get("output_offsets") or [] if t in tasks])
-    ops.set_scan_settings(model, scan_settings_for(cfg))
+    ops.set_scan_settings(model, settings)
     return model
 
 

@@ -50,7 +50,6 @@ class PAMMOptions:
     scan_directions: int = 4
     scan_merge: str = "sum"
     scan_call: str = "batched"
-    scan_backend: str = "auto"
     released_prior_seed: int = 0  # as_released: seed of the untrained prompts (logged in the config)
     dead_branch_experts: int = 15  # as_released: the discarded 3x3 LoRA-MoE 'L'
     dead_branch_rank: int = 16
@@ -287,8 +286,7 @@ class PAMEStage(nn.Module):
         if self.opts.scan_call == "batched":
             return scan_ops.multi_direction_scan(
                 u, delta, A, B, C, D, delta_bias, delta_softplus=True,
-                perm=perm, inverse=inverse, merge=self.opts.scan_merge, backend=self.opts.scan_backend,
-                settings=self.scan_settings,
+                perm=perm, inverse=inverse, merge=self.opts.scan_merge, settings=self.scan_settings,
             )
         return self._scan_per_task_direction(u, delta, A, B, C, D, delta_bias, perm, inverse)
 
@@ -304,8 +302,7 @@ class PAMEStage(nn.Module):
             for order, undo in zip(perm, inverse):
                 y = scan_ops.selective_scan(
                     u[:, rows, order], delta[:, rows, order], A[rows], B[:, task][:, :, order], C[:, task][:, :, order],
-                    D[rows], delta_bias=delta_bias[rows], delta_softplus=True, backend=self.opts.scan_backend,
-                    settings=self.scan_settings,
+                    D[rows], delta_bias=delta_bias[rows], delta_softplus=True, settings=self.scan_settings,
                 )
                 merged = merged + y[:, :, undo]
             outputs.append(merged / perm.shape[0] if self.opts.scan_merge == "mean" else merged)

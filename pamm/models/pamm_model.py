@@ -96,10 +96,6 @@ class PAMM(nn.Module):
         for stage in self.stages:
             stage.draw_released_priors(generator)
 
-    def set_scan_backend(self, backend: str) -> None:
-        """Choose the selective-scan backend (``pamm.ops``) after building, e.g. from ``train.scan_backend``."""
-        self.options.scan_backend = backend
-
     def named_ssm_constants(self) -> Iterator[tuple[str, torch.Tensor]]:
         """A_log, D and the task priors of every stage: parameters as described, buffers as released."""
         for index, stage in enumerate(self.stages):

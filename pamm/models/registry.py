@@ -19,6 +19,13 @@ from pamm.models.interface import check_model
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
+#: Options no model takes because they belong to the run, by name -> where they are set instead.
+RUN_OPTIONS = {
+    "scan_backend": "the run config's train.scan.backend (pamm.ops.ScanSettings; a built model gets its settings "
+                    "from pamm.ops.set_scan_settings)",
+}
+
+
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BUILDERS and _BUILDERS[name] is not builder:
@@ -41,6 +48,10 @@ def create_model(name: str, tasks: dict[str, int], **cfg: Any) -> nn.Module:
             f"unknown model {name!r}; registered models: {sorted(_BUILDERS)} (a model registers when its module is "
             "imported: `import pamm.models, baselines` registers the built-in ones)"
         )
+    run_options = sorted(set(cfg) & set(RUN_OPTIONS))
+    if run_options:
+        option = run_options[0]
+        raise ValueError(f"model {name!r}: {option} is not a model option; set {RUN_OPTIONS[option]}")
     try:
         model = _BUILDERS[name](tasks=dict(tasks), **cfg)
     except TypeError as err:
