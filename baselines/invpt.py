@@ -1,6 +1,9 @@
 """InvPT (Ye & Xu, ECCV'22) on our blocks: a ViT backbone and an inverted-pyramid multi-task transformer decoder.
 
-What it is (reference.md §3.1, checked against ``prismformore/Multi-Task-Transformer``):
+What it is (the release:
+prismformore/Multi-Task-Transformer@7e0f14957361a7a50d992579b2a88dadbe7dc7c1:code/models/transformers/invpt.py
+and prismformore/Multi-Task-Transformer@98233d97ebf304088f1f87543d61927f0868bead:code/models/transformers/transformer_decoder.py;
+the comparison with it in docs/fidelity.md#invpt):
 
 1. ViT taps after evenly spaced blocks (``create_backbone``), all at stride 16; the last tap is resized ×1/2 (1/32).
 2. Per task a preliminary decoder (two 3×3 ConvBlocks) and a 1×1 intermediate head. Its predictions are

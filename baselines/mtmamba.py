@@ -1,4 +1,7 @@
-"""MTMamba (ECCV'24, reference.md §2.2) rebuilt on our task-batched SS2D blocks.
+"""MTMamba (ECCV'24) rebuilt on our task-batched SS2D blocks.
+
+The release: EnVision-Research/MTMamba@bbef1d2f4a715a5597b5c3663e86987e8bba727d:models/MTMamba.py
+(blocks in EnVision-Research/MTMamba@52df545f6419bcdc823b4f72f7bcdeaaa5440da8:models/CTM.py).
 
 Swin backbone (4 scales, strides 4..32) -> 3 decoder stages 1/32 -> 1/16 -> 1/8 -> 1/4. Per stage
 and task: PatchExpand (x2), concat with the backbone skip + Linear, 2 STM blocks; then one

@@ -1,6 +1,7 @@
-"""MTMamba++ (TPAMI'25, reference.md §2.2): MTMamba's decoder with S-CTM blocks and conv heads.
+"""MTMamba++ (TPAMI'25): MTMamba's decoder with S-CTM blocks and conv heads.
 
-Changes from MTMamba, as in the released ``models/MTMamba_plus.py``:
+Changes from MTMamba, as in the release
+(EnVision-Research/MTMamba@ff7a7282d1ff301b082b7cd541e127885cac3a96:models/MTMamba_plus.py):
 * the cross-task block is S-CTM (each task's CSS2D takes Δ, B, C from a shared 1x1+3x3-conv
   feature of all tasks; the scanned input stays the task's own); there is no F-CTM;
 * the skip fusion is a 1x1 conv (the same map and parameters as MTMamba's Linear);

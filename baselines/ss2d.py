@@ -1,4 +1,8 @@
-"""Task-batched SS2D and the blocks MTMamba / MTMamba++ are made of (reference.md §2.2).
+"""Task-batched SS2D and the blocks MTMamba / MTMamba++ are made of.
+
+The release's SS2D and F-CTM block:
+EnVision-Research/MTMamba@52df545f6419bcdc823b4f72f7bcdeaaa5440da8:models/CTM.py; its STM blocks and decoder:
+EnVision-Research/MTMamba@bbef1d2f4a715a5597b5c3663e86987e8bba727d:models/MTMamba.py.
 
 MTMamba keeps one module per task and loops over tasks. Here the T tasks' features are one
 tensor ``(T, B, H, W, C)`` (channels-last, like MTMamba) and every per-task weight carries a

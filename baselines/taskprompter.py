@@ -1,7 +1,8 @@
 """TaskPrompter (Ye & Xu, ICLR'23) around timm's own ViT blocks.
 
-What it is (reference.md §3.2, checked against ``prismformore/Multi-Task-Transformer`` and its golden fixtures,
-``docs/fidelity.md``):
+What it is (the release:
+prismformore/Multi-Task-Transformer@4e4daffed9cf592487c96a46a3983e23021887b2:TaskPrompter/models/transformers/taskprompter.py;
+checked against it and its golden fixtures, ``docs/fidelity.md#taskprompter``):
 
 * One learnable prompt token per task (``prompt_len: 1``, initialised ≈ 1 ± 1) is prepended to the patch tokens
   and runs through every ViT block with them (no position embedding on prompts, no class token: as released).

@@ -1,4 +1,4 @@
-"""Per-task losses (reference.md §1.8) and the multi-task weighting schemes.
+"""Per-task losses and the multi-task weighting schemes (docs/datasets.md#losses-and-their-weights).
 
 Every loss ignores the invalid pixels of its target convention (``pamm.tasks``) and averages
 over valid pixels only, so padding never contributes.

@@ -39,13 +39,13 @@ TASK_INFO: dict[str, TaskInfo] = {
     "edge": TaskInfo("edge", "binary", False, "edge_odsf"),
 }
 
-# Output channels per task and dataset (reference.md §1.3, §4).
+# Output channels per task and dataset (docs/datasets.md).
 DATASET_TASKS: dict[str, dict[str, int]] = {
     "nyud": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
     "pascal": {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1},
 }
 
-# Loss weights of the shared recipe (reference.md §1.8); models may override.
+# Loss weights of the shared recipe (docs/datasets.md#losses-and-their-weights); models may override.
 DEFAULT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
     "nyud": {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0},
     "pascal": {"semseg": 1.0, "human_parts": 2.0, "sal": 5.0, "edge": 50.0, "normals": 10.0},

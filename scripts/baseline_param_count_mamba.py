@@ -2,7 +2,9 @@
 
 Models are built on ``torch.device("meta")`` (no memory is allocated, nothing is downloaded).
 Besides our own count, the decoder is also counted analytically from the *released* code's layer
-shapes (``models/MTMamba.py``, ``CTM.py``, ``utils.py``, ``MTMamba_plus.py``; reference.md §2.2),
+shapes (EnVision-Research/MTMamba@bbef1d2f4a715a5597b5c3663e86987e8bba727d:models/MTMamba.py,
+EnVision-Research/MTMamba@52df545f6419bcdc823b4f72f7bcdeaaa5440da8:models/CTM.py and ``models/utils.py`` at that
+commit, EnVision-Research/MTMamba@ff7a7282d1ff301b082b7cd541e127885cac3a96:models/MTMamba_plus.py),
 to show that our task-stacked blocks hold exactly the released decoder's parameters.
 
 Usage: ``python scripts/baseline_param_count_mamba.py [--profile paper|tiny]``
@@ -29,7 +31,8 @@ from pamm.tasks import dataset_tasks  # noqa: E402
 MODELS = ("mtmamba", "mtmamba_pp")
 DATASETS = ("nyud", "pascal")
 
-# reference.md §9 / §2.5: (figure in millions, source note). None = not published / not available here.
+# (figure in millions, source note); results/reference/published.csv holds the sourced ones. None = not
+# published / not available here.
 PUBLISHED_M: dict[tuple[str, str], tuple[float | None, str]] = {
     ("mtmamba", "nyud"): (300.0, "~300M [recall, approximate; not checked against the paper]"),
     ("mtmamba", "pascal"): (300.0, "~300M [recall, approximate; not checked against the paper]"),

@@ -21,7 +21,8 @@ from pamm.config import resolve_config  # noqa: E402
 from pamm.models import create_model  # noqa: E402
 from pamm.tasks import dataset_tasks  # noqa: E402
 
-# Published figures (reference.md §3, §9). Label = where the number comes from; "~" marks approximate ones.
+# Published figures (results/reference/published.csv holds them with their sources). Label = where the number
+# comes from; "~" marks approximate ones.
 PUBLISHED: dict[tuple[str, str], str] = {
     ("invpt", "nyud"): "~402-423M [recall, dataset not stated]",
     ("invpt", "pascal"): "~402-423M [recall, dataset not stated]",

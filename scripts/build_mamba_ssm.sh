@@ -3,8 +3,8 @@
 #
 # Why: mamba-ssm ships no wheels for most torch/CUDA combinations, and its setup.py compiles the
 # selective-scan kernels for ~10 GPU architectures (75 … 121), which takes a long time and lots
-# of memory. Compiling for the local architecture only took 172 s with 16 jobs on an H100
-# (reference §10). We only need the `selective_scan_cuda` extension (pamm.ops' "cuda" backend);
+# of memory. Compiling for the local architecture only takes a few minutes (docs/performance.md has
+# a measured build time). We only need the `selective_scan_cuda` extension (pamm.ops' "cuda" backend);
 # causal-conv1d is not used by this project and is not built.
 #
 # What it does:

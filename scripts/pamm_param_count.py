@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""PAMM parameter counts at the paper configs (NYUD, PASCAL), both fidelity modes, beside reference §1.10/§1.11.
+"""PAMM parameter counts at the paper configs (NYUD, PASCAL), both fidelity modes, beside the release's.
+
+The release's counts and how they were obtained: docs/fidelity.md (PAMM, "Parameter counts").
 
 Built on the ``meta`` device: nothing is allocated, so it runs in seconds on a CPU machine.
 Counting method: ``model.named_parameters()`` (what the release's ``sum(p.numel())`` counts), split
@@ -23,8 +25,8 @@ from pamm.config import resolve_config  # noqa: E402
 from pamm.models import create_model  # noqa: E402
 from pamm.tasks import dataset_tasks  # noqa: E402
 
-# Reference §1.11: the released code instantiated on an H100, model.parameters() (NYUD with backbone_dim 1024);
-# "exact": the released model built at the paper configs, sum(p.numel()) (reference §11).
+# The released code's model.parameters(), rounded (NYUD with backbone_dim 1024; docs/fidelity.md, PAMM's
+# "Parameter counts"); "exact": the released model built at the paper configs, sum(p.numel()).
 RELEASED_REFERENCE = {
     "nyud": {"total": 669e6, "backbone": 304e6, "decoder": 365e6, "unregistered": 0.4e6, "exact": 669_124_957},
     "pascal": {"total": 1.06e9, "backbone": 304e6, "decoder": 756e6, "unregistered": 2.7e6, "exact": 1_059_687_734},
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "    saved in state_dict), registered parameters as described.\n"
         "Why as_released differs from the release's exact count: only the class token's position-embedding row\n"
         "(the release's pos_embed has 1 + H*W rows and never reads row 0; ours has H*W). The 'reference' column\n"
-        "is reference §1.11's rounded breakdown.\n"
+        "is the release's rounded breakdown (docs/fidelity.md, PAMM's parameter counts).\n"
     )
     return 0
 

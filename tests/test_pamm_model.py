@@ -68,7 +68,7 @@ def test_forward_backward_every_variant(variant: str, dataset: str):
     sum(o.square().mean() for o in out.values()).backward()
     missing = {name for name, p in model.named_parameters() if p.requires_grad and p.grad is None}
     if model.options.released:
-        # The released dead MoE-'L' branch is exactly the set of parameters without a gradient (reference §1.11).
+        # The released dead MoE-'L' branch is exactly the set of parameters without a gradient (docs/fidelity.md#pamm).
         dead = {name for name, _ in model.named_parameters() if ".dead_branch." in name}
         assert dead and missing == dead
     else:

@@ -471,7 +471,7 @@ def test_a_bad_weights_file_stops_train_with_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("dataset,released", [("nyud", 669_124_957), ("pascal", 1_059_687_734)])
 def test_paper_parameter_count_is_the_releases_less_its_class_token_row(dataset: str, released: int):
-    """The release's sum(p.numel()) at the paper configs (reference §11), less only pos_embed's unused row 0."""
+    """The release's sum(p.numel()) at the paper configs (docs/fidelity.md), less only pos_embed's unused row 0."""
     from pamm.models import create_model
     from pamm.tasks import dataset_tasks
 

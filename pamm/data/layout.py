@@ -1,4 +1,4 @@
-"""Where each dataset keeps its splits and modalities on disk (reference.md §4), in one place.
+"""Where each dataset keeps its splits and modalities on disk (docs/datasets.md), in one place.
 
 The loaders, the checks and the synthetic writer all read these tables, so the three can never
 disagree about a folder name or a file extension. The presence checks (``require_root``,
@@ -20,7 +20,7 @@ DEFAULT_FOLDERS: dict[str, str] = {"nyud": "NYUDv2", "pascal": "PASCALContext"}
 #: Marker file the synthetic generator writes at a dataset root; real archives never have it.
 SYNTHETIC_MARKER = "pamm_synthetic.json"
 
-#: Image counts of the real ATRC archives (reference.md §4); reported, never required.
+#: Image counts of the real ATRC archives (docs/datasets.md); reported, never required.
 REAL_SPLIT_COUNTS: dict[str, dict[str, int]] = {
     "nyud": {"train": 795, "val": 654},
     "pascal": {"train": 4998, "val": 5105},

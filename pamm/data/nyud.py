@@ -1,4 +1,4 @@
-"""NYUD-v2 in the ATRC layout (reference.md §4.1): semseg (40 classes), depth, normals, edge."""
+"""NYUD-v2 in the ATRC layout (docs/datasets.md): semseg (40 classes), depth, normals, edge."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""PASCAL-Context in the ATRC layout (reference.md §4.2): semseg (21), human parts (7), saliency,
+"""PASCAL-Context in the ATRC layout (docs/datasets.md): semseg (21), human parts (7), saliency,
 distilled normals and edges (both via the 459-class LabelMap)."""
 from __future__ import annotations
 

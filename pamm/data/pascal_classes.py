@@ -1,4 +1,4 @@
-"""PASCAL-Context / Pascal-Part class tables the ATRC loaders use (reference.md §4.2), as constants.
+"""PASCAL-Context / Pascal-Part class tables the ATRC loaders use (docs/datasets.md), as constants.
 
 Only ids and names that the loaders and the synthetic generator need live here.
 """

@@ -1,4 +1,4 @@
-"""The ATRC train and test transforms (reference.md §1.8, §4.3), written for this suite.
+"""The ATRC train and test transforms (docs/datasets.md), written for this suite.
 
 A sample is a dict of numpy arrays in HWC layout, before tensor conversion:
 
@@ -292,7 +292,7 @@ def to_tensors(sample: Sample) -> dict[str, torch.Tensor]:
 
 class TrainTransform:
     """RandomScaling -> RandomCrop (cat_max_ratio) -> HFlip -> PhotoMetricDistortion -> Normalize
-    -> Pad -> AddIgnoreRegions (reference.md §4.3)."""
+    -> Pad -> AddIgnoreRegions, the recipe of every released code compared here (docs/datasets.md)."""
 
     def __init__(self, size: tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0),
                  cat_max_ratio: float = 0.75, flip_p: float = 0.5):

@@ -55,7 +55,8 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 def configure_cudnn(device: torch.device, benchmark: bool = True) -> None:
     """Let cuDNN time its convolution algorithms once per input shape (``cudnn.benchmark``), as the
-    released PAMM, MTMamba and InvPT trainers do (reference §1.8): training runs at one crop size, so
+    released PAMM, MTMamba and InvPT trainers do (e.g.
+    EnVision-Research/MTMamba@52df545f6419bcdc823b4f72f7bcdeaaa5440da8:main.py): training runs at one crop size, so
     the search happens once, and without it cuDNN's heuristic pick is what runs for every convolution
     (PAMM's wide 9×9 expert convolutions among them). No-op off CUDA."""
     if device.type == "cuda":
@@ -123,7 +124,7 @@ def build_criterion(cfg: dict[str, Any], tasks: list[str]) -> MultiTaskLoss:
 
 def build_optimizer(params, opt_cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """The run's optimizer. Adam/AdamW on CUDA parameters use torch's fused kernel (one launch for every
-    tensor; same update up to rounding): the foreach version took 20 ms of PAMM's 504 ms NYUD step."""
+    tensor; same update up to rounding) instead of a launch per group of tensors (docs/performance.md)."""
     params = list(params)
     name = opt_cfg.get("name", "adam").lower()
     kwargs = {"lr": float(opt_cfg["lr"]), "weight_decay": float(opt_cfg.get("weight_decay", 0.0))}

@@ -5,7 +5,11 @@ probability is >= the threshold; TP, predicted positives and actual positives ar
 all non-ignored pixels (target 255 ignored) of the split; F = (1 + b2) P R / (b2 P + R) with
 0/0 cases set to 0; maxF = max over thresholds, in percent.
 
-Two columns, because the released pipeline has a quirk (reference.md, section 5):
+Two columns, because the released pipeline, the same in InvPT, TaskPrompter, MTMamba and PAMM, has a
+quirk (``get_output`` in
+prismformore/Multi-Task-Transformer@1f2b615341d3aa982e8ec4e927f060bcf7ebd952:TaskPrompter/utils/utils.py,
+the meter in
+prismformore/Multi-Task-Transformer@1f2b615341d3aa982e8ec4e927f060bcf7ebd952:TaskPrompter/evaluation/eval_sal.py):
 ``get_output`` returns softmax(logits)[salient] * 255, and the meter divides by 255 and applies
 a sigmoid *again*. sigmoid(p) lies in [0.5, 0.73], so only thresholds 0.55-0.70 separate pixels
 and every threshold <= 0.5 marks all pixels salient. ``sal_maxf`` reproduces this (comparable

@@ -5,7 +5,8 @@ Every module here holds *all tasks at once*: per-task weights are stacked on a l
 that carry tasks are laid out ``(batch, tasks * channels, h, w)`` with task ``t`` owning the
 channel block ``[t * channels, (t + 1) * channels)``.
 
-Released structure (reference §1.4, MLoRE's router and LoRA experts):
+Released structure (docs/fidelity.md#pamm; PAMM's release takes its router and LoRA experts from MLoRE's
+``MOEBlock``, YuqiYang213/MLoRE@084940931556121400d7b33966f717b9adc29f8b:models/transformers/MLoRE.py):
 router (channel branch + spatial branch -> logits, noise std, mixing scalar) -> noisy top-k over a
 shared pool of low-rank experts (the cross-task "interaction" experts) + a task-specific low-rank
 expert scaled by the mixing scalar + a full-rank "general" projection on a detached input ->
@@ -253,10 +254,11 @@ def run_parameter_experts(experts: Sequence[ParameterExpert], x: torch.Tensor) -
     Same math as calling each expert alone, with the same-input k x k convolutions fused: every
     expert's pool down-projection and general projection are one convolution over the per-task
     samples (the general ones on a detached input, through :class:`_ConvDetachedTail`), and every
-    expert's task down-projection is one grouped convolution. In PAMM's training step the 9 x 9
-    expert convolutions are most of the GPU time (results/gpu/2026-11-23_h100), spent in narrow
-    (16- and 60-channel) convolutions. The routers, the 1x1 up-projections and the norms stay per
-    expert. Parameters keep their names and shapes, so checkpoints and FLOP counts are unchanged.
+    expert's task down-projection is one grouped convolution. Why: the k x k expert convolutions are
+    narrow (a few channels per expert and task), so run one by one they take much of PAMM's step on a
+    GPU (docs/performance.md); fused, they are a few wide convolutions. The routers, the 1x1
+    up-projections and the norms stay per expert. Parameters keep their names and shapes, so
+    checkpoints and FLOP counts are unchanged.
     """
     first = experts[0]
     for other in experts[1:]:

@@ -281,7 +281,8 @@ class PAMEStage(nn.Module):
         perm, inverse = self.orders.get(grid[0], grid[1], u.device)
         A = -torch.exp(self.A_log.float())
         D, delta_bias = self.D.float(), self.delta_bias.float()
-        # Keep Δ, B, C in u's dtype: the CUDA kernel rejects fp32 B/C beside bf16 u (reference §1.11).
+        # Keep Δ, B, C in u's dtype: the CUDA kernel rejects fp32 B/C beside bf16 u (selective_scan_fwd's dtype checks in
+        # state-spaces/mamba@6d531f237bf1fdd211036b7ea3f550f230fe43bf:csrc/selective_scan/selective_scan.cpp).
         delta, B, C = delta.to(u.dtype), B.to(u.dtype), C.to(u.dtype)
         if self.opts.scan_call == "batched":
             return scan_ops.multi_direction_scan(

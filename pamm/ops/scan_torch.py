@@ -35,7 +35,7 @@ _LOG2_E = math.log2(math.e)
 
 # Fewest positions per block under the default budget. Very wide scans (PASCAL PAMM: 4 directions x 5
 # tasks x 2048 channels x 64 states per position) would otherwise get 1-position blocks: a Python step per
-# token and a saved state per token (10.7 GB at 512x512, which ran a 24 GB machine out of memory).
+# token and a saved state per token (10.7 GB of saved states at 512x512).
 _MIN_BLOCK = 32
 
 
