@@ -16,7 +16,7 @@ first case's backbone alone (forward, mean-square loss, backward, step). Example
 Reported per case: median and p90 step time (CUDA events around the whole step), peak memory
 (``torch.cuda.max_memory_allocated`` after a reset), parameters, and the ratio to the backbone
 alone. With ``--trace DIR`` it also writes a torch.profiler table of the top CUDA kernels of one
-step per case. On CPU it runs too (slowly; use ``--profile tiny``).
+step per case. On CPU it runs too (slowly; use ``--scale tiny``).
 """
 from __future__ import annotations
 
@@ -80,11 +80,11 @@ def make_batch(dataset: str, size: tuple[int, int], batch: int, device: torch.de
     return move_batch(next(iterate_batches(data, batch, 0, 0, 0)), device)
 
 
-def build_case(model_name: str, variant: str, overrides: dict, dataset: str, profile: str):
+def build_case(model_name: str, variant: str, overrides: dict, dataset: str, scale: str):
     from pamm.config import resolve_config
     from pamm.engine.build import build_model_for
 
-    cfg = resolve_config(profile, dataset, model_name, variant, 0, overrides={"model": overrides} if overrides else None)
+    cfg = resolve_config(scale, dataset, model_name, variant, 0, overrides={"model": overrides} if overrides else None)
     torch.manual_seed(0)
     return cfg, build_model_for(cfg)
 
@@ -131,7 +131,7 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
     backbone_only = model_name == "backbone"
     if backbone_only:
         model_name, variant, overrides = backbone_source["model"], backbone_source["variant"], backbone_source["overrides"]
-    cfg, model = build_case(model_name, variant, overrides, args.dataset, args.profile)
+    cfg, model = build_case(model_name, variant, overrides, args.dataset, args.scale)
     if backbone_only:
         model = model.backbone
     model = model.to(device).train()
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="cases to time (see above)")
     parser.add_argument("--dataset", default="nyud", choices=["nyud", "pascal"])
-    parser.add_argument("--profile", default="paper", choices=["tiny", "paper"])
+    parser.add_argument("--scale", default="paper", choices=["tiny", "paper"], help="recipe scale")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--amp", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (kernel autotuning included)")
