@@ -17,7 +17,7 @@ loss, backward, step). Examples:
 Reported per case: median and p90 step time (CUDA events around the whole step), peak memory
 (``torch.cuda.max_memory_allocated`` after a reset), parameters, and the ratio to the backbone
 alone. With ``--trace DIR`` it also writes a torch.profiler table of the top CUDA kernels of one
-step per case. On CPU it runs too (slowly; use ``--profile tiny``).
+step per case. On CPU it runs too (slowly; use ``--scale tiny``).
 """
 from __future__ import annotations
 
@@ -86,21 +86,21 @@ def make_batch(dataset: str, size: tuple[int, int], batch: int, device: torch.de
     return move_batch(next(iterate_batches(data, batch, 0, 0, 0)), device)
 
 
-def case_config(model_name: str, variant: str, overrides: dict, dataset: str, profile: str) -> dict:
+def case_config(model_name: str, variant: str, overrides: dict, dataset: str, scale: str) -> dict:
     """The resolved run config of a case; a bad case stops with the config's one-line error."""
     from pamm.config import resolve_config
     from pamm.errors import ConfigError
 
     try:
-        return resolve_config(profile, dataset, model_name, variant, 0, overrides=overrides or None)
+        return resolve_config(scale, dataset, model_name, variant, 0, overrides=overrides or None)
     except ConfigError as err:
         raise SystemExit(f"case {model_name}:{variant}: {err}") from None
 
 
-def build_case(model_name: str, variant: str, overrides: dict, dataset: str, profile: str):
+def build_case(model_name: str, variant: str, overrides: dict, dataset: str, scale: str):
     from pamm.engine.build import build_model_for
 
-    cfg = case_config(model_name, variant, overrides, dataset, profile)
+    cfg = case_config(model_name, variant, overrides, dataset, scale)
     torch.manual_seed(0)
     return cfg, build_model_for(cfg)
 
@@ -147,7 +147,7 @@ def run_case(text: str, args, device: torch.device, workdir: Path, backbone_sour
     backbone_only = model_name == "backbone"
     if backbone_only:
         model_name, variant, overrides = backbone_source["model"], backbone_source["variant"], backbone_source["overrides"]
-    cfg, model = build_case(model_name, variant, overrides, args.dataset, args.profile)
+    cfg, model = build_case(model_name, variant, overrides, args.dataset, args.scale)
     if backbone_only:
         model = model.backbone
     model = model.to(device).train()
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="cases to time (see above)")
     parser.add_argument("--dataset", default="nyud", choices=["nyud", "pascal"])
-    parser.add_argument("--profile", default="paper", choices=["tiny", "paper"])
+    parser.add_argument("--scale", default="paper", choices=["tiny", "paper"], help="recipe scale")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--amp", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (kernel autotuning included)")
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_cudnn(device, args.cudnn_benchmark)
     for text in args.cases:  # every case's config resolves before any is timed
         if not text.startswith("backbone"):
-            case_config(*parse_case(text), args.dataset, args.profile)
+            case_config(*parse_case(text), args.dataset, args.scale)
     first_model = next((parse_case(c) for c in args.cases if not c.startswith("backbone")), ("pamm", "default", {}))
     backbone_source = dict(zip(("model", "variant", "overrides"), first_model))
     records = []

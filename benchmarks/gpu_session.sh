@@ -176,7 +176,7 @@ stage_eff() {
 }
 
 stage_sweep() {
-    run sweep "$PY" -m pamm.cli sweep --profile paper --models pamm mtmamba invpt --sizes 224 384 512 768 1024 \
+    run sweep "$PY" -m pamm.cli sweep --scale paper --models pamm mtmamba invpt --sizes 224 384 512 768 1024 \
         --device cuda --counter ptflops --dtype bf16 --repeats 10 --no-isolate \
         --out "$WORK/resolution_sweep_gpu.csv"
 }

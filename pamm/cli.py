@@ -34,6 +34,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _scale_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--scale``: which recipe scale of the layered config a verb resolves (not efficiency profiling)."""
+    from pamm.config import SCALES
+
+    parser.add_argument("--scale", default=default, choices=list(SCALES),
+                        help=f"recipe scale: tiny (a CPU smoke size) or paper (the published recipes); "
+                        f"default {default}")
+
+
 def _set_threads(threads: int | None) -> None:
     """Follow the Snakemake rule's ``threads`` so parallel jobs do not oversubscribe the cores."""
     if threads:
@@ -98,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.setdefault("data", {})["root"] = str(args.data_root.absolute())
     if args.scan_backend:
         overrides.setdefault("train", {}).setdefault("scan", {})["backend"] = args.scan_backend
-    cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, args.seed, overrides)
+    cfg = resolve_config(args.scale, args.dataset, args.model, args.variant, args.seed, overrides)
     apply_pretrained_map(cfg, args.pretrained)
     resolve_weights_files(cfg)
     result = train_run(cfg, args.out, device=args.device, progress=not args.no_progress,
@@ -121,7 +130,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from pamm.checkpoints import import_checkpoint
 
     record = import_checkpoint(
-        args.source, args.checkpoint, args.dataset, args.out, variant=args.variant, profile=args.profile,
+        args.source, args.checkpoint, args.dataset, args.out, variant=args.variant, scale=args.scale,
         overrides=_overrides(args.set), unregistered=args.unregistered, seed=args.seed, data_root=args.data_root,
         trust_pickle=args.trust_pickle,
     )
@@ -149,7 +158,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             raise SystemExit("pamm-bench profile: give --run RUN_DIR, or --model, --dataset and --out")
         from pamm.config import resolve_config, resolve_weights_files
 
-        cfg = resolve_config(args.profile, args.dataset, args.model, args.variant, 0, _overrides(args.set))
+        cfg = resolve_config(args.scale, args.dataset, args.model, args.variant, 0, _overrides(args.set))
         resolve_weights_files(cfg)
         result = profile_config(cfg, device=args.device, **options)
         pio.write_json(args.out, result)
@@ -204,7 +213,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pamm.engine.sweep import resolution_sweep
 
-    frame = resolution_sweep(args.models, args.dataset, args.profile, args.sizes, args.out, variant=args.variant,
+    frame = resolution_sweep(args.models, args.dataset, args.scale, args.sizes, args.out, variant=args.variant,
                              repeats=args.repeats, device=args.device, threads=args.threads,
                              isolate=not args.no_isolate, progress=not args.no_progress, counter=args.counter,
                              dtype=args.dtype)
@@ -278,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run (resumes from last.pt; skips a finished run)",
                        description="Resolve the run's config (base < model < variant overlay < --set) and train it. "
                        "Writes config.yaml, last.pt (resume state), checkpoint.pt (final), train_log.csv, provenance.json.")
-    p.add_argument("--profile", default="tiny", choices=["tiny", "paper"])
+    _scale_arg(p, "tiny")
     p.add_argument("--dataset", required=True, choices=["nyud", "pascal"])
     p.add_argument("--model", required=True, help="registered model name (pamm-bench list)")
     p.add_argument("--variant", default="default",
@@ -309,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "import-checkpoint", help="convert an authors' released checkpoint into a run directory (then evaluate it)",
         description="Read a checkpoint saved by the authors' code (PAMM, MTMamba, MTMamba++, InvPT, TaskPrompter: "
         "their key names, the DDP 'module.' prefix, mmseg Swin names, per-task modules), map it onto the pamm-bench "
-        "model built from --profile/--variant/--set, refuse any unmapped or mis-shaped key, and write RUN_DIR "
+        "model built from --scale/--variant/--set, refuse any unmapped or mis-shaped key, and write RUN_DIR "
         "(config.yaml, checkpoint.pt, provenance.json with the file's sha256) for `pamm-bench evaluate --run RUN_DIR`.",
         epilog="example:\n  pamm-bench import-checkpoint --from invpt --checkpoint InvPT_nyud.pth --dataset nyud \\\n"
         "      --data-root data/NYUDv2 --out results/runs/nyud/invpt/released/seed0\n"
@@ -320,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="the authors' checkpoint file (.pth)")
     p.add_argument("--dataset", required=True, choices=["nyud", "pascal"])
     p.add_argument("--variant", default="default", help="overlay, e.g. as_released for PAMM")
-    p.add_argument("--profile", default="paper", choices=["tiny", "paper"], help="recipe scale of the model (default paper)")
+    _scale_arg(p, "paper")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--unregistered", type=Path, default=None,
                    help="PAMM only: the tensors the release keeps outside state_dict (A_log0, D0, task prompts)")
@@ -333,13 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="parameters, FLOPs (fvcore + ptflops, scan counted), latency, peak memory",
                        description="Profile a run's model (--run RUN_DIR -> RUN_DIR/profile.json) or any model at a "
-                       "profile's config with random weights (--model/--dataset/--variant/--profile -> --out JSON). "
-                       "No dataset or trained weights are needed.")
+                       "recipe scale's config with random weights (--model/--dataset/--variant/--scale -> --out JSON). "
+                       "No dataset or trained weights are needed. Here 'profile' means measuring a model's cost; "
+                       "--scale (tiny or paper) picks the recipe whose model is measured.")
     p.add_argument("--run", type=Path, default=None, help="run directory (writes profile.json there)")
     p.add_argument("--model", default=None)
     p.add_argument("--dataset", default=None, choices=["nyud", "pascal"])
     p.add_argument("--variant", default="default")
-    p.add_argument("--profile", default="paper", choices=["tiny", "paper"])
+    _scale_arg(p, "paper")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (with --model)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="latency batch sizes")
@@ -406,13 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("sweep", help="params, GFLOPs, latency and peak memory against input resolution -> CSV",
-                       description="Profile each model (random weights, the profile's config with data.size "
+                       description="Profile each model (random weights, the recipe scale's config with data.size "
                        "overridden) at each size; one FLOP counter, few latency repeats. Each point runs in a fresh "
                        "process so that CPU peak memory (peak RSS) is per point.")
     p.add_argument("--models", nargs="+", default=["pamm", "mtmamba", "invpt"])
     p.add_argument("--variant", default="default")
     p.add_argument("--dataset", default="nyud", choices=["nyud", "pascal"])
-    p.add_argument("--profile", default="tiny", choices=["tiny", "paper"])
+    _scale_arg(p, "tiny")
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 96, 128], help="square input sizes (pixels)")
     p.add_argument("--repeats", type=int, default=3, help="timed forward passes per point (after warm-up)")
     p.add_argument("--out", type=Path, default=Path("results/efficiency/resolution_sweep.csv"))

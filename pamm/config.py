@@ -1,9 +1,10 @@
 """Run configuration: layered YAML resolved into one plain dict per run.
 
-A run is (profile, dataset, model, variant, seed). Its config is built from, later wins:
+A run is (scale, dataset, model, variant, seed). Its config is built from, later wins:
 ``pamm/configs/base.yaml`` < ``pamm/configs/models/<model>.yaml`` < ``ablations/<variant>.yaml``
-< explicit overrides. Each layer may hold ``profiles: {<profile>: {...}}`` and
-``datasets: {<dataset>: {...}}`` sections that apply only to that profile / dataset.
+< explicit overrides. Each layer may hold ``scales: {<scale>: {...}}`` and
+``datasets: {<dataset>: {...}}`` sections that apply only to that recipe scale (``tiny`` or ``paper``) /
+dataset. "Scale" names the recipe size; "profile" means efficiency profiling (``pamm-bench profile``).
 The resolved dict is written to the run directory and hashed (``config_hash``).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # resolves every variant too.
 PACKAGED_ABLATIONS = Path(__file__).resolve().parent / "ablations"
 ABLATIONS_DIR = PACKAGED_ABLATIONS if PACKAGED_ABLATIONS.is_dir() else REPO_ROOT / "ablations"
-PROFILES = ("tiny", "paper")
+SCALES = ("tiny", "paper")  # recipe scales: a CPU smoke size and the published recipes
 DEFAULT_VARIANT = "default"
 _LAYER_KEYS = {"data", "model", "train", "eval"}
 _META_KEYS = {"description", "applies_to"}
@@ -89,20 +90,24 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _flatten_layer(doc: dict[str, Any], profile: str, dataset: str, source: str) -> dict[str, Any]:
-    """Apply a layer's own ``datasets`` and ``profiles`` sections, in that order."""
-    unknown = set(doc) - _LAYER_KEYS - _META_KEYS - {"datasets", "profiles"}
+def _flatten_layer(doc: dict[str, Any], scale: str, dataset: str, source: str) -> dict[str, Any]:
+    """Apply a layer's own ``datasets`` and ``scales`` sections, in that order."""
+    if "profiles" in doc:
+        raise ConfigError(f"{source}: the top-level key 'profiles' is now 'scales' (the recipe scale, tiny or paper): "
+                          "rename it")
+    unknown = set(doc) - _LAYER_KEYS - _META_KEYS - {"datasets", "scales"}
     if unknown:
         raise ConfigError(
-            f"{source}: unknown top-level key(s) {sorted(unknown)}; valid: {sorted(_LAYER_KEYS | {'datasets', 'profiles'})}"
+            f"{source}: unknown top-level key(s) {sorted(unknown)}; "
+            f"valid: {sorted(_LAYER_KEYS | {'datasets', 'scales'})}"
         )
     out = {k: v for k, v in doc.items() if k in _LAYER_KEYS}
     per_dataset = (doc.get("datasets") or {}).get(dataset)
     if per_dataset:
-        out = deep_merge(out, _flatten_layer(per_dataset, profile, dataset, f"{source}:datasets.{dataset}"))
-    per_profile = (doc.get("profiles") or {}).get(profile)
-    if per_profile:
-        out = deep_merge(out, _flatten_layer(per_profile, profile, dataset, f"{source}:profiles.{profile}"))
+        out = deep_merge(out, _flatten_layer(per_dataset, scale, dataset, f"{source}:datasets.{dataset}"))
+    per_scale = (doc.get("scales") or {}).get(scale)
+    if per_scale:
+        out = deep_merge(out, _flatten_layer(per_scale, scale, dataset, f"{source}:scales.{scale}"))
     return out
 
 
@@ -134,7 +139,7 @@ def list_variants(model: str, ablations_dir: Path | None = None) -> list[str]:
 
 
 def resolve_config(
-    profile: str,
+    scale: str,
     dataset: str,
     model: str,
     variant: str = DEFAULT_VARIANT,
@@ -145,8 +150,8 @@ def resolve_config(
     """The full, plain config of one run."""
     from pamm.tasks import DATASET_TASKS
 
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; valid: {list(PROFILES)}")
+    if scale not in SCALES:
+        raise ConfigError(f"unknown recipe scale {scale!r}; valid: {list(SCALES)}")
     if dataset not in DATASET_TASKS:
         raise ConfigError(f"unknown dataset {dataset!r}; valid: {sorted(DATASET_TASKS)}")
     model_path = model_config_path(model)
@@ -154,8 +159,8 @@ def resolve_config(
         valid = sorted(p.stem for p in (PACKAGE_CONFIGS / "models").glob("*.yaml"))
         raise ConfigError(f"unknown model {model!r} (no {model_path}); valid models: {valid}")
 
-    cfg = _flatten_layer(_load_yaml(PACKAGE_CONFIGS / "base.yaml"), profile, dataset, "base.yaml")
-    cfg = deep_merge(cfg, _flatten_layer(_load_yaml(model_path), profile, dataset, str(model_path)))
+    cfg = _flatten_layer(_load_yaml(PACKAGE_CONFIGS / "base.yaml"), scale, dataset, "base.yaml")
+    cfg = deep_merge(cfg, _flatten_layer(_load_yaml(model_path), scale, dataset, str(model_path)))
     for part in variant_parts(variant) if variant != DEFAULT_VARIANT else []:
         path = variant_path(part, ablations_dir)
         if part == DEFAULT_VARIANT or not path.is_file():
@@ -167,11 +172,11 @@ def resolve_config(
         applies = doc.get("applies_to") or []
         if model not in applies:
             raise ConfigError(f"{path}: variant {part!r} applies to {applies}, not to model {model!r}")
-        cfg = deep_merge(cfg, _flatten_layer(doc, profile, dataset, str(path)))
+        cfg = deep_merge(cfg, _flatten_layer(doc, scale, dataset, str(path)))
     if overrides:
         cfg = deep_merge(cfg, overrides)
     cfg = strip_replace_markers(cfg)
-    cfg["run"] = {"profile": profile, "dataset": dataset, "model": model, "variant": variant, "seed": int(seed)}
+    cfg["run"] = {"scale": scale, "dataset": dataset, "model": model, "variant": variant, "seed": int(seed)}
     validate_run_config(cfg)
     validate_model_section(cfg, ablations_dir)
     return cfg
@@ -274,10 +279,10 @@ _VIT_PREFIXES = ("vit_", "deit_", "eva", "beit")
 
 
 def _model_sections(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every ``model:`` mapping of a config layer, its ``datasets`` and ``profiles`` sections included."""
+    """Every ``model:`` mapping of a config layer, its ``datasets`` and ``scales`` sections included."""
     if isinstance(doc.get("model"), dict):
         yield doc["model"]
-    for group in ("datasets", "profiles"):
+    for group in ("datasets", "scales"):
         for sub in (doc.get(group) or {}).values():
             if isinstance(sub, dict):
                 yield from _model_sections(sub)
@@ -451,6 +456,9 @@ def validate_workflow_config(config: dict[str, Any], schema_path: str | Path) ->
     the first problem is one ``ConfigError`` line that names the key (never a dump of the config)."""
     import jsonschema
 
+    if "profile" in config:
+        raise ConfigError(f"workflow config key profile: the recipe scale is now the key scale (scale: "
+                          f"{config['profile']}, or --config scale={config['profile']}); rename it")
     schema = _load_yaml(Path(schema_path))
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:
@@ -509,7 +517,7 @@ def resolve_workflow_runs(
     for dataset, model, variant, seed in runs:
         if (dataset, model, variant) not in resolved:
             try:
-                cfg = resolve_config(config["profile"], dataset, model, variant, 0, overrides)
+                cfg = resolve_config(config["scale"], dataset, model, variant, 0, overrides)
             except ConfigError as err:
                 raise ConfigError(f"workflow run {dataset}/{model}/{variant}: {err}") from None
             apply_pretrained(cfg, weights)

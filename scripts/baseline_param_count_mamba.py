@@ -7,7 +7,7 @@ EnVision-Research/MTMamba@52df545f6419bcdc823b4f72f7bcdeaaa5440da8:models/CTM.py
 commit, EnVision-Research/MTMamba@ff7a7282d1ff301b082b7cd541e127885cac3a96:models/MTMamba_plus.py),
 to show that our task-stacked blocks hold exactly the released decoder's parameters.
 
-Usage: ``python scripts/baseline_param_count_mamba.py [--profile paper|tiny]``
+Usage: ``python scripts/baseline_param_count_mamba.py [--scale paper|tiny]``
 """
 from __future__ import annotations
 
@@ -92,13 +92,13 @@ def count(module: torch.nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="paper", choices=["paper", "tiny"])
+    parser.add_argument("--scale", default="paper", choices=["paper", "tiny"], help="recipe scale")
     args = parser.parse_args()
 
     rows = []
     for name in MODELS:
         for dataset in DATASETS:
-            cfg = resolve_config(args.profile, dataset, name)
+            cfg = resolve_config(args.scale, dataset, name)
             outputs = dataset_tasks(dataset)
             with torch.device("meta"):
                 model = create_model(name, outputs, img_size=tuple(cfg["data"]["size"]), **cfg["model"])
@@ -113,11 +113,11 @@ def main() -> None:
                 list(model.backbone.channels), outputs, int(cfg["model"]["d_state"]), plus_plus=(name == "mtmamba_pp"),
                 hidden=int((cfg["model"].get("head") or {}).get("hidden", 96)),
             )
-            published, note = PUBLISHED_M[(name, dataset)] if args.profile == "paper" else (None, "smoke-test size")
+            published, note = PUBLISHED_M[(name, dataset)] if args.scale == "paper" else (None, "smoke-test size")
             rows.append((name, dataset, tuple(cfg["data"]["size"]), total, backbone, feature_norms, decoder, released,
                          published, note))
 
-    print(f"profile: {args.profile}  (counts in millions of parameters; built on the meta device)")
+    print(f"scale: {args.scale}  (counts in millions of parameters; built on the meta device)")
     header = (f"{'model':<11} {'dataset':<7} {'size':<10} {'total':>8} {'backbone':>9} {'out-LN':>7} {'decoder':>8} "
               f"{'released dec.':>13} {'published':>9}  note")
     print(header)
@@ -136,7 +136,7 @@ def main() -> None:
     print("classifier are dropped by features_only). mmseg's Swin-L (the released backbone) has the same layers plus")
     print("the four output LayerNorms, counted here as 'out-LN'. Relative-position tables depend on the window only,")
     print("so the count does not depend on the input size; the decoder count depends on the task set only.")
-    if args.profile != "paper":
+    if args.scale != "paper":
         return
     print()
     print("Against the published figures:")

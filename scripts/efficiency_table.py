@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counter", default="ptflops", choices=["fvcore", "ptflops", "none"],
                         help="FLOP counter (none: leave GFLOPs to the CPU table, scripts/paper_flops_table.py)")
     parser.add_argument("--repeats", type=int, default=30, help="timed forwards per latency (after warm-up)")
-    parser.add_argument("--profile", default="paper", choices=["paper", "tiny"], help="tiny: a quick check on CPU")
+    parser.add_argument("--scale", default="paper", choices=["paper", "tiny"],
+                        help="recipe scale (tiny: a quick check on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=REPO / "results/efficiency/gpu_efficiency.csv")
     args = parser.parse_args(argv)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             model, _, variant = case.partition(":")
             variant = variant or "default"
             tic = time.perf_counter()
-            cfg = resolve_config(args.profile, dataset, model, variant, 0)
+            cfg = resolve_config(args.scale, dataset, model, variant, 0)
             result = profile_config(
                 cfg, device=args.device, batch_sizes=tuple(args.batch_sizes), dtypes=tuple(args.dtypes),
                 counters=() if args.counter == "none" else (args.counter,), latency_repeats=args.repeats,

@@ -57,7 +57,7 @@ def count_point(dataset: str, model: str, variant: str, work: Path, threads: int
         return {"dataset": dataset, "model": model, "variant": variant, "status": "not counted"}
     if not out.exists():
         command = [sys.executable, "-m", "pamm.cli", "profile", "--model", model, "--dataset", dataset,
-                   "--variant", variant, "--profile", "paper", "--device", "cpu", "--threads", str(threads),
+                   "--variant", variant, "--scale", "paper", "--device", "cpu", "--threads", str(threads),
                    "--no-timing", "--no-progress", "--out", str(out)]
         tic = time.perf_counter()
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

@@ -40,7 +40,9 @@ class Case:
         assert words[:2] == ["pamm-bench", "import-checkpoint"], words[:2]
         args = []
         for word in words[2:]:
-            if word == "RUN_DIR":
+            if word == "--profile":  # the fixtures were recorded when the recipe scale's flag had that name
+                word = "--scale"
+            elif word == "RUN_DIR":
                 word = str(run_dir)
             elif (self.folder / word).is_file():
                 word = str(self.folder / word)

@@ -37,7 +37,7 @@ def _save_ddp(path, model, **extra):
 def test_import_writes_a_run_that_loads_to_the_same_outputs(tmp_path, identity_source):
     source = _source_model().eval()
     _save_ddp(tmp_path / "ckpt.pth", source)
-    record = import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", profile="tiny")
+    record = import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", scale="tiny")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.yaml", "provenance.json"]
     assert record["origin"] == "released_checkpoint" and record["notes"] == ["identity mapping"]
     assert record["checkpoint"]["iter_count"] == 41 and len(record["checkpoint"]["sha256"]) == 64
@@ -56,7 +56,7 @@ def test_unmapped_key_is_refused_by_name(tmp_path, identity_source):
     state["module.extra_head.weight"] = torch.zeros(1)
     torch.save({"model": state}, tmp_path / "ckpt.pth")
     with pytest.raises(ConversionError, match="extra_head.weight"):
-        import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", profile="tiny")
+        import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", scale="tiny")
     assert not (tmp_path / "run").exists()
 
 
@@ -75,16 +75,16 @@ def test_missing_and_misshaped_keys_are_refused(tmp_path, identity_source):
 def test_unreadable_files_and_occupied_out_dir(tmp_path, identity_source):
     (tmp_path / "text.pth").write_text("not a checkpoint\n")
     with pytest.raises(ConversionError, match="not a torch checkpoint"):
-        import_checkpoint(identity_source, tmp_path / "text.pth", "nyud", tmp_path / "run", profile="tiny")
+        import_checkpoint(identity_source, tmp_path / "text.pth", "nyud", tmp_path / "run", scale="tiny")
     _save_ddp(tmp_path / "ckpt.pth", _source_model())
     data = (tmp_path / "ckpt.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(ConversionError, match="truncated"):
-        import_checkpoint(identity_source, tmp_path / "cut.pth", "nyud", tmp_path / "run", profile="tiny")
+        import_checkpoint(identity_source, tmp_path / "cut.pth", "nyud", tmp_path / "run", scale="tiny")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
     with pytest.raises(ConversionError, match="not empty"):
-        import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "busy", profile="tiny")
+        import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "busy", scale="tiny")
 
 
 def test_state_dict_forms():
@@ -105,7 +105,7 @@ def test_evaluate_refuses_a_run_without_dataset(tmp_path, identity_source):
     from pamm.cli import main
 
     _save_ddp(tmp_path / "ckpt.pth", _source_model())
-    import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", profile="tiny")
+    import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", scale="tiny")
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--no-progress"]) == 2
 
 
@@ -115,7 +115,7 @@ def test_imported_run_evaluates_on_a_dataset(tmp_path, identity_source):
 
     make_synthetic(tmp_path / "data", "nyud", n_train=2, n_val=2, height=32, width=32, seed=0, progress=False)
     _save_ddp(tmp_path / "ckpt.pth", _source_model())
-    import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", profile="tiny",
+    import_checkpoint(identity_source, tmp_path / "ckpt.pth", "nyud", tmp_path / "run", scale="tiny",
                       data_root=tmp_path / "data")
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--no-progress"]) == 0
     assert (tmp_path / "run" / "metrics.json").is_file()

@@ -19,7 +19,7 @@ def test_deep_merge_merges_dicts_and_replaces_leaves():
     assert base["a"]["c"] == [1, 2]  # input untouched
 
 
-def test_layers_profile_and_dataset_sections():
+def test_layers_scale_and_dataset_sections():
     tiny_nyud = resolve_config("tiny", "nyud", "mtl")
     tiny_pascal = resolve_config("tiny", "pascal", "mtl")
     paper_nyud = resolve_config("paper", "nyud", "mtl")
@@ -27,7 +27,7 @@ def test_layers_profile_and_dataset_sections():
     assert tiny_pascal["data"]["size"] == [64, 64]
     assert paper_nyud["data"]["size"] == [448, 576]
     assert paper_nyud["model"]["backbone"]["name"] == "vit_large_patch16_384"
-    assert tiny_nyud["run"] == {"profile": "tiny", "dataset": "nyud", "model": "mtl", "variant": "default", "seed": 0}
+    assert tiny_nyud["run"] == {"scale": "tiny", "dataset": "nyud", "model": "mtl", "variant": "default", "seed": 0}
 
 
 def test_variant_overlay_and_overrides():
@@ -46,17 +46,17 @@ def test_replace_marker_swaps_a_mapping_whole_and_is_stripped():
     assert strip_replace_markers({"a": [{"_replace": True, "b": 1}], "_replace": False}) == {"a": [{"b": 1}]}
 
 
-@pytest.mark.parametrize("profile", ["tiny", "paper"])
-def test_composed_variant_applies_each_overlay_in_order(profile):
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+def test_composed_variant_applies_each_overlay_in_order(scale):
     """stl_semseg+swin: the single-task semseg baseline on MTMamba's Swin, none of the ViT's settings left."""
-    single = resolve_config(profile, "nyud", "stl", "stl_semseg+swin")
-    mtmamba = resolve_config(profile, "nyud", "mtmamba")
+    single = resolve_config(scale, "nyud", "stl", "stl_semseg+swin")
+    mtmamba = resolve_config(scale, "nyud", "mtmamba")
     assert single["data"]["tasks"] == ["semseg"]
     same_backbone = {k: v for k, v in mtmamba["model"]["backbone"].items() if k != "drop_path_rate"}
     assert {k: v for k, v in single["model"]["backbone"].items() if k != "drop_path_rate"} == same_backbone
     assert "_replace" not in str(single) and "patch_size" not in single["model"]["backbone"]
     assert single["run"]["variant"] == "stl_semseg+swin"
-    if profile == "tiny":  # MTMamba's longer tiny schedule, which its small Swin needs
+    if scale == "tiny":  # MTMamba's longer tiny schedule, which its small Swin needs
         assert single["train"]["iterations"] == mtmamba["train"]["iterations"]
 
 
@@ -77,16 +77,28 @@ def test_hash_ignores_paths_but_not_content():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(profile="huge", dataset="nyud", model="mtl"), "unknown profile 'huge'"),
-        (dict(profile="tiny", dataset="cityscapes", model="mtl"), "unknown dataset 'cityscapes'"),
-        (dict(profile="tiny", dataset="nyud", model="nope"), "unknown model 'nope'"),
-        (dict(profile="tiny", dataset="nyud", model="mtl", variant="nope"), "unknown variant 'nope'"),
-        (dict(profile="tiny", dataset="nyud", model="mtl", variant="stl_depth"), "applies to ['stl'], not to model 'mtl'"),
+        (dict(scale="huge", dataset="nyud", model="mtl"), "unknown recipe scale 'huge'"),
+        (dict(scale="tiny", dataset="cityscapes", model="mtl"), "unknown dataset 'cityscapes'"),
+        (dict(scale="tiny", dataset="nyud", model="nope"), "unknown model 'nope'"),
+        (dict(scale="tiny", dataset="nyud", model="mtl", variant="nope"), "unknown variant 'nope'"),
+        (dict(scale="tiny", dataset="nyud", model="mtl", variant="stl_depth"), "applies to ['stl'], not to model 'mtl'"),
     ],
 )
 def test_bad_names_give_clear_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         resolve_config(**kwargs)
+
+
+def test_a_layer_with_the_old_profiles_section_names_the_file_and_the_new_key(tmp_path):
+    (tmp_path / "old.yaml").write_text("applies_to: [mtl]\nprofiles:\n  tiny: {train: {iterations: 3}}\n")
+    with pytest.raises(ConfigError) as caught:
+        resolve_config("tiny", "nyud", "mtl", "old", ablations_dir=tmp_path)
+    message = str(caught.value)
+    assert str(tmp_path / "old.yaml") in message and "'profiles' is now 'scales'" in message and "\n" not in message
+    # the same section under its new name applies to its scale only
+    (tmp_path / "new.yaml").write_text("applies_to: [mtl]\nscales:\n  tiny: {train: {iterations: 3}}\n")
+    assert resolve_config("tiny", "nyud", "mtl", "new", ablations_dir=tmp_path)["train"]["iterations"] == 3
+    assert resolve_config("paper", "nyud", "mtl", "new", ablations_dir=tmp_path)["train"]["iterations"] != 3
 
 
 def test_bad_override_syntax():
@@ -113,7 +125,7 @@ def test_unknown_or_bad_run_keys_are_named(override, message):
         resolve_config("tiny", "nyud", "mtl", overrides=parse_override(override))
 
 
-def test_every_model_and_variant_resolves_for_both_profiles():
+def test_every_model_and_variant_resolves_for_both_scales():
     import baselines  # noqa: F401  (registers the baseline models)
     from pamm.models import list_models
     from pamm.tasks import DATASET_TASKS
@@ -123,8 +135,8 @@ def test_every_model_and_variant_resolves_for_both_profiles():
             for dataset in ("nyud", "pascal"):
                 if variant.startswith("stl_") and variant.removeprefix("stl_") not in DATASET_TASKS[dataset]:
                     continue
-                for profile in ("tiny", "paper"):
-                    resolve_config(profile, dataset, model, variant)
+                for scale in ("tiny", "paper"):
+                    resolve_config(scale, dataset, model, variant)
 
 
 def test_unknown_model_option_is_named():
@@ -134,9 +146,9 @@ def test_unknown_model_option_is_named():
         create_model("mtl", {"depth": 1}, img_size=(64, 80), backbone={"name": "resnet18"}, widht=3)
 
 
-def test_pamm_tiny_profile_keeps_the_recipe_nyud_to_pascal_lr_ratio():
-    lr = {(profile, dataset): resolve_config(profile, dataset, "pamm")["train"]["optimizer"]["lr"]
-          for profile in ("tiny", "paper") for dataset in ("nyud", "pascal")}
+def test_pamm_tiny_scale_keeps_the_recipe_nyud_to_pascal_lr_ratio():
+    lr = {(scale, dataset): resolve_config(scale, dataset, "pamm")["train"]["optimizer"]["lr"]
+          for scale in ("tiny", "paper") for dataset in ("nyud", "pascal")}
     assert lr["tiny", "nyud"] / lr["tiny", "pascal"] == pytest.approx(lr["paper", "nyud"] / lr["paper", "pascal"])
     assert lr["tiny", "pascal"] == resolve_config("tiny", "pascal", "mtl")["train"]["optimizer"]["lr"]
     for variant in list_variants("pamm"):  # the ablations share the schedule

@@ -146,7 +146,7 @@ def test_pascal_layout_and_file_internals(pascal_root):
 
 
 def test_pascal_people_are_frequent_and_large_enough_to_learn_parts_at_64px(tmp_path):
-    """The human_parts task at the tiny profile's 64x64: most images have a person, persons are ~1/5 of the
+    """The human_parts task at the tiny scale's 64x64: most images have a person, persons are ~1/5 of the
     labelled parts pixels (generator version 1: about 60 % and 12 %, and the tiny stl_human_parts run lost to
     the majority class), and every part group is present."""
     make_synthetic(tmp_path, "pascal", 32, 0, 64, 64, seed=0, progress=False)

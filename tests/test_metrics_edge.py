@@ -531,7 +531,7 @@ def test_summary_records_the_edge_protocol(tmp_path):
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
         tasks = ["depth"] if name == "depth_only" else ["semseg", "depth", "normals", "edge"]
-        cfg = {"run": {"dataset": "nyud", "model": "mtl", "variant": name, "seed": 0, "profile": "tiny"},
+        cfg = {"run": {"dataset": "nyud", "model": "mtl", "variant": name, "seed": 0, "scale": "tiny"},
                "model": {"backbone": {"name": "vit_tiny_patch16_224"}}, "data": {"size": [48, 64], "tasks": tasks},
                "train": {"iterations": 4}}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -29,7 +29,7 @@ def test_the_registry_holds_every_builtin_model():
 
 @pytest.mark.parametrize("model,dataset,variant", _points())
 def test_every_model_reports_backbone_and_decoder_parameters(model, dataset, variant):
-    """At the tiny profile (meta device: shapes only), profiling finds parameters both under ``model.backbone``
+    """At the tiny scale (meta device: shapes only), profiling finds parameters both under ``model.backbone``
     and outside it, and the two add up to the total."""
     cfg = resolve_config("tiny", dataset, model, variant)
     with torch.device("meta"):

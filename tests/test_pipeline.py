@@ -18,7 +18,7 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed in this environment")
 
 TINY = {
-    "profile": "tiny",
+    "scale": "tiny",
     "results_dir": "rés ults",
     "threads_per_job": 1,
     "seeds": [0],
@@ -169,6 +169,8 @@ BAD_CONFIGS = {
     "unknown single-task variant": (_with(models={"stl": ["stl_dpeth"]}), r"unknown variant 'stl_dpeth'"),
     "bad override key": (_with(overrides={"train": {"iteratons": 3}}), r"config key train: Additional properties"),
     "bad model override": (_with(overrides={"model": {"widht": 3}}), r"config key model.widht: not taken by model 'mtl'"),
+    "the recipe scale under its old name": ({**{k: v for k, v in TINY.items() if k != "scale"}, "profile": "tiny"},
+                                           r"key profile: the recipe scale is now the key scale \(scale: tiny"),
 }
 
 
@@ -187,7 +189,7 @@ def test_bad_workflow_config_is_one_line_naming_the_key(case):
     config, expected = BAD_CONFIGS[case]
     with pytest.raises(ConfigError, match=expected) as caught:
         _check_workflow_config(config)
-    assert "\n" not in str(caught.value) and "{'profile'" not in str(caught.value)
+    assert "\n" not in str(caught.value) and "{'scale'" not in str(caught.value)
 
 
 def test_good_workflow_configs_pass_the_checks():

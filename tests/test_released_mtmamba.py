@@ -438,13 +438,13 @@ def test_swin_semantics_option_is_checked() -> None:
         Backbone("swin_tiny_patch4_window7_224", (64, 64), swin_semantics="mmseg", always_partition=False)
 
 
-@pytest.mark.parametrize("profile", ["tiny", "paper"])
-def test_mtmamba_and_its_single_task_reference_run_mmseg_semantics(profile: str) -> None:
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+def test_mtmamba_and_its_single_task_reference_run_mmseg_semantics(scale: str) -> None:
     """The released semantics are the default (no key needed to import), also for the Δm reference (stl_*+swin)."""
     for name in ("mtmamba", "mtmamba_pp"):
-        assert resolve_config(profile, "nyud", name)["model"]["backbone"]["swin_semantics"] == "mmseg"
+        assert resolve_config(scale, "nyud", name)["model"]["backbone"]["swin_semantics"] == "mmseg"
     for task in ("semseg", "depth"):
-        assert resolve_config(profile, "nyud", "stl", f"stl_{task}+swin")["model"]["backbone"]["swin_semantics"] == "mmseg"
+        assert resolve_config(scale, "nyud", "stl", f"stl_{task}+swin")["model"]["backbone"]["swin_semantics"] == "mmseg"
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -463,7 +463,7 @@ def test_a_bad_weights_file_stops_train_with_one_line(tmp_path, capsys):
 
     make_synthetic(tmp_path / "data", "nyud", n_train=2, n_val=1, height=64, width=80, seed=0, progress=False)
     (tmp_path / "weights.pth").write_text("hello")
-    rc = main(["train", "--dataset", "nyud", "--model", "pamm", "--profile", "tiny", "--data-root", str(tmp_path / "data"),
+    rc = main(["train", "--dataset", "nyud", "--model", "pamm", "--scale", "tiny", "--data-root", str(tmp_path / "data"),
                "--set", f"model.backbone.pretrained_file={tmp_path / 'weights.pth'}", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "is not a weights file" in err

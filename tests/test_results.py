@@ -47,7 +47,7 @@ def fabricate(root: Path, datasets=("nyud", "pascal")) -> dict[str, Path]:
             for seed in SEEDS:
                 metrics = _metrics(dataset, model, variant, seed, rng)
                 row = {"run_id": f"{dataset}/{model}/{variant}/seed{seed}", "dataset": dataset, "model": model,
-                       "variant": variant, "seed": seed, "backbone": "vit_tiny_patch16_224", "profile": "tiny",
+                       "variant": variant, "seed": seed, "backbone": "vit_tiny_patch16_224", "scale": "tiny",
                        "img_h": H, "img_w": W, "iterations": 10,
                        "params_m": {"stl": 0.9, "mtl": 1.0, "invpt": 1.2, "mtmamba": 1.4, "pamm": 1.1}[model],
                        "gflops": {"stl": 0.2, "mtl": 0.25, "invpt": 0.29, "mtmamba": 0.15, "pamm": 0.26}[model]}
@@ -174,7 +174,7 @@ def test_ablation_table_differences_are_seed_paired(fab, tmp_path):
 
 
 def test_tables_without_measured_ablations_say_so(tmp_path):
-    by_config = pd.DataFrame([{"dataset": "nyud", "model": "mtl", "variant": "default", "backbone": "b", "profile": "tiny",
+    by_config = pd.DataFrame([{"dataset": "nyud", "model": "mtl", "variant": "default", "backbone": "b", "scale": "tiny",
                                "img_h": 8, "img_w": 8, "iterations": 1, "n_seeds": 1, "semseg_miou_mean": 10.0,
                                "semseg_miou_std": float("nan")}])
     by_config.to_csv(tmp_path / "bc.csv", index=False)
@@ -188,7 +188,7 @@ def test_tables_without_measured_ablations_say_so(tmp_path):
 
 
 def test_all_figures_are_written(fab, tmp_path):
-    sweep = pd.DataFrame([{"model": m, "variant": "default", "dataset": "nyud", "profile": "tiny", "img_h": s,
+    sweep = pd.DataFrame([{"model": m, "variant": "default", "dataset": "nyud", "scale": "tiny", "img_h": s,
                            "img_w": s, "tokens": (s // 8) ** 2, "params_m": 1.0, "gflops": 0.01 * s, "latency_ms": s * k,
                            "peak_mem_mib": 500 + s, "peak_mem_method": "process_peak_rss", "device": "cpu",
                            "scan_backend": "torch", "repeats": 3}
@@ -299,10 +299,10 @@ def test_single_task_rows_per_backbone_take_composed_variants():
         for task, column, value in (("semseg", "semseg_miou", 30.0), ("depth", "depth_rmse", 0.8),
                                     ("normals", "normals_merr", 30.0), ("edge", "edge_odsf", 50.0)):
             rows.append({"dataset": "nyud", "model": "stl", "variant": f"stl_{task}{suffix}", "seed": 0, "tasks": task,
-                         "backbone": backbone, "profile": "tiny", "img_h": H, "img_w": W, "iterations": 10,
+                         "backbone": backbone, "scale": "tiny", "img_h": H, "img_w": W, "iterations": 10,
                          column: value + shift})
     rows.append({"dataset": "nyud", "model": "mtmamba", "variant": "default", "seed": 0,
-                 "tasks": "semseg,depth,normals,edge", "backbone": "swin_tiny_patch4_window7_224", "profile": "tiny",
+                 "tasks": "semseg,depth,normals,edge", "backbone": "swin_tiny_patch4_window7_224", "scale": "tiny",
                  "img_h": H, "img_w": W, "iterations": 10, "semseg_miou": 35.0 * 1.1, "depth_rmse": 5.8,
                  "normals_merr": 35.0, "edge_odsf": 55.0})
     summary = add_delta_m(pd.DataFrame(rows))

@@ -131,7 +131,7 @@ def _submissions(output: str) -> list[tuple[str, str, str]]:
 def _matrix(**overrides) -> dict:
     """A small matrix of the default DAG on synthetic NYUD (tests/test_pipeline.py's tiny set-up)."""
     config = {
-        "profile": "tiny",
+        "scale": "tiny",
         "results_dir": "results",
         "threads_per_job": 1,
         "seeds": [0],

@@ -74,7 +74,7 @@ def import_checkpoint(
     dataset: str,
     out: str | Path,
     variant: str = "default",
-    profile: str = "paper",
+    scale: str = "paper",
     overrides: dict[str, Any] | None = None,
     unregistered: str | Path | None = None,
     seed: int = 0,
@@ -104,7 +104,7 @@ def import_checkpoint(
     cfg_overrides = deep_merge(entry.cfg_defaults, overrides or {})
     if data_root is not None:
         cfg_overrides = deep_merge(cfg_overrides, {"data": {"root": str(Path(data_root).resolve())}})
-    cfg = resolve_config(profile, dataset, entry.model_name, variant, seed, cfg_overrides)
+    cfg = resolve_config(scale, dataset, entry.model_name, variant, seed, cfg_overrides)
     torch.manual_seed(seed)
     model = build_model_for(cfg)
     converted = entry.convert(released, model, cfg, extra)

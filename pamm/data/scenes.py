@@ -538,7 +538,7 @@ def sample_scene(rng: np.random.Generator, dataset: str) -> Scene:
     person_far = None  # NYUD: people anywhere furniture goes
     if pascal:
         # People carry the human_parts task (an image without one has an all-ignored parts target). At the
-        # tiny profile's 64x64 a person 5 m away is 20-27 px tall with ~1 px forearms, too little to learn the
+        # tiny scale's 64x64 a person 5 m away is 20-27 px tall with ~1 px forearms, too little to learn the
         # parts from; PASCAL people stand within 3.2 m (27-42 px tall or cropped, like the prominent people of
         # real PASCAL photos) and most images have one or two.
         n_people = int(rng.choice([0, 1, 1, 2, 2]))

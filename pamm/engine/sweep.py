@@ -13,7 +13,7 @@ import pandas as pd
 
 from pamm import io as pio
 
-SWEEP_COLUMNS = ["model", "variant", "dataset", "profile", "img_h", "img_w", "tokens", "params_m", "gflops",
+SWEEP_COLUMNS = ["model", "variant", "dataset", "scale", "img_h", "img_w", "tokens", "params_m", "gflops",
                  "flops_counter", "latency_ms", "dtype", "peak_mem_mib", "peak_mem_method", "device", "scan_backend",
                  "repeats", "status"]
 
@@ -28,7 +28,7 @@ def _sweep_point(job: dict[str, Any]) -> dict[str, Any]:
     from pamm.engine.profile import profile_config
 
     size = [int(job["size"][0]), int(job["size"][1])]
-    cfg = resolve_config(job["profile"], job["dataset"], job["model"], job["variant"], 0,
+    cfg = resolve_config(job["scale"], job["dataset"], job["model"], job["variant"], 0,
                          overrides={"data": {"size": size}})
     result = profile_config(cfg, device=job.get("device"), counters=tuple(job.get("counters") or ("fvcore",)),
                             dtypes=(job.get("dtype") or "fp32",), latency_repeats=int(job["repeats"]))
@@ -36,7 +36,7 @@ def _sweep_point(job: dict[str, Any]) -> dict[str, Any]:
     found = re.search(r"patch(\d+)", str(backbone.get("name", "")))
     patch = backbone.get("patch_size") or (int(found.group(1)) if found else 16)
     return {
-        "model": job["model"], "variant": job["variant"], "dataset": job["dataset"], "profile": job["profile"],
+        "model": job["model"], "variant": job["variant"], "dataset": job["dataset"], "scale": job["scale"],
         "img_h": size[0], "img_w": size[1], "tokens": (size[0] // int(patch)) * (size[1] // int(patch)),
         "params_m": result.get("params_m"), "gflops": result.get("gflops"),
         "flops_counter": (job.get("counters") or ("fvcore",))[0], "latency_ms": result.get("latency_ms"),
@@ -47,7 +47,7 @@ def _sweep_point(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def resolution_sweep(models: Sequence[str], dataset: str, profile: str, sizes: Sequence[Sequence[int] | int],
+def resolution_sweep(models: Sequence[str], dataset: str, scale: str, sizes: Sequence[Sequence[int] | int],
                      out: str | Path, variant: str = "default", repeats: int = 3, device: str | None = None,
                      threads: int | None = None, isolate: bool = True, progress: bool = True,
                      counter: str = "fvcore", dtype: str = "fp32") -> pd.DataFrame:
@@ -60,12 +60,12 @@ def resolution_sweep(models: Sequence[str], dataset: str, profile: str, sizes: S
     from pamm.config import resolve_config
 
     for model in dict.fromkeys(models):  # an unknown model or variant stops here, before any point runs
-        resolve_config(profile, dataset, model, variant, 0)
+        resolve_config(scale, dataset, model, variant, 0)
     jobs = []
     for model in models:
         for size in sizes:
             hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[-1]))
-            jobs.append({"model": model, "variant": variant, "dataset": dataset, "profile": profile, "size": hw,
+            jobs.append({"model": model, "variant": variant, "dataset": dataset, "scale": scale, "size": hw,
                          "repeats": repeats, "device": device, "threads": threads, "counters": (counter,),
                          "dtype": dtype})
     rows = []
@@ -96,7 +96,7 @@ def resolution_sweep(models: Sequence[str], dataset: str, profile: str, sizes: S
 def _failed_point(job: dict[str, Any], error: Exception) -> dict[str, Any]:
     """A row that says why a point is missing (e.g. out of memory, or a size the backbone cannot take)."""
     first_line = (str(error).strip().splitlines() or [""])[0][:200]
-    return {"model": job["model"], "variant": job["variant"], "dataset": job["dataset"], "profile": job["profile"],
+    return {"model": job["model"], "variant": job["variant"], "dataset": job["dataset"], "scale": job["scale"],
             "img_h": job["size"][0], "img_w": job["size"][1], "repeats": int(job["repeats"]),
             "status": f"failed: {type(error).__name__}: {first_line}"}
 

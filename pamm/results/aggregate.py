@@ -14,13 +14,13 @@ from pamm import io as pio
 from pamm.tasks import TASK_INFO
 
 SUMMARY_COLUMNS = [
-    "run_id", "dataset", "model", "variant", "seed", "backbone", "profile", "img_h", "img_w", "iterations",
+    "run_id", "dataset", "model", "variant", "seed", "backbone", "scale", "img_h", "img_w", "iterations",
     "train_seconds", "semseg_miou", "parts_miou", "sal_maxf", "depth_rmse", "normals_merr", "edge_odsf",
     "delta_m_pct", "params_m", "gflops", "latency_ms", "peak_mem_mib", "device", "scan_backend", "git_sha",
     "config_hash", "origin", "scan_settings",
 ]
 # Columns that identify a configuration (everything but the seed) for the over-seeds table.
-CONFIG_KEYS = ["dataset", "model", "variant", "backbone", "profile", "img_h", "img_w", "iterations", "origin"]
+CONFIG_KEYS = ["dataset", "model", "variant", "backbone", "scale", "img_h", "img_w", "iterations", "origin"]
 # ``origin`` of a run: trained here, or an authors' checkpoint imported with ``pamm-bench import-checkpoint``.
 TRAINED, RELEASED = "trained", "released_checkpoint"
 PROFILE_COLUMNS = {"params_m": "params_m", "gflops": "gflops", "latency_ms": "latency_ms", "peak_mem_mib": "peak_mem_mib"}
@@ -43,7 +43,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run_id": f"{run['dataset']}/{run['model']}/{run['variant']}/" + (f"seed{run['seed']}" if origin == TRAINED else origin),
         "dataset": run["dataset"], "model": run["model"], "variant": run["variant"], "seed": run["seed"],
-        "backbone": cfg["model"].get("backbone", {}).get("name"), "profile": run["profile"],
+        "backbone": cfg["model"].get("backbone", {}).get("name"), "scale": _run_scale(run),
         "img_h": cfg["data"]["size"][0], "img_w": cfg["data"]["size"][1],
         "iterations": cfg["train"]["iterations"], "train_seconds": provenance.get("train_seconds"),
         "device": provenance.get("device"), "scan_backend": provenance.get("scan_backend"),
@@ -63,6 +63,11 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def _run_scale(run: dict[str, Any]) -> str | None:
+    """A run's recipe scale; run directories written before the key was named ``scale`` call it ``profile``."""
+    return run.get("scale", run.get("profile"))
+
+
 def scan_settings_text(record: dict[str, Any] | None) -> str | None:
     """A run's scan settings (``provenance.json`` ``scan``) in one cell: ``backend=auto triton_bwd=token ...``,
     then ``env:`` and the settings an environment variable set (None for runs that predate the record)."""
@@ -80,13 +85,14 @@ def _run_tasks(cfg: dict[str, Any]) -> list[str]:
 
 
 def add_delta_m(frame: pd.DataFrame) -> pd.DataFrame:
-    """Δm of every multi-task run against single-task runs of the same dataset, backbone, size, profile and seed."""
+    """Δm of every multi-task run against single-task runs of the same dataset, backbone, size, recipe scale and
+    seed."""
     from pamm.metrics import delta_m
 
     frame = frame.copy()
     frame["delta_m_pct"] = float("nan")
     single = frame[frame["tasks"].str.count(",") == 0]
-    match_keys = ["dataset", "backbone", "profile", "img_h", "img_w", "seed"]
+    match_keys = ["dataset", "backbone", "scale", "img_h", "img_w", "seed"]
     for index, row in frame.iterrows():
         tasks = row["tasks"].split(",")
         if len(tasks) < 2:

@@ -300,7 +300,7 @@ def _scatter_points(ax, data: pd.DataFrame, x_col: str, y_col: str, scale: float
 def _pareto_panel(ax, data: pd.DataFrame, x_col: str, y_col: str) -> list:
     """Draw one accuracy-vs-cost panel; return the label jobs (placed once the layout is final).
 
-    When published (paper-scale) and measured (e.g. tiny-profile) points differ by more than 30x
+    When published (paper-scale) and measured (e.g. tiny-scale) points differ by more than 30x
     in cost, the x axis is logarithmic and the measured cluster is repeated, zoomed and labelled, in
     an inset put in the emptiest corner.
     """
@@ -471,10 +471,11 @@ def resolution_sweep(sweep: pd.DataFrame, out: Path) -> None:
     devices = ", ".join(str(d) for d in sweep["device"].dropna().unique()) if "device" in sweep else "?"
     known = sweep["peak_mem_method"].dropna() if "peak_mem_method" in sweep else pd.Series(dtype=object)
     method = known.iloc[0] if len(known) else ""
-    profile = ", ".join(str(p) for p in sweep["profile"].dropna().unique()) if "profile" in sweep else ""
+    scale = ", ".join(str(p) for p in sweep["scale"].dropna().unique()) if "scale" in sweep else ""
     methods = {"process_peak_rss": "peak RSS of a fresh process per point",
                "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated"}
-    subtitle = f"{profile} profile, random weights, {devices}" + (f"; memory: {methods.get(method, method)}" if method else "")
+    subtitle = ((f"{scale} scale, " if scale else "") + f"random weights, {devices}"
+                + (f"; memory: {methods.get(method, method)}" if method else ""))
     fig.suptitle(f"Efficiency against input resolution\n({subtitle})", fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     style.save_figure(fig, out)

@@ -30,7 +30,7 @@ from pamm.tasks import DATASET_TASKS, PAPER_SIZE, TASK_INFO
 MAIN_VARIANTS: dict[str, tuple[str, ...]] = {"pamm": ("default", "as_released")}
 # Row order of the measured block (papers put the proposed model last).
 MEASURED_ORDER = ["stl", "mtl", "invpt", "taskprompter", "mtmamba", "mtmamba_pp", "pamm"]
-SETTING_KEYS = ["backbone", "profile", "img_h", "img_w", "iterations"]
+SETTING_KEYS = ["backbone", "scale", "img_h", "img_w", "iterations"]
 EFFICIENCY_COLUMNS = ["params_m", "gflops"]
 MISSING = {"md": "–", "tex": "--"}
 APPROX_NOTE = ("† approximate: recalled, derived or taken from a third-party restatement, not read from the "
@@ -192,8 +192,8 @@ def _config_rows(by_config: pd.DataFrame, dataset: str, origin: str = TRAINED) -
 
 def _setting_text(row: pd.Series) -> str:
     parts = []
-    if isinstance(row.get("profile"), str):
-        parts.append(row["profile"])
+    if isinstance(row.get("scale"), str):
+        parts.append(row["scale"])
     if _finite(row.get("img_h")) and _finite(row.get("img_w")):
         parts.append(f"{int(row['img_h'])}×{int(row['img_w'])}")
     if _finite(row.get("iterations")):
@@ -287,7 +287,7 @@ def main_table(dataset: str, by_config: pd.DataFrame, published: pd.DataFrame) -
     else:
         footnotes.append(f"No measured runs of {dataset} in summary_by_config.csv.")
     footnotes.append("Δm: mean relative improvement over the single-task baselines (higher is better); for measured "
-                     "rows empty where no single-task runs share the row's backbone, size, profile and seed. "
+                     "rows empty where no single-task runs share the row's backbone, size, recipe scale and seed. "
                      "GFLOPs at batch 1, selective scan included.")
     title = f"{style.dataset_name(dataset)}: main results"
     return Table(title=title, columns=headers, rows=rows, groups=groups, footnotes=footnotes,

@@ -180,7 +180,7 @@ rule resolution_sweep:
         sizes=" ".join(str(s) for s in SWEEP["sizes"]),
         repeats=SWEEP["repeats"],
         dataset=SWEEP["dataset"],
-        profile=config["profile"],
+        scale=config["scale"],
     threads: THREADS
     conda:
         SOFTWARE
@@ -188,7 +188,7 @@ rule resolution_sweep:
         "logs/resolution_sweep.log",
     shell:
         "pamm-bench sweep --models {params.models} --sizes {params.sizes} --dataset {params.dataset:q}"
-        " --profile {params.profile:q} --repeats {params.repeats} --threads {threads}"
+        " --scale {params.scale:q} --repeats {params.repeats} --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -21,7 +21,7 @@ rule train:
         config_hash=config_hash_of,  # the resolved config's hash: a new one reruns the run (params trigger)
         root=lambda wc: dataset_root(wc.dataset),
         out=lambda wc: run_dir(wc.dataset, wc.model, wc.variant, wc.seed),
-        profile=config["profile"],
+        scale=config["scale"],
         overrides=OVERRIDE_ARGS,
         launch=TRAIN_LAUNCH,
     threads: THREADS
@@ -33,7 +33,7 @@ rule train:
     log:
         "logs/train/{dataset}/{model}/{variant}/seed{seed}.log",
     shell:
-        "{params.launch} train --profile {params.profile:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q}"
+        "{params.launch} train --scale {params.scale:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q}"
         " --variant {wildcards.variant:q} --seed {wildcards.seed:q} --data-root {params.root:q} --out {params.out:q}"
         " --threads {threads} --no-progress --on-config-change restart {params.overrides} > {log:q} 2>&1"
 
