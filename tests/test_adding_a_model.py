@@ -136,7 +136,7 @@ def test_a_new_model_is_listed_resolved_built_and_shown_from_its_two_files(with_
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert "tiny_fcn" in found["models"] and "display" not in found["keys"]
     assert found["model_keys"] == ["backbone", "hidden"] and found["hidden"] == 12  # the YAML's options reach it
-    size = resolve_config("tiny", "nyud", "mtl")["data"]["size"]  # the tiny profile's NYUD size, for every model
+    size = resolve_config("tiny", "nyud", "mtl")["data"]["size"]  # the tiny recipe's NYUD size, for every model
     assert found["shapes"] == {task: [2, channels, *size] for task, channels in dataset_tasks("nyud").items()}
     assert found["shown"] == {"name": "Tiny FCN", "variant": "Tiny FCN / x", "color": "#117733", "marker": "h",
                               "order": ["stl", "tiny_fcn", "mtl", "invpt", "taskprompter", "mtmamba", "mtmamba_pp",
@@ -148,15 +148,16 @@ def test_a_new_model_is_listed_resolved_built_and_shown_from_its_two_files(with_
 def test_the_workflow_trains_a_new_model_from_the_matrix_into_the_main_table(with_new_model, tmp_path):
     """The matrix line is the third file: Snakemake trains the new model and the main table shows it by its
     display name, in its display order (15: after the single-task rows' 10, before the multi-task baseline's 20)."""
-    config = {
-        "profile": "tiny", "results_dir": "results", "threads_per_job": 1, "seeds": [0], "profile_repeats": 1,
+    config = yaml.safe_load((with_new_model / "workflow" / "config.yaml").read_text())  # the default, made small
+    config.update({
+        "results_dir": "results", "threads_per_job": 1, "seeds": [0], "profile_repeats": 1,
         "datasets": {"nyud": {"root": None, "synthetic": {"n_train": 4, "n_val": 2, "height": 48, "width": 64,
                                                           "seed": 0}}},
         "models": {"mtl": ["default"], "tiny_fcn": ["default"]},
         "resolution_sweep": {"models": []},
         "overrides": {"train": {"iterations": 2, "ckpt_every": 2, "log_every": 1, "batch_size": 2},
                       "data": {"size": [48, 64]}, "eval": {"batch_size": 2}},
-    }
+    })
     (tmp_path / "workflow").mkdir()
     (tmp_path / "workflow" / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake = [str(SNAKEMAKE), "-s", str(with_new_model / "Snakefile"), "-d", str(tmp_path)]
