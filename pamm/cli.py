@@ -238,6 +238,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ConverterSources:
+    """The ``--from`` values: the sources of ``pamm.checkpoints.registry``, asked for when argparse checks a value
+    or prints the help (importing the converters takes seconds, which ``pamm-bench --help`` does not pay)."""
+
+    def _names(self) -> list[str]:
+        import baselines  # noqa: F401  (its modules register the baselines' converters)
+        from pamm.checkpoints import list_sources
+
+        return list_sources()
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads, >= 1 (Snakemake passes the rule's threads)")
@@ -324,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "      --data-root data/NYUDv2 --out results/runs/nyud/invpt/released/seed0\n"
         "  pamm-bench evaluate --run results/runs/nyud/invpt/released/seed0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="source", required=True, choices=["pamm", "mtmamba", "mtmamba_pp", "invpt", "taskprompter"],
-                   help="whose release the checkpoint comes from")
+    p.add_argument("--from", dest="source", required=True, choices=_ConverterSources(), metavar="SOURCE",
+                   help="whose release the checkpoint comes from: %(choices)s (the registered converters)")
     p.add_argument("--checkpoint", type=Path, required=True, help="the authors' checkpoint file (.pth)")
     p.add_argument("--dataset", required=True, choices=["nyud", "pascal"])
     p.add_argument("--variant", default="default", help="overlay, e.g. as_released for PAMM")

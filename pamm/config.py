@@ -6,6 +6,9 @@ A run is (scale, dataset, model, variant, seed). Its config is built from, later
 ``datasets: {<dataset>: {...}}`` sections that apply only to that recipe scale (``tiny`` or ``paper``) /
 dataset. "Scale" names the recipe size; "profile" means efficiency profiling (``pamm-bench profile``).
 The resolved dict is written to the run directory and hashed (``config_hash``).
+
+A model YAML also holds a top-level ``display:`` section (name, colour, marker, table order) that says how
+tables and figures show the model (:func:`model_display`); it is no part of the run's config or hash.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -115,6 +119,83 @@ def model_config_path(model: str) -> Path:
     return PACKAGE_CONFIGS / "models" / f"{model}.yaml"
 
 
+def model_config_paths() -> list[Path]:
+    """Every model YAML (``pamm/configs/models/*.yaml``), one per model the suite can run."""
+    return sorted((PACKAGE_CONFIGS / "models").glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------- display
+
+DISPLAY_KEY = "display"
+#: Matplotlib's filled markers: the ones a model may take (an open marker would draw no face in the legend).
+DISPLAY_MARKERS = (".", "o", "v", "^", "<", ">", "8", "s", "p", "*", "h", "H", "D", "d", "P", "X")
+_HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_DISPLAY_EXAMPLE = "display: {name: MTMamba++, color: '#56B4E9', marker: D, order: 60}"
+
+
+@dataclass(frozen=True)
+class ModelDisplay:
+    """How tables and figures show a model: its name, colour (``#RRGGBB``), matplotlib marker, and ``order``,
+    its place among the measured rows of a table (ascending; the proposed model last)."""
+
+    name: str
+    color: str
+    marker: str
+    order: int
+
+
+def _parse_display(doc: dict[str, Any], source: Path) -> ModelDisplay:
+    """The ``display`` section of model YAML ``doc``; anything missing or malformed stops with one line."""
+    section = doc.get(DISPLAY_KEY)
+    where = f"{source}: key {DISPLAY_KEY}"
+    if not isinstance(section, dict):
+        found = "is missing" if section is None else f"is {type(section).__name__}, not a mapping"
+        raise ConfigError(f"{where} {found}: every model YAML says how tables and figures show the model, e.g. "
+                          f"{_DISPLAY_EXAMPLE}")
+    fields = ("name", "color", "marker", "order")
+    unknown, missing = sorted(set(section) - set(fields)), [k for k in fields if k not in section]
+    if unknown or missing:
+        wrong = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
+        raise ConfigError(f"{where}: {wrong}; expected exactly {list(fields)}, e.g. {_DISPLAY_EXAMPLE}")
+    name, color, marker, order = (section[k] for k in fields)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}.name: {name!r} is not a name; give the name tables and figures print")
+    if not isinstance(color, str) or not _HEX_COLOR.match(color):
+        raise ConfigError(f"{where}.color: {color!r} is not a quoted '#RRGGBB' colour (unquoted, YAML reads '#' as "
+                          "a comment); e.g. color: '#56B4E9'")
+    if marker not in DISPLAY_MARKERS:
+        raise ConfigError(f"{where}.marker: {marker!r} is not a filled matplotlib marker; valid: "
+                          f"{' '.join(DISPLAY_MARKERS)}")
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise ConfigError(f"{where}.order: {order!r} is not a whole number; give the model's place in the tables "
+                          "(ascending; see the other model YAMLs)")
+    return ModelDisplay(name.strip(), color, marker, order)
+
+
+@functools.lru_cache(maxsize=64)
+def _display_cached(path: Path, mtime_ns: int) -> ModelDisplay:
+    return _parse_display(_load_yaml(path), path)
+
+
+def display_section(path: str | Path) -> ModelDisplay:
+    """The checked ``display`` section of the model YAML at ``path`` (memoised per file version)."""
+    path = Path(path)
+    return _display_cached(path, path.stat().st_mtime_ns)
+
+
+def model_display(model: str) -> ModelDisplay | None:
+    """How tables and figures show model ``model`` (its YAML's ``display`` section), or None for a name that is
+    no model of the suite (a published-only row)."""
+    path = model_config_path(model)
+    return display_section(path) if path.is_file() else None
+
+
+def model_displays() -> dict[str, ModelDisplay]:
+    """Every model's display section, in table order (``display.order``, then name)."""
+    found = {path.stem: display_section(path) for path in model_config_paths()}
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
+
+
 def variant_path(variant: str, ablations_dir: Path | None = None) -> Path:
     return (ablations_dir or ABLATIONS_DIR) / f"{variant}.yaml"
 
@@ -156,11 +237,14 @@ def resolve_config(
         raise ConfigError(f"unknown dataset {dataset!r}; valid: {sorted(DATASET_TASKS)}")
     model_path = model_config_path(model)
     if not model_path.is_file():
-        valid = sorted(p.stem for p in (PACKAGE_CONFIGS / "models").glob("*.yaml"))
+        valid = [p.stem for p in model_config_paths()]
         raise ConfigError(f"unknown model {model!r} (no {model_path}); valid models: {valid}")
 
     cfg = _flatten_layer(_load_yaml(PACKAGE_CONFIGS / "base.yaml"), scale, dataset, "base.yaml")
-    cfg = deep_merge(cfg, _flatten_layer(_load_yaml(model_path), scale, dataset, str(model_path)))
+    model_doc = _load_yaml(model_path)
+    _parse_display(model_doc, model_path)  # how the model is shown: checked here, no part of the run's config
+    del model_doc[DISPLAY_KEY]
+    cfg = deep_merge(cfg, _flatten_layer(model_doc, scale, dataset, str(model_path)))
     for part in variant_parts(variant) if variant != DEFAULT_VARIANT else []:
         path = variant_path(part, ablations_dir)
         if part == DEFAULT_VARIANT or not path.is_file():
@@ -313,7 +397,7 @@ def declared_model_keys(model: str, ablations_dir: Path | None = None) -> set[st
 def declared_backbone_keys(ablations_dir: Path | None = None) -> set[str]:
     """Backbone keys in use: those the backbone wrapper reads, plus every timm keyword that a model YAML or an
     overlay sets (a new timm keyword is declared by the overlay that uses it)."""
-    docs = [_load_cached(path) for path in sorted((PACKAGE_CONFIGS / "models").glob("*.yaml"))]
+    docs = [_load_cached(path) for path in model_config_paths()]
     docs += _overlays(ablations_dir)
     keys = set(BACKBONE_OWN_KEYS)
     for doc in docs:

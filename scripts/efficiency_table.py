@@ -26,18 +26,30 @@ sys.path.insert(0, str(REPO))
 
 from pamm import io as pio  # noqa: E402
 
-DEFAULT_CASES = ["pamm:default", "pamm:as_released", "mtmamba:default", "mtmamba_pp:default", "invpt:default",
-                 "taskprompter:default"]
+PAPER_CONFIG = REPO / "workflow" / "config_paper.yaml"
+REFERENCE_MODELS = ("stl", "mtl")  # the Δm references: plain baselines, left out of the cost comparison
 COLUMNS = ["dataset", "model", "variant", "img_h", "img_w", "params_m", "gflops", "gflops_scan", "flops_counter",
            "latency_ms_b1_bf16", "latency_p90_ms_b1_bf16", "latency_ms_b8_bf16", "latency_p90_ms_b8_bf16",
            "latency_ms_b1_fp32", "latency_ms_b8_fp32", "peak_mem_mib", "peak_mem_train_batch", "peak_mem_method",
            "scan_backend", "device", "gpu", "torch", "repeats", "notes", "seconds", "date"]
 
 
+def default_cases(config_path: Path = PAPER_CONFIG) -> list[str]:
+    """``model:variant`` of every main-table row of the paper matrix (``workflow/config_paper.yaml``), in its
+    order, the reference baselines left out: a model added to the matrix is profiled too."""
+    from pamm.config import load_yaml_text
+    from pamm.results.tables import MAIN_VARIANTS
+
+    matrix = load_yaml_text(config_path.read_text())["models"]
+    return [f"{model}:{variant}" for model, variants in matrix.items() if model not in REFERENCE_MODELS
+            for variant in variants if variant in MAIN_VARIANTS.get(model, ("default",))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="model:variant")
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="model:variant (default: the main-table rows of workflow/config_paper.yaml but stl, mtl)")
     parser.add_argument("--datasets", nargs="+", default=["nyud", "pascal"], choices=["nyud", "pascal"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["fp32", "bf16"])
@@ -50,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=REPO / "results/efficiency/gpu_efficiency.csv")
     args = parser.parse_args(argv)
+    args.cases = args.cases or default_cases()
 
     from pamm.config import resolve_config
     from pamm.engine.profile import profile_config

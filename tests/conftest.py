@@ -37,6 +37,31 @@ def load_script(monkeypatch):
     return load
 
 
+# What the workflow and the package read from the checkout: a copy lets a test edit model YAMLs and overlays, or
+# drop in a new model's files, without touching this checkout.
+CHECKOUT_PARTS = ("Snakefile", "environment.yml", "workflow", "pamm", "baselines", "ablations", "results/reference")
+
+
+@pytest.fixture(scope="module")
+def copy_checkout(tmp_path_factory):
+    """A function that copies ``CHECKOUT_PARTS`` of this checkout (no bytecode) into a fresh folder and returns
+    it; ``PYTHONPATH=<copy>`` then runs the copy's pamm and baselines."""
+    import shutil
+
+    def copy() -> Path:
+        target_root = tmp_path_factory.mktemp("checkout")
+        for part in CHECKOUT_PARTS:
+            source, target = REPO_ROOT / part, target_root / part
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+        return target_root
+
+    return copy
+
+
 def pytest_collection_modifyitems(config, items):
     """The SLURM test (minutes, mostly waiting on its cluster) first: under pytest-xdist the rest of the suite
     then runs beside it instead of after it."""

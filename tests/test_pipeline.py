@@ -39,23 +39,10 @@ def _snakemake(workdir, *args, checkout=REPO):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
-# What the workflow reads from the checkout: a copy of it lets a test edit model YAMLs and overlays.
-CHECKOUT_PARTS = ("Snakefile", "environment.yml", "workflow", "pamm", "baselines", "ablations", "results/reference")
-
-
 @pytest.fixture(scope="module")
-def checkout(tmp_path_factory):
-    import shutil
-
-    copy = tmp_path_factory.mktemp("checkout")
-    for part in CHECKOUT_PARTS:
-        source, target = REPO / part, copy / part
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    return copy
+def checkout(copy_checkout):
+    """A copy of the checkout (conftest's ``copy_checkout``), whose model YAMLs and overlays a test may edit."""
+    return copy_checkout()
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,15 @@ channels, see ``pamm.tasks``) and keyword options, and returns a model that meet
 ``create_model`` checks it.
 
 This module imports no model: a model module registers itself when it is imported. ``import pamm.models``
-registers pamm's own models and ``import baselines`` the baselines; the entry points (the CLI, the engine's
-builders, the config check) import both.
+imports every module of ``pamm/models`` and ``import baselines`` every module of ``baselines/``
+(:func:`import_package_modules`), so a new ``baselines/<name>.py`` registers with no list to edit; the entry
+points (the CLI, the engine's builders, the config check) import both.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+import pkgutil
+from typing import Any, Callable, Iterable
 
 import torch.nn as nn
 
@@ -34,6 +37,15 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         return builder
 
     return decorate
+
+
+def import_package_modules(package: str, path: Iterable[str]) -> list[str]:
+    """Import every module of ``package`` found on ``path`` (the package's ``__path__``), in name order, so that
+    each registers what it defines; names starting with ``_`` are left out. Returns the names imported."""
+    names = sorted(info.name for info in pkgutil.iter_modules(list(path)) if not info.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
 
 
 def list_models() -> list[str]:

@@ -625,10 +625,10 @@ def load_examples(dataset: str, summary: pd.DataFrame, runs_root: Path) -> dict[
     are merged into one "single-task" entry holding each task's prediction."""
     import torch
 
-    from pamm.results.tables import MAIN_VARIANTS, MEASURED_ORDER
+    from pamm.results.tables import MAIN_VARIANTS
 
     found: dict[str, dict[str, Any]] = {}
-    rank = {m: i for i, m in enumerate(MEASURED_ORDER)}
+    rank = {m: i for i, m in enumerate(style.measured_models())}
     part = summary[summary["dataset"] == dataset]
     part = part.loc[sorted(part.index, key=lambda i: (rank.get(part.at[i, "model"], len(rank)), str(part.at[i, "model"]),
                                                       str(part.at[i, "variant"]), int(part.at[i, "seed"])))]

@@ -1,31 +1,28 @@
 """One look for every table and figure: display names, units, arrows, model colours, matplotlib style.
 
 Tables and figures import their labels from here, so a metric is called the same thing (with the
-same unit and the same better-direction arrow) everywhere.
+same unit and the same better-direction arrow) everywhere, and a model has one name, colour and marker.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from pamm.config import model_display, model_displays
 from pamm.tasks import TASK_INFO
 
 # ------------------------------------------------------------------------------------------- names
 
-MODEL_NAMES: dict[str, str] = {
-    "pamm": "PAMM",
-    "mtmamba": "MTMamba",
-    "mtmamba_pp": "MTMamba++",
-    "invpt": "InvPT",
+# The suite's own models take their name, colour, marker and table order from the `display` section of their
+# YAML (pamm/configs/models/<model>.yaml, read through pamm.config.model_display). The published-only rows of
+# results/reference/published.csv that are no model of the suite are named here.
+PUBLISHED_NAMES: dict[str, str] = {
     "invpt_retrained": "InvPT (re-trained ckpt)",
-    "taskprompter": "TaskPrompter",
     "taskprompter_paper": "TaskPrompter (paper)",
     "taskprompter_vitb": "TaskPrompter",
     "mlore": "MLoRE",
     "mlore_vitb": "MLoRE",
     "tsp_transformer": "TSP-Transformer",
-    "mtl": "Multi-task baseline",
-    "stl": "Single-task baselines",
     "stl_swin_large": "Single-task baselines",
 }
 
@@ -69,7 +66,8 @@ TASK_TITLES: dict[str, str] = {"semseg": "semantic seg.", "human_parts": "human 
 
 def model_name(model: str, variant: str | None = None) -> str:
     """Display name: ``PAMM``, ``PAMM / scan_raster``, ``MTMamba++``, unknown names unchanged."""
-    name = MODEL_NAMES.get(model, model)
+    display = model_display(model)
+    name = display.name if display else PUBLISHED_NAMES.get(model, model)
     if variant and variant not in ("default",) and not (model == "stl"):
         name = f"{name} / {variant}"
     return name
@@ -105,37 +103,36 @@ def metric_label(column: str, with_arrow: bool = True, with_unit: bool = True) -
 
 # ------------------------------------------------------------------------------------------- colours
 
-# Colour-blind-safe (Okabe–Ito) colours, one per model family, the same in every figure.
-MODEL_COLORS: dict[str, str] = {
-    "pamm": "#D55E00",
-    "mtmamba": "#0072B2",
-    "mtmamba_pp": "#56B4E9",
-    "invpt": "#009E73",
-    "taskprompter": "#CC79A7",
-    "mtl": "#7F7F7F",
-    "stl": "#000000",
-    "mlore": "#E69F00",
-    "tsp_transformer": "#8C564B",
-}
-MODEL_MARKERS: dict[str, str] = {"pamm": "o", "mtmamba": "s", "mtmamba_pp": "D", "invpt": "^", "taskprompter": "v",
-                                 "mtl": "P", "stl": "X", "mlore": "<", "tsp_transformer": ">"}
+# Colour-blind-safe (Okabe–Ito) colours, one per model family, the same in every figure: the suite's models
+# from their YAML's display section, the published-only families here.
+PUBLISHED_COLORS: dict[str, str] = {"mlore": "#E69F00", "tsp_transformer": "#8C564B"}
+PUBLISHED_MARKERS: dict[str, str] = {"mlore": "<", "tsp_transformer": ">"}
 BETTER_COLOR, WORSE_COLOR = "#0072B2", "#E69F00"
+
+
+def measured_models() -> list[str]:
+    """The suite's models in table order (their ``display.order``); papers put the proposed model last."""
+    return list(model_displays())
 
 
 def model_family(model: str) -> str:
     """``invpt_retrained`` → ``invpt``; ``stl_swin_large`` → ``stl``: published rows share their family's colour."""
-    for family in sorted(MODEL_COLORS, key=len, reverse=True):
+    for family in sorted({*model_displays(), *PUBLISHED_COLORS}, key=len, reverse=True):
         if model == family or model.startswith(family + "_"):
             return family
     return model
 
 
 def model_color(model: str) -> str:
-    return MODEL_COLORS.get(model_family(model), "#333333")
+    family = model_family(model)
+    display = model_display(family)
+    return display.color if display else PUBLISHED_COLORS.get(family, "#333333")
 
 
 def model_marker(model: str) -> str:
-    return MODEL_MARKERS.get(model_family(model), "o")
+    family = model_family(model)
+    display = model_display(family)
+    return display.marker if display else PUBLISHED_MARKERS.get(family, "o")
 
 
 # ------------------------------------------------------------------------------------------- matplotlib

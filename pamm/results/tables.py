@@ -28,8 +28,6 @@ from pamm.tasks import DATASET_TASKS, PAPER_SIZE, TASK_INFO
 
 # Variants that appear in the main table (the rest are ablations).
 MAIN_VARIANTS: dict[str, tuple[str, ...]] = {"pamm": ("default", "as_released")}
-# Row order of the measured block (papers put the proposed model last).
-MEASURED_ORDER = ["stl", "mtl", "invpt", "taskprompter", "mtmamba", "mtmamba_pp", "pamm"]
 SETTING_KEYS = ["backbone", "scale", "img_h", "img_w", "iterations"]
 EFFICIENCY_COLUMNS = ["params_m", "gflops"]
 MISSING = {"md": "–", "tex": "--"}
@@ -320,7 +318,7 @@ def _measured_rows(dataset: str, by_config: pd.DataFrame) -> list[dict[str, Any]
     others = frame[frame["model"] != "stl"]
     keep = others.apply(lambda r: r["variant"] in MAIN_VARIANTS.get(r["model"], ("default",)), axis=1) if not others.empty else []
     others = others[keep] if len(others) else others
-    rank = {m: i for i, m in enumerate(MEASURED_ORDER)}
+    rank = {m: i for i, m in enumerate(style.measured_models())}  # the models' display.order
     order = sorted(others.index, key=lambda i: (rank.get(others.at[i, "model"], len(rank)), str(others.at[i, "model"]),
                                                 str(others.at[i, "variant"]), _setting_text(others.loc[i])))
     others = others.loc[order]

@@ -1,10 +1,12 @@
 # From run directories to the summary, the tables and the figures.
 # Every table / figure is the output of a rule whose inputs are the files it reads, so it is redrawn
 # when they change; `report(...)` outputs (with an .rst caption each) make `snakemake --report`.
-from pamm.config import REPO_ROOT, variant_parts, variant_path
+from pamm.config import REPO_ROOT, model_config_paths, variant_parts, variant_path
 
 REPO_DIR = REPO_ROOT  # the checkout (published numbers, overlays, configs), also when run with -d elsewhere
 PUBLISHED = str(REPO_DIR / "results" / "reference" / "published.csv")
+# Every model YAML: its display section names, colours, orders and marks the model in tables and figures.
+MODEL_YAMLS = [str(path) for path in model_config_paths()]
 TABLES = f"{RESULTS}/tables"
 FIGURES = f"{RESULTS}/figures"
 SWEEP_CSV = f"{RESULTS}/efficiency/resolution_sweep.csv"
@@ -52,6 +54,7 @@ rule tables:
         by_config=f"{RESULTS}/summary_by_config.csv",
         published=PUBLISHED,
         overlays=sorted({str(variant_path(part)) for v in PAMM_VARIANTS if v != "default" for part in variant_parts(v)}),
+        display=MODEL_YAMLS,
     output:
         main=report(f"{TABLES}/main_{{dataset}}.md", caption="../report/main_table.rst", category="Tables",
                     subcategory="{dataset}", labels={"dataset": "{dataset}", "table": "main results"}),
@@ -74,6 +77,7 @@ rule figures:
     input:
         summary=f"{RESULTS}/summary.csv",
         logs=[f"{run_dir(*key)}/train_log.csv" for key in MATRIX],
+        display=MODEL_YAMLS,
     output:
         metrics=report(f"{FIGURES}/metrics_by_model.png", caption="../report/metrics_by_model.rst", category="Figures",
                        subcategory="Accuracy"),
@@ -98,6 +102,7 @@ rule figure_pareto:
         summary=f"{RESULTS}/summary.csv",
         by_config=f"{RESULTS}/summary_by_config.csv",
         published=PUBLISHED,
+        display=MODEL_YAMLS,
     output:
         png=report(f"{FIGURES}/pareto_{{dataset}}.png", caption="../report/pareto.rst", category="Figures",
                    subcategory="Accuracy vs cost", labels={"dataset": "{dataset}", "figure": "accuracy vs cost"}),
@@ -136,6 +141,7 @@ rule figure_qualitative:
     input:
         summary=f"{RESULTS}/summary.csv",
         examples=lambda wc: dataset_runs(wc, "examples.pt"),
+        display=MODEL_YAMLS,
     output:
         png=report(f"{FIGURES}/qualitative_{{dataset}}.png", caption="../report/qualitative.rst", category="Figures",
                    subcategory="Qualitative", labels={"dataset": "{dataset}", "figure": "val predictions"}),
@@ -194,7 +200,8 @@ rule resolution_sweep:
 
 rule figure_resolution_sweep:
     input:
-        SWEEP_CSV,
+        sweep=SWEEP_CSV,
+        display=MODEL_YAMLS,
     output:
         png=report(f"{FIGURES}/resolution_sweep.png", caption="../report/resolution_sweep.rst", category="Figures",
                    subcategory="Efficiency"),
@@ -206,4 +213,4 @@ rule figure_resolution_sweep:
     log:
         "logs/figures/resolution_sweep.log",
     shell:
-        "pamm-bench figures --sweep {input:q} --out-dir {params.out_dir:q} --only resolution_sweep > {log:q} 2>&1"
+        "pamm-bench figures --sweep {input.sweep:q} --out-dir {params.out_dir:q} --only resolution_sweep > {log:q} 2>&1"
