@@ -111,9 +111,9 @@ class PAMMOptions:
         return min(self.kernel_size, self.dead_branch_experts)
 
 
-class ScanOrderCache:
-    """``scan_orders`` of one kind and direction count per (grid, device), from pamm.ops' cache: any
-    resolution, no GPU at build time."""
+class ScanOrderSource:
+    """The scan orders of one kind and direction count, for whatever grid and device a forward sees
+    (``pamm.ops.scan_orders`` caches them): any resolution, no GPU at build time."""
 
     def __init__(self, kind: str, directions: int) -> None:
         self.kind, self.directions = kind, directions
@@ -140,7 +140,7 @@ class PAMEStage(nn.Module):
         in_channels: int,
         num_tasks: int,
         opts: PAMMOptions,
-        orders: ScanOrderCache,
+        orders: ScanOrderSource,
         token_grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()

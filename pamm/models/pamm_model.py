@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pamm.models.backbones import create_backbone
 from pamm.models.heads import ConvHead, resize_to
-from pamm.models.pamm_blocks import CrossStageFusion, PAMEStage, PAMMOptions, ScanOrderCache
+from pamm.models.pamm_blocks import CrossStageFusion, PAMEStage, PAMMOptions, ScanOrderSource
 from pamm.models.registry import register_model
 
 SSM_CONSTANT_NAMES = ("A_log", "D", "prior_B", "prior_C")  # plain dicts (unregistered) in the release
@@ -50,7 +50,7 @@ class PAMM(nn.Module):
         if len(channels) != 4:
             raise ValueError(f"PAMM fuses 4 backbone taps; backbone gives {len(channels)}")
         self.token_grids = [(self.img_size[0] // s, self.img_size[1] // s) for s in strides]
-        self.scan_orders = ScanOrderCache(opts.scan_order, opts.scan_directions)
+        self.scan_orders = ScanOrderSource(opts.scan_order, opts.scan_directions)
         num_tasks = len(self.tasks)
         self.stages = nn.ModuleList(
             PAMEStage(c, num_tasks, opts, self.scan_orders, token_grid=grid if opts.released else None)
