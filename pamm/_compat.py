@@ -1,12 +1,8 @@
-"""Import-time fixes for the pinned CPU stack. Imported first by ``pamm/__init__``."""
+"""Fixes for the pinned CPU stack, applied by the code that imports timm or torchvision, never at import."""
 from __future__ import annotations
 
 import os
 import sys
-
-# timm/huggingface_hub read this at import; set later it is ignored and a missing
-# local weights file turns into a minute of network retries instead of a clear error.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 _TORCHVISION_SCHEMA_LIB = None  # keeps the torch.library registration alive
 
@@ -19,9 +15,12 @@ def ensure_torchvision_importable() -> str:
     ``RuntimeError: operator torchvision::nms does not exist``. We define the two op
     schemas it expects, only when exactly that error happens (a no-op on a machine where
     torchvision loads natively). torchvision's C++ ops stay unavailable; we never call them.
-    Returns "native" or "shimmed".
+    Also sets ``HF_HUB_OFFLINE=1`` unless the environment says otherwise: huggingface_hub reads it when
+    timm first imports it, and without it a missing local weights file turns into a minute of network
+    retries instead of a clear error. Returns "native" or "shimmed".
     """
     global _TORCHVISION_SCHEMA_LIB
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import torchvision  # noqa: F401
 

@@ -223,3 +223,40 @@ def test_importing_alone_catches_an_order_dependent_cycle(tmp_path):
     assert done.returncode == 1
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["cyc.a", "cyc.b"]
     assert "ImportError" in done.stdout
+
+
+_SIDE_EFFECTS = textwrap.dedent("""
+    import importlib, os, sys
+    environ, meta_path, path_hooks = dict(os.environ), list(sys.meta_path), list(sys.path_hooks)
+    for name in sys.argv[1:]:
+        importlib.import_module(name)
+    changed = sorted(set(os.environ.items()) ^ set(environ.items()))
+    print("environ:", changed)
+    print("meta_path:", [type(f).__name__ for f in sys.meta_path if f not in meta_path])
+    print("path_hooks:", [h for h in sys.path_hooks if h not in path_hooks])
+""")
+
+
+def _import_side_effects(root: Path, names: list[str], env: dict[str, str]) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", _SIDE_EFFECTS, *names], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
+def test_importing_the_packages_changes_neither_the_environment_nor_the_import_machinery():
+    """Importing pamm, its layers, the baselines and the CLI registers models and converters and nothing else:
+    no environment variable set, no import hook installed (a fresh interpreter, HF_HUB_OFFLINE unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["PYTHONPATH"] = str(REPO)
+    names = ["pamm", "pamm.ops", "pamm.models", "baselines", "pamm.engine.build", "pamm.cli", "pamm.results.tables"]
+    assert _import_side_effects(REPO, names, env) == ["environ: []", "meta_path: []", "path_hooks: []"]
+
+
+def test_the_side_effect_check_sees_an_environment_write_and_an_import_hook(tmp_path):
+    """Negative control: a module that sets a variable and installs a finder at import is caught."""
+    (tmp_path / "noisy.py").write_text("import os, sys\nos.environ['NOISY'] = '1'\n"
+                                       "class Finder:\n    def find_spec(self, *a):\n        return None\n"
+                                       "sys.meta_path.append(Finder())\n")
+    lines = _import_side_effects(tmp_path, ["noisy"], {**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert lines == ["environ: [('NOISY', '1')]", "meta_path: ['Finder']", "path_hooks: []"]
