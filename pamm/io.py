@@ -142,6 +142,19 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
                 raise
 
 
+def weights_file_format(path: str | os.PathLike) -> str | None:
+    """A weights file's format from its first bytes: ``torch`` (``torch.save``'s zip archive or a legacy
+    pickle), ``safetensors`` (an 8-byte header length, then the JSON header), or None."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """A JSON file's content; a truncated or corrupt file is an ``UnreadableFileError`` naming it."""
     path = Path(path)

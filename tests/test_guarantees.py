@@ -475,3 +475,22 @@ def test_undeclared_options_a_builder_takes_are_accepted():
     assert cfg["model"]["backbone"]["qkv_bias"] is False
     with pytest.raises(ConfigError, match=r"config key model.backbone.qkv_biass: not taken by model 'mtl'"):
         resolve_config("tiny", "nyud", "mtl", overrides={"model": {"backbone": {"qkv_biass": False}}})
+
+
+def test_weights_file_format_reads_the_first_bytes(tmp_path):
+    """torch.save (zip), a legacy pickle and safetensors are told apart by content, never by the suffix; text,
+    an empty file and a safetensors header that claims more bytes than the file holds are no weights file."""
+    from safetensors.torch import save_file
+
+    from pamm.io import weights_file_format
+
+    tensors = {"w": torch.zeros(2, 3)}
+    torch.save(tensors, tmp_path / "zip.safetensors")
+    torch.save(tensors, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    save_file(tensors, str(tmp_path / "st.pth"))
+    (tmp_path / "text.pth").write_text("version https://git-lfs.github.com/spec/v1\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.safetensors").write_bytes((10**6).to_bytes(8, "little") + b'{"w": {}}')
+    found = {path.name: weights_file_format(path) for path in sorted(tmp_path.iterdir())}
+    assert found == {"cut.safetensors": None, "empty.pt": None, "legacy.bin": "torch", "st.pth": "safetensors",
+                     "text.pth": None, "zip.safetensors": "torch"}

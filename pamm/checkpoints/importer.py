@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pamm.checkpoints.registry import ConversionError, check_against_model, get_converter
+from pamm.io import weights_file_format
 
 DDP_PREFIX = "module."
 # Where the authors' training loops keep the weights inside the saved dict, in the order tried.
@@ -29,9 +30,7 @@ def file_sha256(path: Path) -> str:
 def _load(path: Path, what: str, trust_pickle: bool) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save's zip archive, or a legacy pickle
+    if weights_file_format(path) != "torch":
         raise ConversionError(f"{path}: not a torch checkpoint (a file written by torch.save); is it the right file?")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from pamm._compat import ensure_torchvision_importable
 from pamm.errors import ConfigError
+from pamm.io import weights_file_format
 from pamm.models.swin_mmseg import mmseg_swin_features, swin_semantics_kwargs
 
 _log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "(timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...)), then torch.save its "
             "state_dict()) and give the .pth"
         )
-    kind = _sniff_weights(path)
+    kind = weights_file_format(path)
     if kind is None:
         with path.open("rb") as handle:
             head = handle.read(64)
@@ -189,17 +190,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
-
-
-def _sniff_weights(path: Path) -> str | None:
-    """The file's format from its first bytes: ``torch`` (zip or legacy pickle), ``safetensors``, or None."""
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
-        return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
-        return "safetensors"
-    return None
 
 
 def _prefix_rows(state: dict[str, torch.Tensor], rows: int) -> int:
