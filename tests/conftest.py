@@ -1,11 +1,9 @@
-"""Shared test set-up: offline hub, few threads, the torchvision shim before anything imports timm."""
+"""Shared test set-up: offline hub, few threads, fixtures several modules use."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
-import pamm  # noqa: E402,F401  (sets up pamm._compat)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -17,6 +15,17 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """Run a module of tiny models on one intra-op thread, then restore the setting: their ops are small, and on
+    a shared, oversubscribed 2-core box two OpenMP threads spin at every barrier (measured under load: a tiny
+    step took 2-14 s instead of 0.3-0.5 s; test_baselines_mamba 80 s instead of 11 s)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -16,17 +16,7 @@ MODELS = ("mtmamba", "mtmamba_pp")
 DATASETS = ("nyud", "pascal")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_intra_op_thread():
-    """Run this module on one intra-op thread, then restore the setting.
-
-    These are many small ops; on the shared 2-vCPU box, two OpenMP threads that get preempted
-    spin at every barrier: measured under load ~6, the module took 80 s with 2 threads, 11 s with 1.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def build(name: str, dataset: str, seed: int = 0, **model_overrides) -> tuple[torch.nn.Module, dict]:

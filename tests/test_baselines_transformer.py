@@ -16,14 +16,7 @@ MODELS = ("invpt", "taskprompter")
 DATASETS = ("nyud", "pascal")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, oversubscribed 2-core box two threads
-    spin-wait on each other (measured: 2-14 s per tiny step instead of 0.3-0.5 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def build(name: str, dataset: str, seed: int = 0, img_size: tuple[int, int] | None = None):

@@ -23,14 +23,7 @@ EXPECTED_VARIANTS = {
 BATCH = 1  # BatchNorm still sees 8x10 positions per channel; keeps the sweep fast on 2 shared cores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny models: with 2 threads on a shared 2-core machine the OpenMP barriers cost more than the
-    parallel work (this file took 6 min with 2 threads under load vs 20 s with 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def build(variant: str = "default", dataset: str = "nyud", seed: int = 0, **model_overrides):

@@ -29,13 +29,7 @@ needs_fixtures = pytest.mark.skipif(not CASES, reason="the released MTMamba fixt
                                                       "mtmamba) are absent")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_intra_op_thread():
-    """Many small ops: one intra-op thread is faster on the shared CPU box (see test_baselines_mamba)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def case_id(case: Case) -> str:

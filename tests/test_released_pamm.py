@@ -24,12 +24,7 @@ needs_fixtures = pytest.mark.skipif(not CASES, reason="no PAMM fixtures under ..
 STAGE = "backbone.stage_MTLoRA_mamba"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def case_ids(cases):

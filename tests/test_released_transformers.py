@@ -25,13 +25,7 @@ CASES = released_cases("transformers")
 case_params = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only spin on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def model_of(case: Case) -> str:
